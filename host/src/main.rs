@@ -1,0 +1,76 @@
+//! `gateway-host`: serves a Spin application (spin.toml and its components) without Spin.
+//!
+//! Usage: `gateway-host [--manifest spin.toml] [--listen 127.0.0.1:3000] [--cache-dir DIR]`
+
+mod allowed_hosts;
+mod bindings;
+mod manifest;
+mod outbound_http;
+mod outbound_redis;
+mod router;
+mod runtime;
+mod server;
+mod variables;
+
+use wasmtime::error::Context as _;
+use wasmtime::{Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Options {
+    manifest: PathBuf,
+    listen: String,
+    cache_dir: PathBuf,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options {
+        manifest: PathBuf::from("spin.toml"),
+        listen: std::env::var("GATEWAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned()),
+        cache_dir: PathBuf::from(".gateway/cache"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--manifest" => options.manifest = value()?.into(),
+            "--listen" => options.listen = value()?,
+            "--cache-dir" => options.cache_dir = value()?.into(),
+            other => bail!("unknown argument {other}; usage: gateway-host [--manifest F] [--listen ADDR] [--cache-dir DIR]"),
+        }
+    }
+    Ok(options)
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "gateway_host=info,wasmtime=warn".into()),
+        )
+        .init();
+    let options = options()?;
+    let manifest = manifest::Manifest::load(&options.manifest)?;
+    let base_dir = options.manifest.parent().map(PathBuf::from).unwrap_or_default();
+    let engine = runtime::engine()?;
+    let started = std::time::Instant::now();
+    let components = runtime::load_application(&engine, &manifest, &base_dir, &options.cache_dir)?;
+    tracing::info!(components = components.len(), millis = started.elapsed().as_millis() as u64, "components ready");
+    let router = router::Router::new(manifest.trigger.http.iter().map(|t| (t.route.as_str(), t.component.as_str())));
+    let app = Arc::new(server::App { engine, router, components, response_timeout: Duration::from_secs(30) });
+    let listener = tokio::net::TcpListener::bind(&options.listen).await.with_context(|| format!("binding {}", options.listen))?;
+    // Scripts wait for this exact line to know the host is ready.
+    println!("gateway-host listening on http://{}", listener.local_addr()?);
+    server::serve(app, listener, shutdown_signal()).await;
+    Ok(())
+}

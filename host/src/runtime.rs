@@ -1,0 +1,153 @@
+//! The engine and the application's components: compiled once (or loaded precompiled from the
+//! cache), linked against exactly the interfaces Spin offers, and pre-instantiated so a request
+//! only pays for a fresh store and instance.
+
+use crate::allowed_hosts::AllowedHosts;
+use crate::bindings;
+use crate::manifest::Manifest;
+use crate::outbound_http::OutboundHttp;
+use crate::outbound_redis::{OutboundRedis, RedisPool, RedisView};
+use crate::variables::{ComponentVariables, Variables, render, resolve_app_variables};
+use wasmtime::Result;
+use wasmtime::error::Context as _;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// What every request of one component shares.
+pub struct ComponentRuntime {
+    pub id: String,
+    pub pre: ServicePre<RequestState>,
+    pub variables: ComponentVariables,
+    pub allowed: Arc<AllowedHosts>,
+    pub redis: RedisPool,
+}
+
+/// A request's store data.
+pub struct RequestState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    pub hooks: OutboundHttp,
+    component: Arc<ComponentRuntime>,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl ComponentRuntime {
+    pub fn new_store(self: &Arc<Self>, engine: &Engine) -> Store<RequestState> {
+        let state = RequestState {
+            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().inherit_stderr().build(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHttp { allowed: self.allowed.clone() },
+            component: self.clone(),
+        };
+        Store::new(engine, state)
+    }
+}
+
+pub fn engine() -> Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(1_000)
+        .total_core_instances(4_000)
+        .total_memories(2_000)
+        .total_tables(4_000)
+        .total_stacks(1_000)
+        .max_memory_size(256 << 20);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .wasm_component_model_async(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}
+
+fn linker(engine: &Engine) -> Result<Linker<RequestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    bindings::spin::redis::redis::add_to_linker::<_, OutboundRedis>(&mut linker, |s: &mut RequestState| RedisView {
+        table: &mut s.table,
+        pool: &s.component.redis,
+        allowed: &s.component.allowed,
+    })?;
+    bindings::spin::variables::variables::add_to_linker::<_, Variables>(&mut linker, |s: &mut RequestState| {
+        &s.component.variables
+    })?;
+    Ok(linker)
+}
+
+/// Loads a component, from the precompiled cache when this engine compiled it before. The
+/// cache key covers the component's bytes and the engine's compatibility hash, so a changed
+/// component or a different wasmtime never loads a stale artifact.
+fn load_component(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Component> {
+    let bytes = std::fs::read(wasm).with_context(|| format!("reading component {} (run `cargo xtask build`)", wasm.display()))?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let key = format!("{}-{:016x}.cwasm", hex::encode(Sha256::digest(&bytes)), hasher.finish());
+    let cached = cache_dir.join(key);
+    if cached.exists() {
+        // SAFETY: the file was written by `Component::serialize` of an engine with the same
+        // compatibility hash, in a directory only this host writes.
+        if let Ok(component) = unsafe { Component::deserialize_file(engine, &cached) } {
+            return Ok(component);
+        }
+    }
+    let component = Component::from_binary(engine, &bytes)?;
+    std::fs::create_dir_all(cache_dir)?;
+    let temp = cached.with_extension("tmp");
+    std::fs::write(&temp, component.serialize()?)?;
+    std::fs::rename(&temp, &cached)?;
+    Ok(component)
+}
+
+/// Every component of the manifest, ready to serve.
+pub fn load_application(
+    engine: &Engine,
+    manifest: &Manifest,
+    base_dir: &Path,
+    cache_dir: &Path,
+) -> Result<HashMap<String, Arc<ComponentRuntime>>> {
+    let app_variables = resolve_app_variables(&manifest.variables, |k| std::env::var(k).ok())?;
+    let linker = linker(engine)?;
+    let redis = RedisPool::default();
+    let mut components = HashMap::new();
+    for (id, decl) in &manifest.component {
+        let source: PathBuf = base_dir.join(&decl.source);
+        let component = load_component(engine, &source, cache_dir).with_context(|| format!("component {id}"))?;
+        let pre = ServicePre::new(linker.instantiate_pre(&component).with_context(|| format!("linking component {id}"))?)
+            .with_context(|| format!("component {id} does not export wasi:http/handler@0.3"))?;
+        let mut variables = HashMap::new();
+        for (name, template) in &decl.variables {
+            variables.insert(name.clone(), render(template, &app_variables).with_context(|| format!("component {id}"))?);
+        }
+        let runtime = ComponentRuntime {
+            id: id.clone(),
+            pre,
+            variables: ComponentVariables(variables),
+            allowed: Arc::new(AllowedHosts::parse(&decl.allowed_outbound_hosts)?),
+            redis: redis.clone(),
+        };
+        components.insert(id.clone(), Arc::new(runtime));
+    }
+    Ok(components)
+}

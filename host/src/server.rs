@@ -1,0 +1,197 @@
+//! The HTTP front: accepts connections, routes each request to its component, runs the guest
+//! in a fresh store, and streams the guest's response body back as it is produced.
+
+use crate::router::Router;
+use crate::runtime::ComponentRuntime;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use shared::{ApiError, ErrorCode};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use wasmtime::Engine;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type HostBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub struct App {
+    pub engine: Engine,
+    pub router: Router,
+    pub components: HashMap<String, Arc<ComponentRuntime>>,
+    /// How long a guest may take to produce response headers (not to finish streaming).
+    pub response_timeout: Duration,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and gives open requests a grace period.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY, small keep-alive responses wait ~40 ms on Nagle + delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+        });
+        let connection = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection from {peer} ended: {e}");
+            }
+        });
+    }
+    tracing::info!("shutting down: no new connections; waiting for open requests");
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("open requests did not finish within 10 s; closing them");
+    }
+}
+
+impl App {
+    async fn handle(&self, req: hyper::Request<Incoming>, peer: SocketAddr) -> hyper::Response<HostBody> {
+        let started = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let (response, component) = match self.router.route(&path) {
+            Some(matched) => {
+                let component = self.components[matched.component].clone();
+                let req = with_spin_headers(req, matched.route, peer);
+                (self.invoke(component.clone(), req).await, component.id.clone())
+            }
+            None => (envelope(&ApiError::route_not_found(&path)), "-".to_owned()),
+        };
+        tracing::info!(
+            %method, %path, status = response.status().as_u16(), component,
+            micros = started.elapsed().as_micros() as u64, "request"
+        );
+        response
+    }
+
+    async fn invoke(&self, component: Arc<ComponentRuntime>, req: hyper::Request<Incoming>) -> hyper::Response<HostBody> {
+        let (response_tx, response_rx) = oneshot::channel();
+        let engine = self.engine.clone();
+        let id = component.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run_guest(&engine, component, req, response_tx).await {
+                tracing::error!(component = id, "guest failed: {e:#}");
+            }
+        });
+        match tokio::time::timeout(self.response_timeout, response_rx).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => envelope(&ApiError::internal("the function failed before responding")),
+            Err(_) => envelope(&ApiError::new(ErrorCode::Timeout, "the function did not respond in time")),
+        }
+    }
+}
+
+/// Runs one request in a fresh store. The store's event loop keeps running until the response
+/// body has been fully sent or the client went away, since the guest produces the body there.
+async fn run_guest(
+    engine: &Engine,
+    component: Arc<ComponentRuntime>,
+    req: hyper::Request<Incoming>,
+    response_tx: oneshot::Sender<hyper::Response<HostBody>>,
+) -> wasmtime::Result<()> {
+    let mut store = component.new_store(engine);
+    let service = component.pre.instantiate_async(&mut store).await?;
+    let (request, _request_io) = wasmtime_wasi_http::p3::Request::from_http(&mut store.data_mut().hooks, req);
+    store
+        .run_concurrent(async move |accessor| -> wasmtime::Result<()> {
+            let response = match service.handle(accessor, request).await? {
+                Ok(response) => response,
+                Err(code) => {
+                    tracing::error!("guest answered with error code {code:?}");
+                    let _ = response_tx.send(envelope(&ApiError::internal("the function failed")));
+                    return Ok(());
+                }
+            };
+            let response = accessor.with(|mut store| response.into_http(&mut store, async { Ok(()) }))?;
+            let (body_done_tx, body_done_rx) = oneshot::channel::<()>();
+            let response = response.map(|body| {
+                DoneOnDrop { body: body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(), _done: body_done_tx }.boxed_unsync()
+            });
+            if response_tx.send(response).is_ok() {
+                // Resolves (with Err) when hyper drops the body: fully sent, or client gone.
+                let _ = body_done_rx.await;
+            }
+            Ok(())
+        })
+        .await?
+}
+
+/// A body that tells the guest's store, by being dropped, that the response is over.
+struct DoneOnDrop {
+    body: HostBody,
+    _done: oneshot::Sender<()>,
+}
+
+impl Body for DoneOnDrop {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The request metadata headers Spin gives components, so components behave alike on both hosts.
+fn with_spin_headers(mut req: hyper::Request<Incoming>, route: &str, peer: SocketAddr) -> hyper::Request<Incoming> {
+    let path = req.uri().path().to_owned();
+    let base = route.strip_suffix("/...").unwrap_or(route);
+    let path_info = path.strip_prefix(base).unwrap_or("").to_owned();
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_owned();
+    let full_url = format!("http://{host}{}", req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    let headers = req.headers_mut();
+    for (name, value) in [
+        ("spin-full-url", full_url),
+        ("spin-path-info", path_info),
+        ("spin-matched-route", route.to_owned()),
+        ("spin-component-route", route.to_owned()),
+        ("spin-base-path", "/".to_owned()),
+        ("spin-client-addr", peer.to_string()),
+    ] {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    req
+}
+
+/// A host-made response in the API's error envelope (for failures before or outside a guest).
+pub fn envelope(error: &ApiError) -> hyper::Response<HostBody> {
+    let body = Full::new(Bytes::from(error.to_json().to_string())).map_err(|e: Infallible| match e {}).boxed_unsync();
+    hyper::Response::builder()
+        .status(error.status())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed_unsync()))
+}

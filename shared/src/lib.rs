@@ -1,0 +1,23 @@
+//! What both halves of the gateway must agree on, written once.
+//!
+//! The edge functions (wasm32-wasip2) and the native processes (embedded host, connector daemon,
+//! xtask) compile this crate. Everything here talks to Redis only through the [`redis::Redis`]
+//! trait, so the same code runs over Spin's `spin:redis` interface and over a native client.
+
+pub mod answer;
+pub mod apikey;
+pub mod auth;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod redis;
+pub mod session;
+pub mod store;
+pub mod time;
+pub mod validate;
+
+#[cfg(feature = "spin")]
+pub mod spin;
+
+pub use error::{ApiError, ErrorCode};

@@ -1,0 +1,111 @@
+//! The Session row: one attached (or to-be-attached) WhatsApp number, exactly as the API shows it.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Stopped,
+    Starting,
+    ScanQrCode,
+    Working,
+    Failed,
+}
+
+/// Field names and order follow the API reference; unknown values are `null`, never omitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub id: String,
+    pub organization_id: String,
+    pub label: Option<String>,
+    pub status: SessionStatus,
+    pub gateway_id: Option<String>,
+    pub phone_number: Option<String>,
+    pub wa_jid: Option<String>,
+    pub wa_lid: Option<String>,
+    pub auto_read: bool,
+    pub presence_typing: bool,
+    pub rate_per_min: u32,
+    pub rate_per_hour: u32,
+    pub is_admin_session: bool,
+    pub created_by_user_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_connected_at: Option<i64>,
+}
+
+impl Session {
+    /// Paired means a WhatsApp number is attached; pairing endpoints refuse paired sessions.
+    pub fn is_paired(&self) -> bool {
+        self.wa_jid.is_some()
+    }
+}
+
+/// What a caller may choose when creating a session, already validated (see [`crate::validate`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSession {
+    pub label: Option<String>,
+    pub start: bool,
+    pub auto_read: bool,
+    pub presence_typing: bool,
+    pub rate_per_min: u32,
+    pub rate_per_hour: u32,
+    pub is_admin_session: bool,
+}
+
+impl NewSession {
+    pub fn into_session(self, organization_id: &str, created_by: Option<String>, now: i64) -> Session {
+        Session {
+            id: ulid::Ulid::new().to_string(),
+            organization_id: organization_id.to_owned(),
+            label: self.label,
+            status: if self.start { SessionStatus::Starting } else { SessionStatus::Stopped },
+            gateway_id: None,
+            phone_number: None,
+            wa_jid: None,
+            wa_lid: None,
+            auto_read: self.auto_read,
+            presence_typing: self.presence_typing,
+            rate_per_min: self.rate_per_min,
+            rate_per_hour: self.rate_per_hour,
+            is_admin_session: self.is_admin_session,
+            created_by_user_id: created_by,
+            created_at: now,
+            updated_at: now,
+            last_connected_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_every_reference_field_with_nulls() {
+        let new = NewSession {
+            label: None,
+            start: true,
+            auto_read: false,
+            presence_typing: true,
+            rate_per_min: 20,
+            rate_per_hour: 600,
+            is_admin_session: false,
+        };
+        let json = serde_json::to_value(new.into_session("acme", None, 1)).unwrap();
+        let mut fields: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession",
+                "label", "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping",
+                "ratePerHour", "ratePerMin", "status", "updatedAt", "waJid", "waLid"
+            ]
+        );
+        assert_eq!(json["status"], "starting");
+        assert!(json["waJid"].is_null());
+        assert_eq!(json["id"].as_str().unwrap().len(), 26);
+    }
+}

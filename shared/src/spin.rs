@@ -1,0 +1,128 @@
+//! Glue between spin-sdk components and the rest of this crate: Redis, variables and outbound
+//! HTTP through Spin's host interfaces, and the envelope on every response.
+//!
+//! A function's handler is `respond(route(req).await)`: route parses, [`Context`] opens Redis
+//! and authenticates, the function applies, and [`respond`] turns any outcome into HTTP.
+
+use crate::answer::Answer;
+use crate::auth::{self, Caller, Fetch};
+use crate::config::{Config, Variables};
+use crate::redis::{Arg, Redis, RedisError, Reply};
+use crate::{ApiError, ErrorCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use spin_sdk::http::Request;
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+
+pub type Response = http::Response<Full<Bytes>>;
+
+impl Redis for Connection {
+    async fn execute(&self, command: &str, args: Vec<Arg>) -> Result<Vec<Reply>, RedisError> {
+        let args = args.into_iter().map(|a| match a {
+            Arg::Int(i) => RedisParameter::Int64(i),
+            Arg::Bytes(b) => RedisParameter::Binary(b),
+        });
+        let results = Connection::execute(self, command, args).await.map_err(|e| RedisError(e.to_string()))?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                RedisResult::Nil => Reply::Nil,
+                RedisResult::Status(s) => Reply::Status(s),
+                RedisResult::Int64(i) => Reply::Int(i),
+                RedisResult::Binary(b) => Reply::Bytes(b),
+            })
+            .collect())
+    }
+}
+
+struct SpinVariables;
+
+impl Variables for SpinVariables {
+    async fn get(&self, name: &str) -> Option<String> {
+        spin_sdk::variables::get(name).await.ok()
+    }
+}
+
+struct SpinHttp;
+
+impl Fetch for SpinHttp {
+    async fn get_text(&self, url: &str) -> Result<String, String> {
+        let response = spin_sdk::http::get(url).await.map_err(|e| format!("{e:?}"))?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = response.into_body().bytes().await.map_err(|e| format!("{e:?}"))?;
+        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+    }
+}
+
+/// Per-request state: settings and one Redis connection (the host pools the sockets).
+pub struct Context {
+    pub config: Config,
+    pub redis: Connection,
+}
+
+impl Context {
+    pub async fn open() -> Result<Context, ApiError> {
+        let config = Config::load(&SpinVariables).await;
+        let redis = Connection::open(&config.redis_url).await.map_err(|_| ApiError::unavailable())?;
+        Ok(Context { config, redis })
+    }
+
+    pub async fn authenticate(&self, req: &Request) -> Result<Caller, ApiError> {
+        let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        auth::authenticate(&self.redis, &SpinHttp, self.config.jwt.as_ref(), authorization).await
+    }
+
+    /// The request body, refused with 413 past the configured limit without reading the rest.
+    pub async fn body(&self, req: Request) -> Result<Vec<u8>, ApiError> {
+        let limit = self.config.max_body_bytes;
+        let too_large = || {
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("request body exceeds {limit} bytes"))
+                .with_detail("limit", limit)
+        };
+        let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = req.into_body();
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::new(ErrorCode::ValidationError, format!("unreadable body: {e:?}")))?;
+            if let Some(chunk) = frame.data_ref() {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(chunk);
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+/// Turns an endpoint's outcome into the HTTP response; errors always travel in the envelope.
+pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
+    let (status, body, allow) = match outcome {
+        Ok(Answer::Json(status, value)) => (status, Some(value), None),
+        Ok(Answer::NoContent) => (204, None, None),
+        Err(error) => {
+            let allow = error.details.get("allowed").filter(|_| error.code == ErrorCode::MethodNotAllowed).map(|a| {
+                a.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+            });
+            (error.status(), Some(error.to_json()), allow)
+        }
+    };
+    let mut builder = http::Response::builder().status(status).header(http::header::CACHE_CONTROL, "no-store");
+    if let Some(allow) = allow {
+        builder = builder.header(http::header::ALLOW, allow);
+    }
+    let body = match body {
+        Some(value) => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+        }
+        None => Bytes::new(),
+    };
+    builder.body(Full::new(body)).unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
+}

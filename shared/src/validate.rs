@@ -1,0 +1,137 @@
+//! Input validation: every rejection is a 400 `validation_error` whose `details.field` names
+//! what to fix. Bodies are checked field by field (not by serde's first error) so the message
+//! speaks the API's field names and bounds.
+
+use crate::ApiError;
+use crate::session::NewSession;
+use serde_json::{Map, Value};
+
+pub const LABEL_MAX_CHARS: usize = 100;
+pub const RATE_PER_MIN: (u32, u32, u32) = (1, 20, 1_000); // (min, default, max)
+pub const RATE_PER_HOUR: (u32, u32, u32) = (1, 600, 60_000);
+
+/// Parses a request body that must be one JSON object.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(crate::ErrorCode::ValidationError, format!("body is not valid JSON: {e}"))
+            .with_detail("field", "body")
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid_field("body", "must be a JSON object")),
+    }
+}
+
+/// Refuses fields the endpoint does not define: a typo must not silently fall back to a default.
+pub fn only_known_fields(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match body.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid_field(unknown, "unknown field")
+            .with_detail("allowed", known.to_vec())),
+        None => Ok(()),
+    }
+}
+
+pub fn optional_bool(body: &Map<String, Value>, field: &str, default: bool) -> Result<bool, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid_field(field, "must be a boolean")),
+    }
+}
+
+pub fn optional_u32_in(
+    body: &Map<String, Value>,
+    field: &str,
+    (min, default, max): (u32, u32, u32),
+) -> Result<u32, ApiError> {
+    let out_of_range = || ApiError::invalid_field(field, format!("must be an integer from {min} to {max}"));
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => {
+            let n = n.as_u64().ok_or_else(out_of_range)?;
+            u32::try_from(n).ok().filter(|n| (min..=max).contains(n)).ok_or_else(out_of_range)
+        }
+        Some(_) => Err(ApiError::invalid_field(field, "must be an integer")),
+    }
+}
+
+pub fn optional_label(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if s.is_empty() || s.chars().count() > LABEL_MAX_CHARS {
+                Err(ApiError::invalid_field(field, format!("must be 1 to {LABEL_MAX_CHARS} characters")))
+            } else if s.chars().any(char::is_control) {
+                Err(ApiError::invalid_field(field, "must not contain control characters"))
+            } else {
+                Ok(Some(s.to_owned()))
+            }
+        }
+        Some(_) => Err(ApiError::invalid_field(field, "must be a string")),
+    }
+}
+
+/// `POST /sessions`: every field optional, with the defaults the reference's examples show.
+pub fn new_session(body: &[u8]) -> Result<NewSession, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { Map::new() } else { json_object(body)? };
+    only_known_fields(
+        &body,
+        &["label", "start", "autoRead", "presenceTyping", "ratePerMin", "ratePerHour", "isAdminSession"],
+    )?;
+    let session = NewSession {
+        label: optional_label(&body, "label")?,
+        start: optional_bool(&body, "start", false)?,
+        auto_read: optional_bool(&body, "autoRead", false)?,
+        presence_typing: optional_bool(&body, "presenceTyping", true)?,
+        rate_per_min: optional_u32_in(&body, "ratePerMin", RATE_PER_MIN)?,
+        rate_per_hour: optional_u32_in(&body, "ratePerHour", RATE_PER_HOUR)?,
+        is_admin_session: optional_bool(&body, "isAdminSession", false)?,
+    };
+    if session.rate_per_min > session.rate_per_hour {
+        return Err(ApiError::invalid_field("ratePerMin", "must not exceed ratePerHour"));
+    }
+    Ok(session)
+}
+
+/// Ids that may appear inside Redis keys: ULIDs for sessions, slugs for organizations.
+pub fn is_safe_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> String {
+        new_session(body.as_bytes()).unwrap_err().details["field"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_body() {
+        let s = new_session(b"").unwrap();
+        assert_eq!((s.start, s.presence_typing, s.rate_per_min, s.rate_per_hour), (false, true, 20, 600));
+    }
+
+    #[test]
+    fn each_rejection_names_its_field() {
+        assert_eq!(field_of("{"), "body");
+        assert_eq!(field_of("[]"), "body");
+        assert_eq!(field_of(r#"{"start":"yes"}"#), "start");
+        assert_eq!(field_of(r#"{"labell":"x"}"#), "labell");
+        assert_eq!(field_of(r#"{"ratePerMin":0}"#), "ratePerMin");
+        assert_eq!(field_of(r#"{"ratePerMin":1.5}"#), "ratePerMin");
+        assert_eq!(field_of(r#"{"ratePerHour":-1}"#), "ratePerHour");
+        assert_eq!(field_of(r#"{"ratePerHour":99999999999}"#), "ratePerHour");
+        assert_eq!(field_of(r#"{"label":""}"#), "label");
+        assert_eq!(field_of(r#"{"ratePerMin":700,"ratePerHour":600}"#), "ratePerMin");
+    }
+
+    #[test]
+    fn safe_ids_keep_keys_well_formed() {
+        assert!(is_safe_id("01J9ZX8K2QHV0M3T6R7P4N5W8C"));
+        assert!(!is_safe_id("a}b"));
+        assert!(!is_safe_id("a:b"));
+        assert!(!is_safe_id(""));
+    }
+}
