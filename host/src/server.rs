@@ -127,17 +127,74 @@ async fn run_guest(
                 }
             };
             let response = accessor.with(|mut store| response.into_http(&mut store, async { Ok(()) }))?;
+            let (parts, body) = response.into_parts();
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+            let body = if is_event_stream(&parts.headers) { body } else { buffer_whole(body).await };
             let (body_done_tx, body_done_rx) = oneshot::channel::<()>();
-            let response = response.map(|body| {
-                DoneOnDrop { body: body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(), _done: body_done_tx }.boxed_unsync()
-            });
-            if response_tx.send(response).is_ok() {
+            let body = DoneOnDrop { body, _done: body_done_tx }.boxed_unsync();
+            if response_tx.send(hyper::Response::from_parts(parts, body)).is_ok() {
                 // Resolves (with Err) when hyper drops the body: fully sent, or client gone.
                 let _ = body_done_rx.await;
             }
             Ok(())
         })
         .await?
+}
+
+/// Bodies up to this size are sent whole, with a Content-Length, in one write.
+const BUFFERED_BODY_LIMIT: usize = 1 << 20;
+
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// Collects a response body the guest is still writing, so hyper sends head and body in one
+/// write instead of a head, a chunk and a terminator (three syscalls and three wake-ups of the
+/// client). Past the limit, or at trailers or an error, the rest follows what was collected.
+async fn buffer_whole(mut body: HostBody) -> HostBody {
+    let mut collected = bytes::BytesMut::new();
+    let stop = loop {
+        match body.frame().await {
+            None => return Full::new(collected.freeze()).map_err(|e: Infallible| match e {}).boxed_unsync(),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    collected.extend_from_slice(&data);
+                    if collected.len() > BUFFERED_BODY_LIMIT {
+                        break None;
+                    }
+                }
+                Err(trailers) => break Some(Ok(trailers)),
+            },
+            Some(Err(e)) => break Some(Err(e)),
+        }
+    };
+    let ends = matches!(stop, Some(Err(_)));
+    let frames = std::iter::once(Ok(Frame::data(collected.freeze()))).chain(stop).collect();
+    Prefixed { frames, rest: (!ends).then_some(body) }.boxed_unsync()
+}
+
+/// Frames already taken from a body, then the rest of it.
+struct Prefixed {
+    frames: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: Option<HostBody>,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
 }
 
 /// A body that tells the guest's store, by being dropped, that the response is over.

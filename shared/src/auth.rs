@@ -5,7 +5,7 @@
 //! The signing algorithm always comes from the key, never from the token, so `alg: none` and
 //! algorithm swaps (say HS256 "signed" with an RSA public key) cannot verify.
 
-use crate::config::JwtSettings;
+use crate::config::{JwtSettings, Variables};
 use crate::redis::{Redis, first, get_string};
 use crate::{ApiError, ErrorCode, apikey, args, keys, validate};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
@@ -82,15 +82,16 @@ pub trait Fetch {
     async fn get_text(&self, url: &str) -> Result<String, String>;
 }
 
-pub async fn authenticate<R: Redis, F: Fetch>(
+/// `vars` is read only for login JWTs, so api-key requests cost no settings lookups.
+pub async fn authenticate<R: Redis, F: Fetch, V: Variables>(
     redis: &R,
     fetch: &F,
-    jwt: Option<&JwtSettings>,
+    vars: &V,
     authorization: Option<&str>,
 ) -> Result<Caller, ApiError> {
     let token = bearer_token(authorization)?;
     if token.split('.').count() == 3 {
-        verify_login_jwt(redis, fetch, jwt, token).await
+        verify_login_jwt(redis, fetch, JwtSettings::load(vars).await.as_ref(), token).await
     } else {
         verify_api_key(redis, token).await
     }

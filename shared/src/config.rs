@@ -1,11 +1,28 @@
 //! Deployment settings, read from Spin variables (spin.toml `[variables]`, overridable with
 //! `SPIN_VARIABLE_<NAME>`). Empty means unset, so a manifest can declare every variable with a
-//! harmless default.
+//! harmless default. Each setting is read only when a request needs it: every read is a host
+//! call, and an api-key request needs none of the JWT settings.
 
 /// Where settings come from: Spin's variables in a component, a map natively.
 #[allow(async_fn_in_trait)]
 pub trait Variables {
     async fn get(&self, name: &str) -> Option<String>;
+}
+
+async fn setting<V: Variables>(vars: &V, name: &str) -> Option<String> {
+    vars.get(name).await.filter(|v| !v.trim().is_empty())
+}
+
+async fn number<V: Variables>(vars: &V, name: &str, default: u64) -> u64 {
+    setting(vars, name).await.and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub async fn redis_url<V: Variables>(vars: &V) -> String {
+    setting(vars, "redis_url").await.unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())
+}
+
+pub async fn max_body_bytes<V: Variables>(vars: &V) -> usize {
+    number(vars, "max_body_bytes", 64 * 1024).await as usize
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,42 +49,27 @@ pub struct JwtSettings {
     pub jwks_refetch_secs: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub redis_url: String,
-    pub jwt: Option<JwtSettings>,
-    pub max_body_bytes: usize,
-}
-
-impl Config {
-    pub async fn load<V: Variables>(vars: &V) -> Config {
-        let get = async |name: &str| vars.get(name).await.filter(|v| !v.trim().is_empty());
-        let number = async |name: &str, default: u64| get(name).await.and_then(|v| v.parse().ok()).unwrap_or(default);
-        let claim = async |name: &str, default: &str| get(name).await.unwrap_or_else(|| default.to_owned());
-
-        let jwks = get("jwks").await;
-        let jwks_url = get("jwks_url").await;
-        let jwt = match (get("jwt_issuer").await, get("jwt_audience").await) {
-            (Some(issuer), Some(audience)) if jwks.is_some() || jwks_url.is_some() => Some(JwtSettings {
-                issuer,
-                audience,
-                jwks,
-                jwks_url,
-                claims: ClaimNames {
-                    user: claim("jwt_claim_user", "sub").await,
-                    organization: claim("jwt_claim_org", "org_id").await,
-                    org_role: claim("jwt_claim_org_role", "org_role").await,
-                    platform_role: claim("jwt_claim_platform_role", "platform_role").await,
-                },
-                jwks_cache_secs: number("jwks_cache_secs", 300).await,
-                jwks_refetch_secs: number("jwks_refetch_secs", 30).await,
-            }),
-            _ => None,
-        };
-        Config {
-            redis_url: get("redis_url").await.unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
-            jwt,
-            max_body_bytes: number("max_body_bytes", 64 * 1024).await as usize,
+impl JwtSettings {
+    pub async fn load<V: Variables>(vars: &V) -> Option<JwtSettings> {
+        let claim = async |name: &str, default: &str| setting(vars, name).await.unwrap_or_else(|| default.to_owned());
+        let jwks = setting(vars, "jwks").await;
+        let jwks_url = setting(vars, "jwks_url").await;
+        if jwks.is_none() && jwks_url.is_none() {
+            return None;
         }
+        Some(JwtSettings {
+            issuer: setting(vars, "jwt_issuer").await?,
+            audience: setting(vars, "jwt_audience").await?,
+            jwks,
+            jwks_url,
+            claims: ClaimNames {
+                user: claim("jwt_claim_user", "sub").await,
+                organization: claim("jwt_claim_org", "org_id").await,
+                org_role: claim("jwt_claim_org_role", "org_role").await,
+                platform_role: claim("jwt_claim_platform_role", "platform_role").await,
+            },
+            jwks_cache_secs: number(vars, "jwks_cache_secs", 300).await,
+            jwks_refetch_secs: number(vars, "jwks_refetch_secs", 30).await,
+        })
     }
 }

@@ -75,6 +75,8 @@ impl std::fmt::Display for RedisError {
     }
 }
 
+impl std::error::Error for RedisError {}
+
 impl From<RedisError> for ApiError {
     fn from(_: RedisError) -> Self {
         ApiError::unavailable()

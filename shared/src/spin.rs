@@ -6,7 +6,7 @@
 
 use crate::answer::Answer;
 use crate::auth::{self, Caller, Fetch};
-use crate::config::{Config, Variables};
+use crate::config::{self, Variables};
 use crate::redis::{Arg, Redis, RedisError, Reply};
 use crate::{ApiError, ErrorCode};
 use bytes::Bytes;
@@ -57,27 +57,26 @@ impl Fetch for SpinHttp {
     }
 }
 
-/// Per-request state: settings and one Redis connection (the host pools the sockets).
+/// Per-request state: one Redis connection (the host pools the sockets underneath).
 pub struct Context {
-    pub config: Config,
     pub redis: Connection,
 }
 
 impl Context {
     pub async fn open() -> Result<Context, ApiError> {
-        let config = Config::load(&SpinVariables).await;
-        let redis = Connection::open(&config.redis_url).await.map_err(|_| ApiError::unavailable())?;
-        Ok(Context { config, redis })
+        let url = config::redis_url(&SpinVariables).await;
+        let redis = Connection::open(&url).await.map_err(|_| ApiError::unavailable())?;
+        Ok(Context { redis })
     }
 
     pub async fn authenticate(&self, req: &Request) -> Result<Caller, ApiError> {
         let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        auth::authenticate(&self.redis, &SpinHttp, self.config.jwt.as_ref(), authorization).await
+        auth::authenticate(&self.redis, &SpinHttp, &SpinVariables, authorization).await
     }
 
     /// The request body, refused with 413 past the configured limit without reading the rest.
     pub async fn body(&self, req: Request) -> Result<Vec<u8>, ApiError> {
-        let limit = self.config.max_body_bytes;
+        let limit = config::max_body_bytes(&SpinVariables).await;
         let too_large = || {
             ApiError::new(ErrorCode::PayloadTooLarge, format!("request body exceeds {limit} bytes"))
                 .with_detail("limit", limit)

@@ -1,1 +1,73 @@
-fn main() {}
+//! `cargo xtask <command>`: every developer workflow, no shell scripts.
+//!
+//! - `build`: the components (wasm32-wasip2) and the host.
+//! - `up`: Redis if none answers, build, run the host, print the URL and a fresh api-key.
+//! - `test`: the same prerequisites, then every test of the workspace.
+//! - `bench`: `GET /api/v1/sessions` through the host vs a native baseline, side by side.
+//! - `apikey create|list|revoke`: an organization's api-keys.
+
+mod apikey;
+mod bench;
+mod prereq;
+
+use std::process::ExitCode;
+
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let outcome = match args.first().map(String::as_str) {
+        Some("build") => prereq::build(),
+        Some("up") => runtime.block_on(up()),
+        Some("test") => runtime.block_on(test(&args[1..])),
+        Some("bench") => runtime.block_on(bench::run(&args[1..])),
+        Some("apikey") => runtime.block_on(apikey::run(&args[1..])),
+        Some("native-baseline") => runtime.block_on(bench::serve_native(&args[1..])),
+        _ => Err("usage: cargo xtask <build | up | test | bench | apikey create|list|revoke>".into()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up() -> Result {
+    let redis_url = prereq::redis_url();
+    prereq::ensure_redis(&redis_url).await?;
+    prereq::build()?;
+    let listen = std::env::var("GATEWAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+    let mut host = prereq::host_command(&redis_url, &listen).spawn()?;
+    prereq::wait_for_port(&listen).await?;
+
+    let redis = shared::redis::native::connect(&redis_url).await?;
+    let key = shared::apikey::native::mint();
+    let caps = vec![shared::auth::Capability::Manage, shared::auth::Capability::Send, shared::auth::Capability::Read];
+    shared::apikey::create(&redis, &key, "default", caps, Some("cargo xtask up".to_owned())).await?;
+    println!("\nGateway: http://{listen}   (Redis: {redis_url})");
+    println!("Api-key for organization \"default\" (shown once): {key}");
+    println!("\n  export GATEWAY_URL=http://{listen} GATEWAY_KEY={key}");
+    println!("  curl -s -X POST $GATEWAY_URL/api/v1/sessions -H \"Authorization: Bearer $GATEWAY_KEY\" -d '{{\"label\":\"Support\"}}'\n");
+    println!("Ctrl-C stops the gateway.");
+    tokio::signal::ctrl_c().await?;
+    host.kill()?;
+    host.wait()?;
+    Ok(())
+}
+
+async fn test(extra: &[String]) -> Result {
+    let redis_url = prereq::redis_url();
+    prereq::ensure_redis(&redis_url).await?;
+    prereq::build()?;
+    let status = std::process::Command::new(env!("CARGO"))
+        // The default members: every native crate; the components were built for wasm above.
+        .args(["test", "--release"])
+        .args(extra)
+        .env("REDIS_URL", &redis_url)
+        .current_dir(prereq::root())
+        .status()?;
+    if status.success() { Ok(()) } else { Err("tests failed".into()) }
+}

@@ -1,0 +1,202 @@
+//! The session endpoints over real HTTP: shapes and status codes against the API reference,
+//! organization scoping, validation, and the commands left for the daemon.
+
+use e2e::{Client, gateway, manage_key, new_org, redis_url};
+use serde_json::Value;
+
+const FIELDS: [&str; 17] = [
+    "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession", "label",
+    "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "ratePerHour",
+    "ratePerMin", "status", "updatedAt", "waJid", "waLid",
+];
+
+fn sessions() -> String {
+    gateway().url("/api/v1/sessions")
+}
+
+fn session(id: &str) -> String {
+    gateway().url(&format!("/api/v1/sessions/{id}"))
+}
+
+async fn stream_entries(stream: &str) -> Vec<Vec<(String, String)>> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            entry.map.into_iter().map(|(k, v)| (k, redis::from_redis_value::<String>(&v).unwrap())).collect()
+        })
+        .collect()
+}
+
+fn command_for(entries: &[Vec<(String, String)>], session_id: &str) -> Option<String> {
+    entries.iter().find_map(|fields| {
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        (get("sessionId").as_deref() == Some(session_id)).then(|| get("type")).flatten()
+    })
+}
+
+#[tokio::test]
+async fn create_answers_201_with_the_full_row() {
+    let (client, org) = (Client::default(), new_org());
+    let key = manage_key(&org).await;
+    let body = r#"{"label":"Support line","autoRead":true,"presenceTyping":false,"ratePerMin":30,"ratePerHour":900}"#;
+    let reply = client.post(&sessions(), &key, body).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let row = reply.body.as_object().unwrap();
+    let mut fields: Vec<&str> = row.keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(fields, FIELDS);
+    assert_eq!(row["organizationId"], org.as_str());
+    assert_eq!(row["label"], "Support line");
+    assert_eq!(row["status"], "stopped");
+    assert_eq!((row["autoRead"].clone(), row["presenceTyping"].clone()), (Value::Bool(true), Value::Bool(false)));
+    assert_eq!((row["ratePerMin"].as_u64(), row["ratePerHour"].as_u64()), (Some(30), Some(900)));
+    assert_eq!(row["id"].as_str().unwrap().len(), 26, "a ULID");
+    assert!(row["createdByUserId"].as_str().unwrap().starts_with("apikey:"));
+    for unknown in ["gatewayId", "phoneNumber", "waJid", "waLid", "lastConnectedAt"] {
+        assert!(row[unknown].is_null(), "{unknown} is null until known");
+    }
+    assert_eq!(row["createdAt"], row["updatedAt"]);
+
+    let again = client.post(&sessions(), &key, body).await;
+    assert_ne!(again.body["id"], reply.body["id"], "not idempotent: each call creates a session");
+}
+
+#[tokio::test]
+async fn defaults_apply_and_start_true_asks_a_daemon_to_start() {
+    let (client, org) = (Client::default(), new_org());
+    let key = manage_key(&org).await;
+    let stopped = client.post(&sessions(), &key, "").await;
+    assert_eq!(stopped.status, 201);
+    assert_eq!(stopped.body["status"], "stopped");
+    assert_eq!((stopped.body["ratePerMin"].as_u64(), stopped.body["ratePerHour"].as_u64()), (Some(20), Some(600)));
+    assert_eq!(stopped.body["presenceTyping"], true);
+
+    let started = client.post(&sessions(), &key, r#"{"start":true}"#).await;
+    assert_eq!(started.body["status"], "starting");
+    let queued = stream_entries(&shared::keys::unplaced_commands()).await;
+    let id = started.body["id"].as_str().unwrap();
+    assert_eq!(command_for(&queued, id).as_deref(), Some("start"));
+    assert_eq!(command_for(&queued, stopped.body["id"].as_str().unwrap()), None, "a stopped session queues nothing");
+}
+
+#[tokio::test]
+async fn get_answers_the_row() {
+    let (client, org) = (Client::default(), new_org());
+    let key = manage_key(&org).await;
+    let created = client.post(&sessions(), &key, r#"{"label":"A"}"#).await.body;
+    let reply = client.get(&session(created["id"].as_str().unwrap()), &key).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, created);
+}
+
+#[tokio::test]
+async fn list_is_scoped_to_the_callers_organization() {
+    let client = Client::default();
+    let (org_a, org_b) = (new_org(), new_org());
+    let (key_a, key_b) = (manage_key(&org_a).await, manage_key(&org_b).await);
+    let first = client.post(&sessions(), &key_a, r#"{"label":"first"}"#).await.body;
+    let second = client.post(&sessions(), &key_a, r#"{"label":"second"}"#).await.body;
+    client.post(&sessions(), &key_b, r#"{"label":"other org"}"#).await;
+
+    let reply = client.get(&sessions(), &key_a).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.as_object().unwrap().len(), 2, "exactly data and nextCursor");
+    assert!(reply.body["nextCursor"].is_null());
+    assert_eq!(reply.body["data"], serde_json::json!([first, second]), "oldest first, only org A");
+
+    let empty = client.get(&sessions(), &manage_key(&new_org()).await).await;
+    assert_eq!(empty.body["data"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn another_organizations_session_is_not_found() {
+    let client = Client::default();
+    let owner = manage_key(&new_org()).await;
+    let stranger = manage_key(&new_org()).await;
+    let id = client.post(&sessions(), &owner, "{}").await.body["id"].as_str().unwrap().to_owned();
+
+    client.get(&session(&id), &stranger).await.expect_error(404, "not_found");
+    client.delete(&session(&id), &stranger).await.expect_error(404, "not_found");
+    assert_eq!(client.get(&session(&id), &owner).await.status, 200, "a stranger's DELETE removed nothing");
+}
+
+#[tokio::test]
+async fn delete_removes_the_row_and_queues_cleanup() {
+    let (client, org) = (Client::default(), new_org());
+    let key = manage_key(&org).await;
+    let id = client.post(&sessions(), &key, "{}").await.body["id"].as_str().unwrap().to_owned();
+
+    let reply = client.delete(&session(&id), &key).await;
+    assert_eq!(reply.status, 204);
+    assert!(reply.body.is_null(), "204 has no body");
+    client.get(&session(&id), &key).await.expect_error(404, "not_found");
+    client.delete(&session(&id), &key).await.expect_error(404, "not_found");
+    assert_eq!(client.get(&sessions(), &key).await.body["data"], serde_json::json!([]));
+    let queued = stream_entries(&shared::keys::unplaced_commands()).await;
+    assert_eq!(command_for(&queued, &id).as_deref(), Some("delete"));
+}
+
+#[tokio::test]
+async fn unknown_session_ids_are_not_found() {
+    let key = manage_key(&new_org()).await;
+    let client = Client::default();
+    for id in ["01J9ZX8K2QHV0M3T6R7P4N5W8C", "no-such-session", "%7Bbrace%7D"] {
+        client.get(&session(id), &key).await.expect_error(404, "not_found");
+    }
+}
+
+#[tokio::test]
+async fn invalid_bodies_are_400_naming_the_field_and_create_nothing() {
+    let (client, org) = (Client::default(), new_org());
+    let key = manage_key(&org).await;
+    let cases = [
+        ("{\"label\": ", "body"),
+        ("[1,2]", "body"),
+        (r#"{"start":"yes"}"#, "start"),
+        (r#"{"autoRead":1}"#, "autoRead"),
+        (r#"{"label":42}"#, "label"),
+        (r#"{"label":""}"#, "label"),
+        (r#"{"colour":"blue"}"#, "colour"),
+        (r#"{"ratePerMin":0}"#, "ratePerMin"),
+        (r#"{"ratePerMin":5000}"#, "ratePerMin"),
+        (r#"{"ratePerMin":2.5}"#, "ratePerMin"),
+        (r#"{"ratePerHour":-1}"#, "ratePerHour"),
+        (r#"{"ratePerHour":"600"}"#, "ratePerHour"),
+        (r#"{"ratePerMin":100,"ratePerHour":50}"#, "ratePerMin"),
+        (r#"{"isAdminSession":null,"presenceTyping":"no"}"#, "presenceTyping"),
+    ];
+    for (body, field) in cases {
+        let reply = client.post(&sessions(), &key, body).await;
+        let details = reply.expect_error(400, "validation_error");
+        assert_eq!(details["field"], field, "body {body}");
+    }
+    assert_eq!(client.get(&sessions(), &key).await.body["data"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let key = manage_key(&new_org()).await;
+    let body = format!(r#"{{"label":"{}"}}"#, "x".repeat(5000));
+    Client::default().post(&sessions(), &key, &body).await.expect_error(413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_answer_in_the_envelope() {
+    let key = manage_key(&new_org()).await;
+    let client = Client::default();
+    client.get(&gateway().url("/api/v1/nothing-here"), &key).await.expect_error(404, "not_found");
+    client.get(&gateway().url("/"), &key).await.expect_error(404, "not_found");
+    client.get(&gateway().url("/api/v1/sessions/a/b/c"), &key).await.expect_error(404, "not_found");
+
+    let put = client.send("PUT", &sessions(), Some(&key), Some("{}")).await;
+    put.expect_error(405, "method_not_allowed");
+    assert_eq!(put.headers["allow"], "GET, POST");
+    let patch = client.send("PATCH", &session("01J9ZX8K2QHV0M3T6R7P4N5W8C"), Some(&key), None).await;
+    patch.expect_error(405, "method_not_allowed");
+    assert_eq!(patch.headers["allow"], "GET, DELETE");
+}

@@ -1,0 +1,219 @@
+//! `cargo xtask bench [--seconds N]`: `GET /api/v1/sessions` (one organization, 10 sessions,
+//! api-key auth) over keep-alive connections, through the embedded host and through a native
+//! server that runs the same `shared` auth and store code without WASM. The two alternate in
+//! rounds within one run, so machine noise hits both alike.
+
+use crate::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use redis::aio::ConnectionManager;
+use shared::auth::{Capability, Fetch};
+use shared::config::Variables;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+const CONNECTIONS: usize = 16;
+const SESSIONS: usize = 10;
+const ROUNDS: usize = 3;
+const PATH: &str = "/api/v1/sessions";
+
+pub async fn run(args: &[String]) -> Result {
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(6);
+    let redis_url = crate::prereq::redis_url();
+    crate::prereq::ensure_redis(&redis_url).await?;
+    crate::prereq::build()?;
+
+    let redis = shared::redis::native::connect(&redis_url).await?;
+    let org = format!("bench-{}", ulid_like());
+    let key = seed(&redis, &org).await?;
+
+    let host_addr = free_addr().await?;
+    let mut host = crate::prereq::host_command(&redis_url, &host_addr).env("RUST_LOG", "warn").spawn()?;
+    crate::prereq::wait_for_port(&host_addr).await?;
+    // The baseline runs in its own process, like the host, so neither shares the load
+    // generator's runtime.
+    let native_addr = free_addr().await?;
+    let mut native = std::process::Command::new(std::env::current_exe()?)
+        .args(["native-baseline", &native_addr])
+        .env("REDIS_URL", &redis_url)
+        .spawn()?;
+    crate::prereq::wait_for_port(&native_addr).await?;
+
+    let round = Duration::from_secs(seconds.max(ROUNDS as u64) / ROUNDS as u64);
+    println!("GET {PATH}: {SESSIONS} sessions, {CONNECTIONS} keep-alive connections, {ROUNDS} alternating rounds of {round:?} per side");
+    let (mut host_lat, mut native_lat) = (Vec::new(), Vec::new());
+    let (mut host_time, mut native_time) = (Duration::ZERO, Duration::ZERO);
+    load(&host_addr, &key, Duration::from_millis(500)).await?; // warm both before measuring
+    load(&native_addr, &key, Duration::from_millis(500)).await?;
+    for _ in 0..ROUNDS {
+        host_lat.extend(load(&host_addr, &key, round).await?);
+        host_time += round;
+        native_lat.extend(load(&native_addr, &key, round).await?);
+        native_time += round;
+    }
+    for child in [&mut host, &mut native] {
+        child.kill()?;
+        child.wait()?;
+    }
+    cleanup(&redis, &org).await?;
+
+    let host_stats = Stats::of(&mut host_lat, host_time);
+    let native_stats = Stats::of(&mut native_lat, native_time);
+    println!("{:<18}{:>10}{:>12}{:>12}", "", "req/s", "p50", "p99");
+    host_stats.print("embedded host");
+    native_stats.print("native baseline");
+    println!(
+        "host/native: throughput {:.2}, p50 {:.2}x, p99 {:.2}x",
+        host_stats.rps / native_stats.rps,
+        host_stats.p50.as_secs_f64() / native_stats.p50.as_secs_f64(),
+        host_stats.p99.as_secs_f64() / native_stats.p99.as_secs_f64(),
+    );
+    Ok(())
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Stats {
+    fn of(latencies: &mut [Duration], elapsed: Duration) -> Stats {
+        latencies.sort();
+        let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+        Stats { rps: latencies.len() as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99) }
+    }
+
+    fn print(&self, name: &str) {
+        let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+        println!("{name:<18}{:>10.0}{:>12}{:>12}", self.rps, ms(self.p50), ms(self.p99));
+    }
+}
+
+fn ulid_like() -> String {
+    shared::apikey::sha256_hex(&format!("{:?}", Instant::now()))[..12].to_owned()
+}
+
+async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
+    for i in 0..SESSIONS {
+        let new = shared::validate::new_session(format!(r#"{{"label":"bench {i}"}}"#).as_bytes())?;
+        shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis())).await?;
+    }
+    let key = shared::apikey::native::mint();
+    shared::apikey::create(redis, &key, org, vec![Capability::Manage], Some("bench".into())).await?;
+    Ok(key)
+}
+
+async fn cleanup(redis: &ConnectionManager, org: &str) -> Result {
+    for session in shared::store::list(redis, org).await? {
+        shared::store::delete(redis, org, &session.id).await?;
+    }
+    for key in shared::apikey::list(redis, org).await? {
+        shared::apikey::revoke(redis, org, &key.id).await?;
+    }
+    Ok(())
+}
+
+async fn free_addr() -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// The baseline serves api-keys only: no JWKS to fetch, no settings to read.
+struct ApiKeysOnly;
+
+impl Fetch for ApiKeysOnly {
+    async fn get_text(&self, _url: &str) -> std::result::Result<String, String> {
+        Err("the native baseline serves api-keys only".into())
+    }
+}
+
+impl Variables for ApiKeysOnly {
+    async fn get(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The baseline: what the `sessions` component does for this endpoint, natively.
+async fn list_natively(redis: &ConnectionManager, req: &hyper::Request<Incoming>) -> (u16, Vec<u8>) {
+    let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let outcome = async {
+        let caller = shared::auth::authenticate(redis, &ApiKeysOnly, &ApiKeysOnly, authorization).await?;
+        let org = caller.org_with(Capability::Manage)?;
+        let sessions = shared::store::list(redis, org).await?;
+        Ok::<_, shared::ApiError>(serde_json::json!({ "data": sessions, "nextCursor": null }))
+    };
+    match outcome.await {
+        Ok(body) => (200, serde_json::to_vec(&body).unwrap_or_default()),
+        Err(e) => (e.status(), e.to_json().to_string().into_bytes()),
+    }
+}
+
+/// `xtask native-baseline ADDR`: the baseline server, run by `bench` as a child process.
+pub async fn serve_native(args: &[String]) -> Result {
+    let addr = args.first().ok_or("native-baseline needs an address")?;
+    let redis = shared::redis::native::connect(&crate::prereq::redis_url()).await?;
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        {
+            let _ = stream.set_nodelay(true);
+            let redis = redis.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let redis = redis.clone();
+                async move {
+                    let (status, body) = list_natively(&redis, &req).await;
+                    let response = hyper::Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(Bytes::from(body)));
+                    Ok::<_, Infallible>(response.unwrap_or_default())
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    }
+}
+
+/// Drives `CONNECTIONS` keep-alive connections for `duration`; returns every request's latency.
+async fn load(addr: &str, key: &str, duration: Duration) -> Result<Vec<Duration>> {
+    let deadline = Instant::now() + duration;
+    let mut workers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (addr, auth) = (addr.to_owned(), format!("Bearer {key}"));
+        workers.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let request = hyper::Request::get(PATH)
+                    .header(http::header::HOST, &addr)
+                    .header(http::header::AUTHORIZATION, &auth)
+                    .body(Empty::<Bytes>::new())?;
+                let started = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                if status != 200 {
+                    return Err(format!("{addr} answered {status}").into());
+                }
+                latencies.push(started.elapsed());
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await?.map_err(|e| e.to_string())?);
+    }
+    Ok(all)
+}

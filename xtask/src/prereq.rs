@@ -1,0 +1,125 @@
+//! What every workflow needs first, installed or started when missing: the wasm target,
+//! a Redis that answers, and fresh builds of the components and the host.
+
+use crate::Result;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn run(command: &mut Command) -> Result {
+    let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{command:?} failed with {status}").into()) }
+}
+
+fn ensure_wasm_target() -> Result {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+        println!("xtask: adding the {WASM_TARGET} target");
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    Ok(())
+}
+
+/// The package names under `functions/`, each one component.
+fn function_packages() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root().join("functions"))? {
+        let manifest = std::fs::read_to_string(entry?.path().join("Cargo.toml"))?;
+        let name = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name = "))
+            .ok_or("a function's Cargo.toml has no name")?;
+        names.push(name.trim_matches('"').to_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+pub fn build() -> Result {
+    ensure_wasm_target()?;
+    let cargo = env!("CARGO");
+    let mut components = Command::new(cargo);
+    components.current_dir(root()).args(["build", "--profile", "component", "--target", WASM_TARGET]);
+    for name in function_packages()? {
+        components.args(["-p", &name]);
+    }
+    run(&mut components)?;
+    run(Command::new(cargo).current_dir(root()).args(["build", "--release", "-p", "gateway-host"]))
+}
+
+async fn ping(url: &str) -> bool {
+    let attempt = async {
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Some(_)))
+}
+
+/// Starts a throwaway local Redis (no persistence) when none answers at `url`, installing the
+/// Debian package first if needed.
+pub async fn ensure_redis(url: &str) -> Result {
+    if ping(url).await {
+        return Ok(());
+    }
+    let parsed = redis::Client::open(url)?.get_connection_info().addr.clone();
+    let redis::ConnectionAddr::Tcp(host, port) = parsed else {
+        return Err(format!("Redis at {url} does not answer").into());
+    };
+    if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1") {
+        return Err(format!("Redis at {url} does not answer, and it is not local, so xtask will not start one").into());
+    }
+    if Command::new("redis-server").arg("--version").output().is_err() {
+        println!("xtask: redis-server is missing; installing Debian's redis-server package");
+        let installed = run(Command::new("apt-get").arg("update"))
+            .and_then(|()| run(Command::new("apt-get").args(["install", "-y", "redis-server"]).env("DEBIAN_FRONTEND", "noninteractive")));
+        if let Err(e) = installed {
+            return Err(format!("cannot install redis-server ({e}); install Redis 7 or set REDIS_URL to one that runs").into());
+        }
+    }
+    let log = root().join(".gateway/redis.log");
+    std::fs::create_dir_all(root().join(".gateway"))?;
+    println!("xtask: starting redis-server on port {port}");
+    run(Command::new("redis-server").args([
+        "--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--daemonize", "yes", "--logfile", &log.to_string_lossy(),
+    ]))?;
+    for _ in 0..50 {
+        if ping(url).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("started redis-server, but {url} still does not answer (see {})", log.display()).into())
+}
+
+pub fn host_command(redis_url: &str, listen: &str) -> Command {
+    let root = root();
+    let mut command = Command::new(root.join("target/release/gateway-host"));
+    command
+        .arg("--manifest").arg(root.join("spin.toml"))
+        .arg("--listen").arg(listen)
+        .arg("--cache-dir").arg(root.join(".gateway/cache"))
+        .env("SPIN_VARIABLE_REDIS_URL", redis_url);
+    command
+}
+
+pub async fn wait_for_port(addr: &str) -> Result {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the host did not start listening on {addr}").into())
+}
