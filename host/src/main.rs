@@ -72,8 +72,15 @@ async fn shutdown_signal(stop_on_stdin_close: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("GATEWAY_WORKER_THREADS").ok().and_then(|n| n.parse().ok()) {
+        runtime.worker_threads(threads);
+    }
+    runtime.enable_all().build()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -88,25 +88,73 @@ impl App {
         response
     }
 
+    /// Runs the guest inside this connection's task, not a spawned one: a spawn per request
+    /// woke an idle worker thread every time, and those wake-ups cost more than the guest.
     async fn invoke(&self, component: Arc<ComponentRuntime>, req: hyper::Request<Incoming>) -> hyper::Response<HostBody> {
-        let (response_tx, response_rx) = oneshot::channel();
-        let engine = self.engine.clone();
+        let (response_tx, mut response_rx) = oneshot::channel();
         let id = component.id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = run_guest(&engine, component, req, response_tx).await {
-                tracing::error!(component = id, "guest failed: {e:#}");
+        let mut guest: GuestFuture = Box::pin({
+            let engine = self.engine.clone();
+            async move {
+                if let Err(e) = run_guest(&engine, component, req, response_tx).await {
+                    tracing::error!(component = id, "guest failed: {e:#}");
+                }
             }
         });
-        match tokio::time::timeout(self.response_timeout, response_rx).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(_)) => envelope(&ApiError::internal("the function failed before responding")),
-            Err(_) => envelope(&ApiError::new(ErrorCode::Timeout, "the function did not respond in time")),
+        let deadline = tokio::time::sleep(self.response_timeout);
+        tokio::pin!(deadline);
+        let mut guest_done = false;
+        let response = loop {
+            tokio::select! {
+                response = &mut response_rx => break response.ok(),
+                () = &mut guest, if !guest_done => guest_done = true,
+                () = &mut deadline => {
+                    return envelope(&ApiError::new(ErrorCode::Timeout, "the function did not respond in time"));
+                }
+            }
+        };
+        match response {
+            // The guest keeps running inside the body: it may still be writing it.
+            Some(response) => response.map(|body| Alongside { body, guest: (!guest_done).then_some(guest) }.boxed_unsync()),
+            None => envelope(&ApiError::internal("the function failed before responding")),
         }
     }
 }
 
+type GuestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A response body that also drives the guest's store, whose tasks produce the body.
+/// Dropping it (sent, or client gone) drops the store with it.
+struct Alongside {
+    body: HostBody,
+    guest: Option<GuestFuture>,
+}
+
+impl Body for Alongside {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(guest) = self.guest.as_mut() {
+            if guest.as_mut().poll(cx).is_ready() {
+                self.guest = None;
+            }
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Runs one request in a fresh store. The store's event loop keeps running until the response
-/// body has been fully sent or the client went away, since the guest produces the body there.
+/// body has been fully sent or the client went away (this future is then dropped), since the
+/// guest produces the body there.
 async fn run_guest(
     engine: &Engine,
     component: Arc<ComponentRuntime>,
@@ -130,11 +178,10 @@ async fn run_guest(
             let (parts, body) = response.into_parts();
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
             let body = if is_event_stream(&parts.headers) { body } else { buffer_whole(body).await };
-            let (body_done_tx, body_done_rx) = oneshot::channel::<()>();
-            let body = DoneOnDrop { body, _done: body_done_tx }.boxed_unsync();
             if response_tx.send(hyper::Response::from_parts(parts, body)).is_ok() {
-                // Resolves (with Err) when hyper drops the body: fully sent, or client gone.
-                let _ = body_done_rx.await;
+                // Keep the store's tasks running for as long as the body is being sent; the
+                // body owns this future and drops it when it is done.
+                std::future::pending::<()>().await;
             }
             Ok(())
         })
@@ -194,29 +241,6 @@ impl Body for Prefixed {
             Some(rest) => Pin::new(rest).poll_frame(cx),
             None => Poll::Ready(None),
         }
-    }
-}
-
-/// A body that tells the guest's store, by being dropped, that the response is over.
-struct DoneOnDrop {
-    body: HostBody,
-    _done: oneshot::Sender<()>,
-}
-
-impl Body for DoneOnDrop {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
     }
 }
 

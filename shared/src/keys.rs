@@ -12,9 +12,14 @@ pub fn session(org: &str, session_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}")
 }
 
-/// The organization's sessions, scored by creation time, for listing in a stable order.
+/// The organization's sessions, scored by creation order, for listing in a stable order.
 pub fn org_sessions(org: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:sessions")
+}
+
+/// Counts the organization's session creations: the scores of [`org_sessions`].
+pub fn org_session_counter(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session-counter")
 }
 
 /// Session id → organization id, for platform-wide lookups (the daemon, super_admin tools).
@@ -61,6 +66,7 @@ mod tests {
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&session("acme", "01J")), tag(&org_sessions("acme")));
         assert_eq!(tag(&org_sessions("acme")), tag(&org_api_keys("acme")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&org_session_counter("acme")));
         assert_ne!(session("acme", "01J"), session("globex", "01J"));
     }
 }

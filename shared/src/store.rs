@@ -5,10 +5,12 @@ use crate::redis::{Redis, RedisError, Reply, first};
 use crate::session::Session;
 use crate::{ApiError, args, keys};
 
-/// Writes the row and its index entry together, refusing to overwrite an existing row.
+/// Writes the row and its index entry together, refusing to overwrite an existing row. The
+/// index is scored by a per-organization counter, so listing order is exact creation order
+/// even for sessions created within the same millisecond.
 const CREATE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
   return 1
 end
 return 0";
@@ -21,6 +23,19 @@ if row then
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
 return row";
+
+/// The organization's rows in index order, in one round trip. Row keys are built from the
+/// prefix in ARGV[1]; they share KEYS[1]'s hash tag, so they live on its cluster slot.
+/// MGET goes in chunks to stay under Lua's `unpack` limit.
+const LIST: &str = r"
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local rows = {}
+for first = 1, #ids, 1000 do
+  local keys = {}
+  for i = first, math.min(first + 999, #ids) do keys[#keys + 1] = ARGV[1] .. ids[i] end
+  for _, row in ipairs(redis.call('MGET', unpack(keys))) do rows[#rows + 1] = row end
+end
+return rows";
 
 fn decode(reply: Reply) -> Result<Option<Session>, ApiError> {
     match reply.into_string() {
@@ -37,7 +52,7 @@ pub async fn create<R: Redis>(r: &R, session: &Session) -> Result<(), ApiError> 
     let created = first(
         r,
         "EVAL",
-        args![CREATE, 2, keys::session(org, &session.id), keys::org_sessions(org), json, session.created_at, &session.id],
+        args![CREATE, 3, keys::session(org, &session.id), keys::org_sessions(org), keys::org_session_counter(org), json, &session.id],
     )
     .await?;
     if created.as_int() != Some(1) {
@@ -58,12 +73,7 @@ pub async fn get<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Session
 
 /// All of the organization's sessions, oldest first.
 pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> {
-    let ids = r.execute("ZRANGE", args![keys::org_sessions(org), 0, -1]).await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let row_keys = ids.into_iter().filter_map(Reply::into_string).map(|id| keys::session(org, &id).into());
-    let rows = r.execute("MGET", row_keys.collect()).await?;
+    let rows = r.execute("EVAL", args![LIST, 1, keys::org_sessions(org), keys::session(org, "")]).await?;
     let mut sessions = Vec::with_capacity(rows.len());
     for row in rows {
         // A row deleted between the two reads is simply no longer listed.

@@ -40,9 +40,11 @@ pub async fn run(args: &[String]) -> Result {
     // The baseline runs in its own process, like the host, so neither shares the load
     // generator's runtime.
     let native_addr = free_addr().await?;
-    let mut native = std::process::Command::new(std::env::current_exe()?)
+    // The binary `build` just linked (this running one may have been replaced by it).
+    let mut native = std::process::Command::new(crate::prereq::root().join("target/release/xtask"))
         .args(["native-baseline", &native_addr])
         .env("REDIS_URL", &redis_url)
+        .stdin(std::process::Stdio::piped())
         .spawn()?;
     crate::prereq::wait_for_port(&native_addr).await?;
 
@@ -161,6 +163,11 @@ pub async fn serve_native(args: &[String]) -> Result {
     let addr = args.first().ok_or("native-baseline needs an address")?;
     let redis = shared::redis::native::connect(&crate::prereq::redis_url()).await?;
     let listener = TcpListener::bind(addr).await?;
+    // Like the host: stop when the parent `bench` goes away, however it ends.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     loop {
         let (stream, _) = listener.accept().await?;
         {

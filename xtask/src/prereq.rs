@@ -54,7 +54,9 @@ pub fn build() -> Result {
         components.args(["-p", &name]);
     }
     run(&mut components)?;
-    run(Command::new(cargo).current_dir(root()).args(["build", "--release", "-p", "gateway-host"]))
+    // All default members, exactly as `cargo test --release` resolves them: the host binary the
+    // tests run is then the one built here, not a second build with other features.
+    run(Command::new(cargo).current_dir(root()).args(["build", "--release"]))
 }
 
 async fn ping(url: &str) -> bool {
@@ -110,6 +112,9 @@ pub fn host_command(redis_url: &str, listen: &str) -> Command {
         .arg("--manifest").arg(root.join("spin.toml"))
         .arg("--listen").arg(listen)
         .arg("--cache-dir").arg(root.join(".gateway/cache"))
+        // The host exits when xtask does, however xtask ends.
+        .arg("--stop-on-stdin-close")
+        .stdin(std::process::Stdio::piped())
         .env("SPIN_VARIABLE_REDIS_URL", redis_url);
     command
 }
