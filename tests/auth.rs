@@ -159,3 +159,22 @@ async fn operator_cli_creates_and_revokes_api_keys() {
     xtask(&["revoke", "--org", &org, "--id", &id]);
     status_for(&key).await.expect_error(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn an_inline_jwks_needs_no_endpoint() {
+    let document = std::fs::read_to_string(root().join("tests/fixtures/jwks.json")).unwrap();
+    let gateway = Gateway::start(&redis_url(), &[("jwt_issuer", ISSUER), ("jwt_audience", AUDIENCE), ("jwks", &document)]);
+    let client = Client::default();
+    let list = gateway.url("/api/v1/sessions");
+    let org = new_org();
+    assert_eq!(client.get(&list, &es256(&claims(&org, "owner"))).await.status, 200);
+    client.get(&list, &rs256_by_attacker(&claims(&org, "owner"))).await.expect_error(401, "unauthorized");
+    client.get(&list, &rs256(&claims(&org, "member"))).await.expect_error(403, "forbidden");
+}
+
+#[tokio::test]
+async fn login_jwts_are_refused_where_none_are_configured() {
+    let gateway = Gateway::start(&redis_url(), &[]);
+    let reply = Client::default().get(&gateway.url("/api/v1/sessions"), &rs256(&claims(&new_org(), "owner"))).await;
+    reply.expect_error(401, "unauthorized");
+}

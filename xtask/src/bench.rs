@@ -31,7 +31,7 @@ pub async fn run(args: &[String]) -> Result {
     crate::prereq::build()?;
 
     let redis = shared::redis::native::connect(&redis_url).await?;
-    let org = format!("bench-{}", ulid_like());
+    let org = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
     let key = seed(&redis, &org).await?;
 
     let host_addr = free_addr().await?;
@@ -97,10 +97,6 @@ impl Stats {
         let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
         println!("{name:<18}{:>10.0}{:>12}{:>12}", self.rps, ms(self.p50), ms(self.p99));
     }
-}
-
-fn ulid_like() -> String {
-    shared::apikey::sha256_hex(&format!("{:?}", Instant::now()))[..12].to_owned()
 }
 
 async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
