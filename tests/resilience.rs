@@ -1,7 +1,8 @@
 //! Redis going away and coming back, against a Redis of the test's own on another port:
 //! requests answer 503 `unavailable` at once instead of hanging, and service resumes by itself.
+//! And a manifest narrowed by an operator: the host refuses what it no longer allows.
 
-use e2e::{Client, Gateway, manage_key_at};
+use e2e::{AUDIENCE, Client, Gateway, ISSUER, claims, manage_key_at, new_org, redis_url, root, rs256};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,5 +72,46 @@ async fn redis_down_is_503_and_service_resumes_when_it_returns() {
         reply.expect_error(503, "unavailable");
         assert!(Instant::now() < deadline, "service did not resume");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// spin.toml as an operator would narrow it: one Redis, no outbound HTTP at all.
+fn narrowed_manifest(allowed: &str) -> std::path::PathBuf {
+    let root = root();
+    let manifest = std::fs::read_to_string(root.join("spin.toml")).unwrap();
+    let start = manifest.find("allowed_outbound_hosts").unwrap();
+    let end = start + manifest[start..].find('\n').unwrap();
+    let narrowed = format!("{}allowed_outbound_hosts = [{allowed}]{}", &manifest[..start], &manifest[end..])
+        .replace("source = \"target/", &format!("source = \"{}/target/", root.display()));
+    let path = std::env::temp_dir().join(format!("spin-narrowed-{}.toml", ulid::Ulid::new()));
+    std::fs::write(&path, narrowed).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn narrowed_outbound_hosts_are_enforced() {
+    let redis = redis_url();
+    let only_redis = narrowed_manifest(&format!("\"{redis}\""));
+    let jwks = e2e::jwks();
+    let gateway = Gateway::start_with_manifest(
+        &only_redis,
+        &redis,
+        &[("jwt_issuer", ISSUER), ("jwt_audience", AUDIENCE), ("jwks_url", &jwks.url)],
+    );
+    let client = Client::default();
+    let list = gateway.url("/api/v1/sessions");
+    let org = new_org();
+    let key = manage_key_at(&redis, &org).await;
+    assert_eq!(client.get(&list, &key).await.status, 200, "the allowed Redis is reachable");
+    // The JWKS host is not allowed: the login cannot be verified, and nothing is fetched.
+    let before = jwks.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    client.get(&list, &rs256(&claims(&org, "owner"))).await.expect_error(503, "unavailable");
+    assert_eq!(jwks.fetches.load(std::sync::atomic::Ordering::SeqCst), before);
+
+    let no_redis = narrowed_manifest("\"redis://127.0.0.1:1\"");
+    let gateway = Gateway::start_with_manifest(&no_redis, &redis, &[]);
+    client.get(&gateway.url("/api/v1/sessions"), &key).await.expect_error(503, "unavailable");
+    for path in [only_redis, no_redis] {
+        let _ = std::fs::remove_file(path);
     }
 }
