@@ -76,8 +76,7 @@ pub fn engine() -> Result<Engine> {
         // madvise: every madvise flushes TLBs on all cores, which capped throughput at a
         // fifth of native. Components here touch well under these sizes.
         .linear_memory_keep_resident(8 << 20)
-        .table_keep_resident(1 << 20)
-        .async_stack_keep_resident(1 << 20);
+        .table_keep_resident(1 << 20);
     let mut config = Config::new();
     config
         .wasm_component_model(true)

@@ -205,7 +205,7 @@ async fn buffer_whole(mut body: HostBody) -> HostBody {
     let mut collected = bytes::BytesMut::new();
     let stop = loop {
         match body.frame().await {
-            None => return Full::new(collected.freeze()).map_err(|e: Infallible| match e {}).boxed_unsync(),
+            None => return full(collected.freeze()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     collected.extend_from_slice(&data);
@@ -267,12 +267,16 @@ fn with_spin_headers(mut req: hyper::Request<Incoming>, route: &str, peer: Socke
     req
 }
 
+/// A body that is all there already.
+fn full(bytes: Bytes) -> HostBody {
+    Full::new(bytes).map_err(|e: Infallible| match e {}).boxed_unsync()
+}
+
 /// A host-made response in the API's error envelope (for failures before or outside a guest).
 pub fn envelope(error: &ApiError) -> hyper::Response<HostBody> {
-    let body = Full::new(Bytes::from(error.to_json().to_string())).map_err(|e: Infallible| match e {}).boxed_unsync();
     hyper::Response::builder()
         .status(error.status())
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed_unsync()))
+        .body(full(Bytes::from(error.to_json().to_string())))
+        .unwrap_or_else(|_| hyper::Response::new(full(Bytes::new())))
 }

@@ -76,7 +76,7 @@ pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> 
     let rows = r.execute("EVAL", args![LIST, 1, keys::org_sessions(org), keys::session(org, "")]).await?;
     let mut sessions = Vec::with_capacity(rows.len());
     for row in rows {
-        // A row deleted between the two reads is simply no longer listed.
+        // An index entry whose row is gone (an interrupted write) is skipped, not an error.
         sessions.extend(decode(row)?);
     }
     Ok(sessions)
