@@ -2,50 +2,14 @@
 //! requests answer 503 `unavailable` at once instead of hanging, and service resumes by itself.
 //! And a manifest narrowed by an operator: the host refuses what it no longer allows.
 
-use e2e::{AUDIENCE, Client, Gateway, ISSUER, claims, manage_key_at, new_org, redis_url, root, rs256};
-use std::process::{Child, Command, Stdio};
+use e2e::{AUDIENCE, Client, Gateway, ISSUER, RedisServer, claims, free_port, manage_key_at, new_org, redis_url, root, rs256};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A redis-server of the test's own, stopped when dropped (also when the test fails).
-struct RedisServer(Child);
-
-impl RedisServer {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn start_redis(port: u16) -> RedisServer {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    RedisServer(child)
-}
 
 #[tokio::test]
 async fn redis_down_is_503_and_service_resumes_when_it_returns() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let mut redis = start_redis(port);
+    let mut redis = RedisServer::start_on(port);
     let gateway = Gateway::start(&url, &[]);
     let client = Client::default();
     let list = gateway.url("/api/v1/sessions");
@@ -59,7 +23,7 @@ async fn redis_down_is_503_and_service_resumes_when_it_returns() {
     client.post(&list, &key, "{}").await.expect_error(503, "unavailable");
     assert!(started.elapsed() < Duration::from_secs(10), "answered promptly, took {:?}", started.elapsed());
 
-    let _redis = start_redis(port);
+    let _redis = RedisServer::start_on(port);
     // A fresh, empty Redis: the old key is gone, so mint one in it.
     let key = manage_key_at(&url, "resilience").await;
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -25,6 +25,17 @@ pub async fn max_body_bytes<V: Variables>(vars: &V) -> usize {
     number(vars, "max_body_bytes", 64 * 1024).await as usize
 }
 
+/// How long a lifecycle endpoint waits for the daemon to carry its command out before it
+/// answers with the row as it stands (the command stays queued either way).
+pub async fn command_wait_ms<V: Variables>(vars: &V) -> u64 {
+    number(vars, "command_wait_ms", 3_000).await
+}
+
+/// How long the pairing-code endpoint waits for WhatsApp's code before answering `timeout`.
+pub async fn pairing_code_wait_ms<V: Variables>(vars: &V) -> u64 {
+    number(vars, "pairing_code_wait_ms", 20_000).await
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimNames {
     pub user: String,

@@ -37,6 +37,55 @@ pub fn gateway_commands(gateway_id: &str) -> String {
     format!("{PREFIX}:commands:gateway:{gateway_id}")
 }
 
+/// The session's current pairing QR `{code, expiresAt}`; expires with the code.
+pub fn session_qr(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:qr")
+}
+
+/// What the daemon answered to one command (`{ok, code?, error?}`), kept briefly so the function
+/// that queued the command can wait for it.
+pub fn command_result(org: &str, command_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:command:{command_id}")
+}
+
+/// The organization's durable event log (a Redis Stream).
+pub fn org_events(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:events")
+}
+
+/// The pub/sub channel on which the organization's events are announced as they are logged.
+pub fn org_events_channel(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:events:live")
+}
+
+/// Consumer group every daemon reads the command streams with.
+pub const COMMAND_GROUP: &str = "daemons";
+
+/// Present while the gateway's daemon is alive: it renews this key with a short expiry.
+pub fn gateway_alive(gateway_id: &str) -> String {
+    format!("{PREFIX}:gateway:{gateway_id}:alive")
+}
+
+/// The sessions a gateway runs, so a restarted daemon resumes them.
+pub fn gateway_sessions(gateway_id: &str) -> String {
+    format!("{PREFIX}:gateway:{gateway_id}:sessions")
+}
+
+/// The gateway that runs the session; expires unless its daemon renews it.
+pub fn session_lease(session_id: &str) -> String {
+    format!("{PREFIX}:session-lease:{session_id}")
+}
+
+/// The simulator backend's remote control: tests and demos append phone-side actions here.
+pub fn simulator_control() -> String {
+    format!("{PREFIX}:simulator:control")
+}
+
+/// The simulated WhatsApp server's linked devices (device id → phone number).
+pub fn simulator_linked_devices() -> String {
+    format!("{PREFIX}:simulator:linked-devices")
+}
+
 /// An api-key's record, found by the SHA-256 of the key itself: the key is never stored.
 pub fn api_key(key_hash: &str) -> String {
     format!("{PREFIX}:apikey:{key_hash}")
@@ -67,6 +116,8 @@ mod tests {
         assert_eq!(tag(&session("acme", "01J")), tag(&org_sessions("acme")));
         assert_eq!(tag(&org_sessions("acme")), tag(&org_api_keys("acme")));
         assert_eq!(tag(&org_sessions("acme")), tag(&org_session_counter("acme")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&org_events("acme")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_qr("acme", "01J")));
         assert_ne!(session("acme", "01J"), session("globex", "01J"));
     }
 }

@@ -12,6 +12,23 @@ pub enum SessionStatus {
     Failed,
 }
 
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Stopped => "stopped",
+            SessionStatus::Starting => "starting",
+            SessionStatus::ScanQrCode => "scan_qr_code",
+            SessionStatus::Working => "working",
+            SessionStatus::Failed => "failed",
+        }
+    }
+
+    /// A daemon runs a client for the session in these states, and resumes it after a restart.
+    pub fn is_running(self) -> bool {
+        matches!(self, SessionStatus::Starting | SessionStatus::ScanQrCode | SessionStatus::Working)
+    }
+}
+
 /// Field names and order follow the API reference; unknown values are `null`, never omitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

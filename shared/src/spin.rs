@@ -6,6 +6,9 @@
 
 use crate::answer::Answer;
 use crate::auth::{self, Caller, Fetch};
+use crate::command::CommandResult;
+use crate::lifecycle;
+use std::time::Duration;
 use crate::config::{self, Variables};
 use crate::redis::{Arg, Redis, RedisError, Reply};
 use crate::{ApiError, ErrorCode};
@@ -97,6 +100,33 @@ impl Context {
             }
         }
         Ok(bytes)
+    }
+}
+
+/// Which wait a caller needs: lifecycle commands or a phone pairing code.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait {
+    Command,
+    PairingCode,
+}
+
+impl Context {
+    /// Polls for the daemon's answer to a queued command until the configured wait runs out.
+    /// Polling keeps Redis connections shareable: a blocking pop would pin one per waiting request.
+    pub async fn wait_for_result(&self, org: &str, command_id: &str, wait: Wait) -> Result<Option<CommandResult>, ApiError> {
+        let budget = match wait {
+            Wait::Command => config::command_wait_ms(&SpinVariables).await,
+            Wait::PairingCode => config::pairing_code_wait_ms(&SpinVariables).await,
+        };
+        const POLL: Duration = Duration::from_millis(20);
+        let polls = budget.div_ceil(POLL.as_millis() as u64);
+        for _ in 0..=polls {
+            if let Some(result) = lifecycle::result(&self.redis, org, command_id).await? {
+                return Ok(Some(result));
+            }
+            spin_sdk::time::sleep(POLL).await;
+        }
+        Ok(None)
     }
 }
 

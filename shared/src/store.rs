@@ -1,9 +1,14 @@
 //! Session rows in Redis: create, read, list and delete, scoped to one organization.
 
 use crate::command::Command;
-use crate::redis::{Redis, RedisError, Reply, first};
-use crate::session::Session;
+use crate::event::Event;
+use crate::redis::{Arg, Redis, RedisError, Reply, first};
+use crate::session::{Session, SessionStatus};
 use crate::{ApiError, args, keys};
+use serde_json::{Map, Value};
+
+/// How many events an organization's log keeps (approximately: trimming is lazy).
+pub const EVENT_LOG_MAX_LEN: i64 = 10_000;
 
 /// Writes the row and its index entry together, refusing to overwrite an existing row. The
 /// index is scored by a per-organization counter, so listing order is exact creation order
@@ -37,6 +42,106 @@ for first = 1, #ids, 1000 do
 end
 return rows";
 
+/// Patches a row and appends the events that announce the change, in one atomic step, so no
+/// reader ever sees a status without its event or an event without its status. A row that is
+/// gone stays gone (the daemon must not resurrect a deleted session). Each event is appended to
+/// the organization's log, then announced on pub/sub as `<log entry id> <event JSON>`.
+const UPDATE: &str = r"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local row = cjson.decode(raw)
+if ARGV[3] ~= '' and not string.find(ARGV[3], ',' .. row['status'] .. ',', 1, true) then return raw end
+for k, v in pairs(cjson.decode(ARGV[1])) do row[k] = v end
+row['updatedAt'] = tonumber(ARGV[2])
+raw = cjson.encode(row)
+redis.call('SET', KEYS[1], raw)
+if ARGV[4] == '-' then
+  redis.call('DEL', KEYS[2])
+elseif ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+end
+for i = 8, #ARGV do
+  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[i])
+  redis.call('PUBLISH', ARGV[6], id .. ' ' .. ARGV[i])
+end
+return raw";
+
+/// What happens to the session's pairing QR alongside an [`Update`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum QrChange {
+    #[default]
+    Keep,
+    Clear,
+    /// A new code, kept until it expires.
+    Set { code: String, expires_at: i64 },
+}
+
+/// A change to one session row: fields to overwrite (camelCase, as the API shows them), the
+/// statuses it applies from (empty: any), the QR change, and the events that announce it.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub patch: Map<String, Value>,
+    pub only_from: Vec<SessionStatus>,
+    pub qr: QrChange,
+    pub events: Vec<Event>,
+}
+
+impl Update {
+    pub fn set(mut self, field: &str, value: impl Into<Value>) -> Self {
+        self.patch.insert(field.to_owned(), value.into());
+        self
+    }
+
+    pub fn status(self, status: SessionStatus) -> Self {
+        self.set("status", serde_json::to_value(status).unwrap_or(Value::Null))
+    }
+
+    pub fn event(mut self, event: Event) -> Self {
+        self.events.push(event);
+        self
+    }
+}
+
+/// Applies an [`Update`]; `None` when the row no longer exists.
+pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update) -> Result<Option<Session>, ApiError> {
+    let only_from = if update.only_from.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = update.only_from.iter().map(|s| s.as_str().to_owned()).collect();
+        format!(",{},", names.join(","))
+    };
+    let now = crate::time::now_millis();
+    let (qr, qr_ttl) = match &update.qr {
+        QrChange::Keep => (String::new(), 0),
+        QrChange::Clear => ("-".to_owned(), 0),
+        QrChange::Set { code, expires_at } => {
+            (serde_json::json!({ "code": code, "expiresAt": expires_at }).to_string(), (expires_at - now).max(1))
+        }
+    };
+    let mut argv: Vec<Arg> = args![
+        UPDATE, 3,
+        keys::session(org, session_id), keys::session_qr(org, session_id), keys::org_events(org),
+        encode(&update.patch)?, now, only_from, qr, qr_ttl,
+        keys::org_events_channel(org), EVENT_LOG_MAX_LEN,
+    ];
+    for event in &update.events {
+        argv.push(Arg::from(encode(event)?));
+    }
+    decode(first(r, "EVAL", argv).await?)
+}
+
+fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The session's current pairing QR as the API shows it (`{code, expiresAt}`), if one is live.
+pub async fn qr<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Option<Value>, ApiError> {
+    match first(r, "GET", args![keys::session_qr(org, session_id)]).await?.into_string() {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| ApiError::internal(e.to_string())),
+    }
+}
+
 fn decode(reply: Reply) -> Result<Option<Session>, ApiError> {
     match reply.into_string() {
         None => Ok(None),
@@ -47,7 +152,7 @@ fn decode(reply: Reply) -> Result<Option<Session>, ApiError> {
 }
 
 pub async fn create<R: Redis>(r: &R, session: &Session) -> Result<(), ApiError> {
-    let json = serde_json::to_string(session).map_err(|e| ApiError::internal(e.to_string()))?;
+    let json = encode(session)?;
     let org = &session.organization_id;
     let created = first(
         r,

@@ -94,6 +94,33 @@ pub fn new_session(body: &[u8]) -> Result<NewSession, ApiError> {
     Ok(session)
 }
 
+/// `POST /sessions/{session}/pairing-code`: `{"phone": "628123456789"}`, the number in
+/// international form, digits only, without `+` (E.164 allows at most 15 digits).
+pub fn pairing_phone(body: &[u8]) -> Result<String, ApiError> {
+    let body = json_object(body)?;
+    only_known_fields(&body, &["phone"])?;
+    let malformed = || ApiError::invalid_field("phone", "must be the international number, 8 to 15 digits without '+', e.g. 628123456789");
+    match body.get("phone") {
+        None | Some(Value::Null) => Err(ApiError::invalid_field("phone", "is required")),
+        Some(Value::String(phone)) => {
+            let valid = (8..=15).contains(&phone.len()) && phone.bytes().all(|b| b.is_ascii_digit()) && !phone.starts_with('0');
+            if valid { Ok(phone.clone()) } else { Err(malformed()) }
+        }
+        Some(_) => Err(ApiError::invalid_field("phone", "must be a string")),
+    }
+}
+
+/// A session that already has a number attached cannot pair again: log it out first.
+pub fn unpaired(session: &crate::session::Session) -> Result<(), ApiError> {
+    if session.is_paired() { Err(already_paired()) } else { Ok(()) }
+}
+
+pub fn already_paired() -> ApiError {
+    ApiError::new(crate::ErrorCode::ValidationError, "session is already paired; log it out first to pair again")
+        .with_detail("field", "session")
+        .with_detail("reason", "already_paired")
+}
+
 /// Ids that may appear inside Redis keys: ULIDs for sessions, slugs for organizations.
 pub fn is_safe_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -125,6 +152,15 @@ mod tests {
         assert_eq!(field_of(r#"{"ratePerHour":99999999999}"#), "ratePerHour");
         assert_eq!(field_of(r#"{"label":""}"#), "label");
         assert_eq!(field_of(r#"{"ratePerMin":700,"ratePerHour":600}"#), "ratePerMin");
+    }
+
+    #[test]
+    fn pairing_phone_is_digits_only_international() {
+        assert_eq!(pairing_phone(br#"{"phone":"628123456789"}"#).unwrap(), "628123456789");
+        for bad in [r#"{}"#, r#"{"phone":"+628123456789"}"#, r#"{"phone":"0812345678"}"#, r#"{"phone":"123"}"#, r#"{"phone":62812345678}"#, r#"{"phone":"6281234567890123"}"#] {
+            assert_eq!(pairing_phone(bad.as_bytes()).unwrap_err().details["field"], "phone", "{bad}");
+        }
+        assert_eq!(pairing_phone(br#"{"phone":"628123456789","x":1}"#).unwrap_err().details["field"], "x");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub const ISSUER: &str = "https://login.test";
 pub const AUDIENCE: &str = "whatsapp-gateway";
@@ -108,6 +109,129 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A redis-server of the test's own, stopped when dropped (also when the test fails).
+pub struct RedisServer {
+    pub url: String,
+    child: Child,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { url: format!("redis://127.0.0.1:{port}"), child }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `connector-daemon` with the simulator backend and quick test timings. Its gateway
+/// id and data directory survive [`Daemon::kill`] and [`Daemon::restart`], as on a real machine.
+pub struct Daemon {
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    redis_url: String,
+    /// Settings on top of the test defaults, as environment variables.
+    settings: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(redis_url: &str) -> Daemon {
+        Daemon::start_with(redis_url, &[("BACKEND", "simulator")])
+    }
+
+    /// A daemon with other settings (`connector-daemon --help` names them), e.g. the real backend.
+    pub fn start_with(redis_url: &str, settings: &[(&str, &str)]) -> Daemon {
+        let gateway_id = format!("e2e-{}", ulid::Ulid::new().to_string().to_lowercase());
+        let data_dir = root().join("target/e2e").join(&gateway_id);
+        let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut daemon = Daemon { gateway_id, data_dir, redis_url: redis_url.to_owned(), settings, child: None };
+        daemon.restart();
+        daemon
+    }
+
+    /// Starts the daemon again (after [`Daemon::kill`]), with the same gateway id and data.
+    pub fn restart(&mut self) {
+        let mut child = Command::new(root().join("target/release/connector-daemon"))
+            .arg("--stop-on-stdin-close")
+            .arg("--gateway-id").arg(&self.gateway_id)
+            .arg("--data-dir").arg(&self.data_dir)
+            .arg("--redis-url").arg(&self.redis_url)
+            .env("LEASE_MS", "3000")
+            .env("RECONNECT_BASE_MS", "200")
+            .env("SIM_CONNECT_MS", "300")
+            .env("SIM_FIRST_QR_MS", "2000")
+            .env("SIM_NEXT_QR_MS", "1000")
+            // whatsapp-rust logs every refused dial at ERROR; the tests assert on the outcome instead.
+            .env("RUST_LOG", std::env::var("DAEMON_LOG").unwrap_or_else(|_| "warn,whatsapp_rust=off".into()))
+            .envs(self.settings.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("connector-daemon binary (run through `cargo xtask test`)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = format!("connector-daemon {} running", self.gateway_id);
+        assert!(lines.any(|line| line.is_ok_and(|l| l == ready)), "connector-daemon did not start");
+        std::thread::spawn(move || lines.for_each(drop));
+        self.child = Some(child);
+    }
+
+    /// `kill -9`: no shutdown, no cleanup, commands left as they were.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn session_dir(&self, session_id: &str) -> PathBuf {
+        self.data_dir.join("sessions").join(session_id)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// What a phone does in the simulated WhatsApp: `phone_action(url, "scan", &[("code", c), ("phone", p)])`.
+pub async fn phone_action(redis_url: &str, action: &str, fields: &[(&str, &str)]) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let mut entry = vec![("action", action)];
+    entry.extend_from_slice(fields);
+    let _: String = redis::AsyncCommands::xadd(&mut redis, shared::keys::simulator_control(), "*", &entry).await.unwrap();
 }
 
 /// The host most tests share, configured for login JWTs from [`jwks`].
@@ -255,5 +379,89 @@ impl Client {
 
     pub async fn delete(&self, url: &str, token: &str) -> Reply {
         self.send("DELETE", url, Some(token), None).await
+    }
+}
+
+/// A whole deployment of the test's own: a Redis, the host, and a simulator-backed daemon.
+/// Nothing else shares its Redis, so its streams and events are the test's alone.
+pub struct Stack {
+    pub daemon: Daemon,
+    pub gateway: Gateway,
+    pub redis: RedisServer,
+    pub client: Client,
+}
+
+impl Stack {
+    pub fn start() -> Stack {
+        Stack::start_with(&[("BACKEND", "simulator")])
+    }
+
+    /// A stack whose daemon runs with these settings.
+    pub fn start_with(daemon_settings: &[(&str, &str)]) -> Stack {
+        let redis = RedisServer::start();
+        let gateway = Gateway::start(&redis.url, &[("pairing_code_wait_ms", "10000")]);
+        let daemon = Daemon::start_with(&redis.url, daemon_settings);
+        Stack { daemon, gateway, redis, client: Client::default() }
+    }
+
+    pub async fn key(&self, org: &str) -> String {
+        manage_key_at(&self.redis.url, org).await
+    }
+
+    pub fn session_url(&self, session_id: &str, suffix: &str) -> String {
+        self.gateway.url(&format!("/api/v1/sessions/{session_id}{suffix}"))
+    }
+
+    pub async fn create(&self, key: &str, body: &str) -> Value {
+        let reply = self.client.post(&self.gateway.url("/api/v1/sessions"), key, body).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.body
+    }
+
+    /// Polls the session row until `done` holds, failing with the last row after `within`.
+    pub async fn row_until(&self, key: &str, session_id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let reply = self.client.get(&self.session_url(session_id, ""), key).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            if done(&reply.body) {
+                return reply.body;
+            }
+            assert!(Instant::now() < deadline, "condition not reached; last row: {}", reply.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn status_until(&self, key: &str, session_id: &str, status: &str, within: Duration) -> Value {
+        self.row_until(key, session_id, within, |row| row["status"] == status).await
+    }
+
+    /// Polls `GET /qr` until a code is there (404 meanwhile) and it differs from `other`.
+    pub async fn qr_until(&self, key: &str, session_id: &str, other: Option<&str>, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let reply = self.client.get(&self.session_url(session_id, "/qr"), key).await;
+            if reply.status == 200 && reply.body["code"].as_str() != other {
+                return reply.body;
+            }
+            if reply.status != 200 {
+                reply.expect_error(404, "not_found");
+            }
+            assert!(Instant::now() < deadline, "no new QR code; last reply: {} {}", reply.status, reply.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn phone(&self, action: &str, fields: &[(&str, &str)]) {
+        phone_action(&self.redis.url, action, fields).await
+    }
+
+    /// The organization's durable event log, oldest first.
+    pub async fn events(&self, org: &str) -> Vec<Value> {
+        let client = redis::Client::open(self.redis.url.as_str()).unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let log: redis::streams::StreamRangeReply =
+            redis::AsyncCommands::xrange_all(&mut redis, shared::keys::org_events(org)).await.unwrap();
+        log.ids.iter().map(|e| serde_json::from_str(&e.get::<String>("event").unwrap()).unwrap()).collect()
     }
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: every developer workflow, no shell scripts.
 //!
 //! - `build`: the components (wasm32-wasip2) and the host.
-//! - `up`: Redis if none answers, build, run the host, print the URL and a fresh api-key.
+//! - `up`: Redis if none answers, build, run the host and the connector daemon, print the URL
+//!   and a fresh api-key.
 //! - `test`: the same prerequisites, then every test of the workspace.
 //! - `bench`: `GET /api/v1/sessions` through the host vs a native baseline, side by side.
 //! - `apikey create|list|revoke`: an organization's api-keys.
@@ -41,6 +42,7 @@ async fn up() -> Result {
     prereq::build()?;
     let listen = std::env::var("GATEWAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let mut host = prereq::host_command(&redis_url, &listen).spawn()?;
+    let mut daemon = prereq::daemon_command(&redis_url).spawn()?;
     prereq::wait_for_port(&listen).await?;
 
     let redis = shared::redis::native::connect(&redis_url).await?;
@@ -51,10 +53,13 @@ async fn up() -> Result {
     println!("Api-key for organization \"default\" (shown once): {key}");
     println!("\n  export GATEWAY_URL=http://{listen} GATEWAY_KEY={key}");
     println!("  curl -s -X POST $GATEWAY_URL/api/v1/sessions -H \"Authorization: Bearer $GATEWAY_KEY\" -d '{{\"label\":\"Support\"}}'\n");
-    println!("Ctrl-C stops the gateway.");
+    println!("Ctrl-C stops the gateway and the connector daemon.");
     tokio::signal::ctrl_c().await?;
-    host.kill()?;
-    host.wait()?;
+    for child in [&mut host, &mut daemon] {
+        // Closing stdin is their cue to shut down cleanly (sessions stay resumable).
+        drop(child.stdin.take());
+        child.wait()?;
+    }
     Ok(())
 }
 

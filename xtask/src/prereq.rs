@@ -119,6 +119,19 @@ pub fn host_command(redis_url: &str, listen: &str) -> Command {
     command
 }
 
+/// The connector daemon beside the host. It reads its own settings from the environment
+/// (`BACKEND=simulator` for a demo without a phone, `GATEWAY_ID`, `DATA_DIR`).
+pub fn daemon_command(redis_url: &str) -> Command {
+    let root = root();
+    let mut command = Command::new(root.join("target/release/connector-daemon"));
+    command
+        .arg("--stop-on-stdin-close")
+        .stdin(std::process::Stdio::piped())
+        .env("REDIS_URL", redis_url)
+        .env("DATA_DIR", std::env::var("DATA_DIR").unwrap_or_else(|_| root.join(".gateway/daemon").to_string_lossy().into_owned()));
+    command
+}
+
 pub async fn wait_for_port(addr: &str) -> Result {
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {

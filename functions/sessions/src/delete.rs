@@ -5,12 +5,11 @@ use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandKind};
 use shared::spin::Context;
-use shared::{ApiError, store};
+use shared::{ApiError, lifecycle, store};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
     let session = store::delete(&ctx.redis, org, session_id).await?;
-    let cleanup = Command::new(CommandKind::Delete, &session.id, org);
-    store::enqueue(&ctx.redis, session.gateway_id.as_deref(), &cleanup).await?;
+    lifecycle::send(&ctx.redis, &session, &Command::new(CommandKind::Delete, &session.id, org)).await?;
     Ok(Answer::NoContent)
 }

@@ -1,41 +1,59 @@
-//! `/api/v1/sessions[/{session}]`: the session lifecycle endpoints, one module per endpoint.
+//! `/api/v1/sessions[/{session}[:action | /me]]`: the session row and its lifecycle, one module
+//! per endpoint. Pairing (`/qr`, `/pairing-code`) is its own component.
 
+mod action;
 mod create;
 mod delete;
 mod get;
 mod list;
+mod me;
 
 use shared::answer::Answer;
+use shared::command::CommandKind;
+use shared::route::{SessionPath, session_path};
 use shared::spin::{Context, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
 use spin_sdk::http_service;
-
-const COLLECTION: &str = "/api/v1/sessions";
 
 enum Endpoint {
     List,
     Create,
     Get(String),
     Delete(String),
+    Action(String, CommandKind),
+    Me(String),
 }
 
 impl Endpoint {
     /// Routes before authenticating: an unknown path is 404 and a wrong method 405 for anyone.
     fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
-        let rest = path.strip_prefix(COLLECTION).ok_or_else(|| ApiError::route_not_found(path))?;
-        match rest.strip_prefix('/') {
-            None if rest.is_empty() => match *method {
+        let only = |allowed: &'static [&'static str]| {
+            if allowed.contains(&method.as_str()) { Ok(()) } else { Err(ApiError::method_not_allowed(method.as_str(), allowed)) }
+        };
+        match session_path(path).ok_or_else(|| ApiError::route_not_found(path))? {
+            SessionPath::Collection => match *method {
                 Method::GET => Ok(Endpoint::List),
                 Method::POST => Ok(Endpoint::Create),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "POST"])),
             },
-            Some(id) if !id.is_empty() && !id.contains(['/', ':']) => match *method {
+            SessionPath::Session(id) => match *method {
                 Method::GET => Ok(Endpoint::Get(id.to_owned())),
                 Method::DELETE => Ok(Endpoint::Delete(id.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "DELETE"])),
             },
-            _ => Err(ApiError::route_not_found(path)),
+            SessionPath::Action(id, action) => {
+                let kind = match action {
+                    "start" => CommandKind::Start,
+                    "stop" => CommandKind::Stop,
+                    "restart" => CommandKind::Restart,
+                    "logout" => CommandKind::Logout,
+                    _ => return Err(ApiError::route_not_found(path)),
+                };
+                only(&["POST"]).map(|()| Endpoint::Action(id.to_owned(), kind))
+            }
+            SessionPath::Resource(id, "me") => only(&["GET"]).map(|()| Endpoint::Me(id.to_owned())),
+            SessionPath::Resource(..) => Err(ApiError::route_not_found(path)),
         }
     }
 }
@@ -57,5 +75,7 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
         }
         Endpoint::Get(id) => get::apply(&ctx, &caller, &id).await,
         Endpoint::Delete(id) => delete::apply(&ctx, &caller, &id).await,
+        Endpoint::Action(id, kind) => action::apply(&ctx, &caller, &id, kind).await,
+        Endpoint::Me(id) => me::apply(&ctx, &caller, &id).await,
     }
 }

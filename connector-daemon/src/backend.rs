@@ -1,0 +1,77 @@
+//! The seam between the daemon and WhatsApp: one client per session, reporting what happens on
+//! its socket as [`BackendEvent`]s, in order. `whatsapp` speaks the real protocol; `simulator`
+//! stands in for it in tests and demos. Nothing above this module knows which one runs.
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Who the attached number is, as far as WhatsApp has told us.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Identity {
+    pub jid: String,
+    pub lid: Option<String>,
+    pub phone: Option<String>,
+    pub push_name: Option<String>,
+}
+
+/// Everything a client reports, as one typed enum (whatsmeow's style).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendEvent {
+    /// A code to show for scanning, valid for `valid_for`.
+    Qr { code: String, valid_for: Duration },
+    /// The client showed all its codes and gave up; a new client is needed to keep pairing.
+    QrExhausted,
+    /// The phone accepted the pairing.
+    Paired(Identity),
+    /// Logged in and ready.
+    Connected(Identity),
+    /// The socket went away or could not be opened; reconnecting may help.
+    Disconnected { reason: String },
+    /// The device was unlinked (from the phone or by WhatsApp): the stored pairing is void.
+    LoggedOut { reason: String },
+    /// Another client logged in with the same credentials and took over the stream.
+    StreamReplaced,
+    /// WhatsApp banned the number for a while.
+    TemporaryBan { reason: String },
+}
+
+pub type Events = mpsc::UnboundedSender<BackendEvent>;
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Starts a client for the session from its stored pairing (or to pair, with none). It
+    /// connects in the background and reports on `events`.
+    async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String>;
+
+    /// Removes the session's stored pairing, for logout and delete when no client is connected.
+    async fn remove(&self, session_id: &str) -> Result<(), String>;
+}
+
+#[async_trait]
+pub trait Client: Send + Sync {
+    /// Asks WhatsApp for the 8-character code that links `phone` without a QR scan.
+    async fn pair_with_code(&self, phone: &str) -> Result<String, String>;
+
+    /// Unlinks the device from WhatsApp and removes the stored pairing.
+    async fn logout(&self) -> Result<(), String>;
+
+    /// Closes the socket, keeping the pairing. The client is not used again afterwards.
+    async fn disconnect(&self);
+}
+
+/// WhatsApp's 8-character pairing code as users type it: `ABCD-1234`.
+pub fn format_pairing_code(raw: &str) -> String {
+    let raw: String = raw.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_uppercase();
+    if raw.len() == 8 { format!("{}-{}", &raw[..4], &raw[4..]) } else { raw }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pairing_codes_read_as_two_groups_of_four() {
+        assert_eq!(super::format_pairing_code("abcd1234"), "ABCD-1234");
+        assert_eq!(super::format_pairing_code("ABCD-1234"), "ABCD-1234");
+    }
+}

@@ -1,0 +1,119 @@
+//! The daemon's settings: flags, each also readable from the environment.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The real WhatsApp Web multi-device protocol (whatsapp-rust).
+    Whatsapp,
+    /// A stand-in WhatsApp for tests and demos, driven through `gw:simulator:control`.
+    Simulator,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "connector-daemon", version, about = "Runs WhatsApp sessions for the gateway")]
+pub struct Config {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// This daemon's identity in Redis. Default: derived from the host name, so a restarted
+    /// daemon on the same machine resumes the sessions it held.
+    #[arg(long, env = "GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// Where each session's WhatsApp store lives (one directory per session).
+    #[arg(long, env = "DATA_DIR", default_value = ".gateway/daemon")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "BACKEND", value_enum, default_value = "whatsapp")]
+    pub backend: BackendKind,
+    /// The WhatsApp Web socket to dial (default: WhatsApp's own). For relays, and for tests
+    /// that need an endpoint that does not answer.
+    #[arg(long, env = "WHATSAPP_URL")]
+    pub whatsapp_url: Option<String>,
+    /// How long a session lease and the heartbeat last unless renewed (renewed every third).
+    #[arg(long, env = "LEASE_MS", default_value_t = 15_000)]
+    pub lease_ms: u64,
+    /// Consecutive failed connections after which a session is `failed` instead of retried.
+    #[arg(long, env = "MAX_CONNECT_FAILURES", default_value_t = 8)]
+    pub max_connect_failures: u32,
+    /// First reconnect delay; it doubles per failure up to `reconnect_max_ms`, with jitter.
+    #[arg(long, env = "RECONNECT_BASE_MS", default_value_t = 500)]
+    pub reconnect_base_ms: u64,
+    #[arg(long, env = "RECONNECT_MAX_MS", default_value_t = 60_000)]
+    pub reconnect_max_ms: u64,
+    /// How many times a fresh client is built when the QR codes run out before the session
+    /// stops waiting for a scan.
+    #[arg(long, env = "PAIRING_ROUNDS", default_value_t = 3)]
+    pub pairing_rounds: u32,
+    /// Exit when standard input closes: a supervisor (xtask, the tests) holds the other end.
+    #[arg(long)]
+    pub stop_on_stdin_close: bool,
+    #[command(flatten)]
+    pub simulator: SimulatorTimings,
+}
+
+/// The simulator's timings; the defaults are WhatsApp's own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulatorTimings {
+    /// Time to open the simulated socket.
+    #[arg(long, env = "SIM_CONNECT_MS", default_value_t = 300)]
+    pub sim_connect_ms: u64,
+    /// Lifetime of the first QR code.
+    #[arg(long, env = "SIM_FIRST_QR_MS", default_value_t = 60_000)]
+    pub sim_first_qr_ms: u64,
+    /// Lifetime of each following QR code.
+    #[arg(long, env = "SIM_NEXT_QR_MS", default_value_t = 20_000)]
+    pub sim_next_qr_ms: u64,
+    /// QR codes per client before they run out.
+    #[arg(long, env = "SIM_QR_COUNT", default_value_t = 6)]
+    pub sim_qr_count: u32,
+}
+
+impl Config {
+    pub fn gateway_id(&self) -> String {
+        let raw = self.gateway_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_default();
+            format!("gw-{}", host.trim())
+        });
+        // Gateway ids end up inside Redis keys: keep them to safe characters.
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    /// Delay before reconnect attempt `failures` (1-based): doubling, capped, ±20% jitter so
+    /// many sessions dropped together do not reconnect in lockstep.
+    pub fn reconnect_delay(&self, failures: u32) -> Duration {
+        let doubled = self.reconnect_base_ms.saturating_mul(1 << failures.saturating_sub(1).min(20));
+        let capped = doubled.min(self.reconnect_max_ms) as f64;
+        Duration::from_millis((capped * rand::random_range(0.8..1.2)) as u64)
+    }
+
+    pub fn session_dir(&self, session_id: &str) -> PathBuf {
+        self.data_dir.join("sessions").join(session_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_doubles_and_caps() {
+        let config = Config::parse_from(["connector-daemon", "--reconnect-base-ms", "100", "--reconnect-max-ms", "1000"]);
+        let ms = |n| config.reconnect_delay(n).as_millis();
+        assert!((80..=120).contains(&ms(1)));
+        assert!((160..=240).contains(&ms(2)));
+        assert!((800..=1200).contains(&ms(30)));
+    }
+
+    #[test]
+    fn gateway_ids_are_key_safe() {
+        let config = Config::parse_from(["connector-daemon", "--gateway-id", "a b:c}"]);
+        assert_eq!(config.gateway_id(), "a-b-c-");
+    }
+}

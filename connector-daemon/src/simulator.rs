@@ -1,0 +1,363 @@
+//! A stand-in WhatsApp for tests and demos, behind the same [`Backend`] trait as the real one.
+//!
+//! Each client behaves like a WhatsApp Web socket with configurable timings: it connects, then
+//! either logs in with its stored device or shows rotating QR codes in WhatsApp's
+//! `ref,noiseKey,identityKey,advSecret` shape until they run out. The phone side is driven
+//! through the Redis stream `gw:simulator:control`, one entry per action:
+//!
+//! | `action` | fields | effect |
+//! |---|---|---|
+//! | `scan` | `code`, `phone` | the phone scans a live QR code and links as `phone` |
+//! | `enter_code` | `code`, `phone` | the phone types a pairing code issued for `phone` |
+//! | `phone_logout` | `phone` | the phone unlinks every device of that number |
+//! | `drop` | `session` | the session's connection drops (the daemon reconnects) |
+//! | `replace` | `session` | another client takes over the session's stream |
+//! | `ban` | `session` | WhatsApp bans the number for a while |
+//!
+//! The simulated server's linked devices live in Redis, so a device unlinked while its session
+//! was stopped is refused at the next connect, as WhatsApp does.
+
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity};
+use crate::config::{Config, SimulatorTimings};
+use async_trait::async_trait;
+use base64::Engine;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use serde::{Deserialize, Serialize};
+use shared::keys;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The linked device a simulated session stores, as WhatsApp's store holds the real one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Device {
+    device_id: String,
+    jid: String,
+    lid: String,
+    phone: String,
+    push_name: String,
+}
+
+impl Device {
+    fn identity(&self) -> Identity {
+        Identity {
+            jid: self.jid.clone(),
+            lid: Some(self.lid.clone()),
+            phone: Some(self.phone.clone()),
+            push_name: Some(self.push_name.clone()),
+        }
+    }
+}
+
+pub struct Simulator {
+    config: Config,
+    redis: ConnectionManager,
+    clients: Arc<Mutex<HashMap<String, Arc<SimClient>>>>,
+}
+
+impl Simulator {
+    /// Starts following the control stream from its current end.
+    pub async fn start(config: Config, redis: ConnectionManager, control: ConnectionManager) -> Arc<Simulator> {
+        let simulator = Arc::new(Simulator { config, redis, clients: Arc::default() });
+        tokio::spawn(simulator.clone().follow_control(control));
+        simulator
+    }
+
+    fn device_file(&self, session_id: &str) -> PathBuf {
+        self.config.session_dir(session_id).join("simulator-device.json")
+    }
+
+    fn clients(&self) -> Vec<Arc<SimClient>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    async fn follow_control(self: Arc<Self>, mut control: ConnectionManager) {
+        let stream = keys::simulator_control();
+        let mut last_id = loop {
+            let newest: redis::RedisResult<StreamRangeReply> = control.xrevrange_count(&stream, "+", "-", 1).await;
+            match newest {
+                Ok(reply) => break reply.ids.first().map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
+                Err(e) => tracing::warn!("simulator: cannot read the control stream: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let options = StreamReadOptions::default().block(1_000).count(100);
+        loop {
+            let read: redis::RedisResult<StreamReadReply> = control.xread_options(&[&stream], &[&last_id], &options).await;
+            let entries = match read {
+                Ok(reply) => reply.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!("simulator: cannot read the control stream: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for entry in entries {
+                last_id = entry.id.clone();
+                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+                self.act(&field("action"), &field("code"), &field("phone"), &field("session")).await;
+            }
+        }
+    }
+
+    async fn act(&self, action: &str, code: &str, phone: &str, session: &str) {
+        tracing::info!(action, code, phone, session, "simulator: phone-side action");
+        let by_session = || self.clients().into_iter().find(|c| c.session_id == session);
+        match action {
+            "scan" => match self.clients().into_iter().find(|c| c.shows_qr(code)) {
+                Some(client) => client.pair(phone).await,
+                None => tracing::warn!("simulator: no live QR code matches the scanned one"),
+            },
+            "enter_code" => match self.clients().into_iter().find(|c| c.issued_code(code, phone)) {
+                Some(client) => client.pair(phone).await,
+                None => tracing::warn!("simulator: no pairing code {code} was issued for {phone}"),
+            },
+            "phone_logout" => {
+                let mut redis = self.redis.clone();
+                let devices: HashMap<String, String> = redis.hgetall(keys::simulator_linked_devices()).await.unwrap_or_default();
+                for (device, _) in devices.iter().filter(|(_, p)| *p == phone) {
+                    let _: redis::RedisResult<i64> = redis.hdel(keys::simulator_linked_devices(), device).await;
+                }
+                for client in self.clients().into_iter().filter(|c| c.linked_phone().as_deref() == Some(phone)) {
+                    client.end(BackendEvent::LoggedOut { reason: "the device was unlinked from the phone".into() });
+                }
+            }
+            "drop" => by_session().into_iter().for_each(|c| c.end(BackendEvent::Disconnected { reason: "connection dropped".into() })),
+            "replace" => by_session().into_iter().for_each(|c| c.end(BackendEvent::StreamReplaced)),
+            "ban" => by_session().into_iter().for_each(|c| c.end(BackendEvent::TemporaryBan { reason: "simulated ban".into() })),
+            other => tracing::warn!("simulator: unknown action {other:?}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Simulator {
+    async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String> {
+        let client = Arc::new(SimClient {
+            session_id: session_id.to_owned(),
+            device_file: self.device_file(session_id),
+            redis: self.redis.clone(),
+            events,
+            state: Mutex::default(),
+            clients: self.clients.clone(),
+        });
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id.to_owned(), client.clone());
+        tokio::spawn(client.clone().run(self.config.simulator.clone()));
+        Ok(client)
+    }
+
+    async fn remove(&self, session_id: &str) -> Result<(), String> {
+        let file = self.device_file(session_id);
+        if let Some(device) = read_device(&file) {
+            let mut redis = self.redis.clone();
+            let _: redis::RedisResult<i64> = redis.hdel(keys::simulator_linked_devices(), &device.device_id).await;
+        }
+        match std::fs::remove_dir_all(file.parent().unwrap_or(&file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn read_device(file: &PathBuf) -> Option<Device> {
+    serde_json::from_slice(&std::fs::read(file).ok()?).ok()
+}
+
+#[derive(Default)]
+struct SimState {
+    socket_up: bool,
+    closed: bool,
+    qr: Option<String>,
+    /// The last pairing code issued, and for which phone.
+    pairing_code: Option<(String, String)>,
+    device: Option<Device>,
+}
+
+struct SimClient {
+    session_id: String,
+    device_file: PathBuf,
+    redis: ConnectionManager,
+    events: Events,
+    state: Mutex<SimState>,
+    clients: Arc<Mutex<HashMap<String, Arc<SimClient>>>>,
+}
+
+impl SimClient {
+    fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Emits while the client is open; the state lock keeps events in the order they happened.
+    fn emit_if_open(&self, state: &SimState, event: BackendEvent) -> bool {
+        !state.closed && self.events.send(event).is_ok()
+    }
+
+    async fn run(self: Arc<Self>, timings: SimulatorTimings) {
+        tokio::time::sleep(Duration::from_millis(timings.sim_connect_ms)).await;
+        self.state().socket_up = true;
+        if let Some(device) = read_device(&self.device_file) {
+            let mut redis = self.redis.clone();
+            let linked: bool = redis.hexists(keys::simulator_linked_devices(), &device.device_id).await.unwrap_or(false);
+            let mut state = self.state();
+            if linked {
+                if self.emit_if_open(&state, BackendEvent::Connected(device.identity())) {
+                    state.device = Some(device);
+                }
+            } else {
+                self.emit_if_open(&state, BackendEvent::LoggedOut { reason: "the device was unlinked from the phone".into() });
+                state.closed = true;
+            }
+            return;
+        }
+        for round in 0..timings.sim_qr_count {
+            let valid_for = Duration::from_millis(if round == 0 { timings.sim_first_qr_ms } else { timings.sim_next_qr_ms });
+            {
+                let mut state = self.state();
+                if state.device.is_some() {
+                    return;
+                }
+                let code = qr_code();
+                state.qr = Some(code.clone());
+                if !self.emit_if_open(&state, BackendEvent::Qr { code, valid_for }) {
+                    return;
+                }
+            }
+            tokio::time::sleep(valid_for).await;
+        }
+        let mut state = self.state();
+        if state.device.is_none() {
+            state.qr = None;
+            self.emit_if_open(&state, BackendEvent::QrExhausted);
+            state.closed = true;
+        }
+    }
+
+    fn shows_qr(&self, code: &str) -> bool {
+        let state = self.state();
+        !state.closed && state.device.is_none() && state.qr.as_deref() == Some(code)
+    }
+
+    fn issued_code(&self, code: &str, phone: &str) -> bool {
+        let typed: String = code.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_uppercase();
+        let state = self.state();
+        !state.closed && state.device.is_none() && state.pairing_code.as_ref().is_some_and(|(c, p)| *c == typed && p == phone)
+    }
+
+    fn linked_phone(&self) -> Option<String> {
+        self.state().device.as_ref().map(|d| d.phone.clone())
+    }
+
+    /// The phone accepted: store the device, register it server-side, and log in.
+    async fn pair(&self, phone: &str) {
+        let device = Device {
+            device_id: ulid::Ulid::new().to_string(),
+            jid: format!("{phone}@s.whatsapp.net"),
+            lid: format!("{}@lid", rand::random_range(100_000_000_000_000u64..999_999_999_999_999)),
+            phone: phone.to_owned(),
+            push_name: format!("Simulated {phone}"),
+        };
+        let stored = std::fs::create_dir_all(self.device_file.parent().unwrap_or(&self.device_file))
+            .and_then(|()| std::fs::write(&self.device_file, serde_json::to_vec(&device).unwrap_or_default()));
+        if let Err(e) = stored {
+            tracing::warn!(session = %self.session_id, "simulator: cannot store the device: {e}");
+            return;
+        }
+        let mut redis = self.redis.clone();
+        let _: redis::RedisResult<i64> = redis.hset(keys::simulator_linked_devices(), &device.device_id, phone).await;
+        let mut state = self.state();
+        state.qr = None;
+        state.pairing_code = None;
+        if self.emit_if_open(&state, BackendEvent::Paired(device.identity())) {
+            self.emit_if_open(&state, BackendEvent::Connected(device.identity()));
+        }
+        state.device = Some(device);
+    }
+
+    /// The server ends this client with a final event.
+    fn end(&self, event: BackendEvent) {
+        let mut state = self.state();
+        self.emit_if_open(&state, event);
+        state.closed = true;
+    }
+
+    fn close(&self) {
+        self.state().closed = true;
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if clients.get(&self.session_id).is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), self)) {
+            clients.remove(&self.session_id);
+        }
+    }
+}
+
+#[async_trait]
+impl Client for SimClient {
+    async fn pair_with_code(&self, phone: &str) -> Result<String, String> {
+        for _ in 0..500 {
+            {
+                let mut state = self.state();
+                if state.closed {
+                    return Err("the connection closed".into());
+                }
+                if state.device.is_some() {
+                    return Err("the session is already paired".into());
+                }
+                if state.socket_up {
+                    let code = pairing_code();
+                    state.pairing_code = Some((code.clone(), phone.to_owned()));
+                    return Ok(code);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("the socket did not open".into())
+    }
+
+    async fn logout(&self) -> Result<(), String> {
+        let device = self.state().device.take();
+        if let Some(device) = device {
+            let mut redis = self.redis.clone();
+            let _: redis::RedisResult<i64> = redis.hdel(keys::simulator_linked_devices(), &device.device_id).await;
+        }
+        let _ = std::fs::remove_file(&self.device_file);
+        self.close();
+        Ok(())
+    }
+
+    async fn disconnect(&self) {
+        self.close();
+    }
+}
+
+/// WhatsApp's QR payload: `ref,noiseKey,identityKey,advSecret` (the three keys base64).
+fn qr_code() -> String {
+    let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode((0..n).map(|_| rand::random::<u8>()).collect::<Vec<_>>());
+    format!("2@{},{},{},{}", b64(48), b64(32), b64(32), b64(32))
+}
+
+/// WhatsApp's pairing-code alphabet: no 0, O, I or U, so codes read unambiguously.
+fn pairing_code() -> String {
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTVWXYZ";
+    (0..8).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn qr_codes_have_whatsapps_four_part_shape() {
+        let code = super::qr_code();
+        let parts: Vec<_> = code.split(',').collect();
+        assert_eq!(parts.len(), 4);
+        assert!(parts[0].starts_with("2@"));
+        assert_ne!(code, super::qr_code());
+    }
+
+    #[test]
+    fn pairing_codes_are_eight_unambiguous_characters() {
+        let code = super::pairing_code();
+        assert_eq!(code.len(), 8);
+        assert!(!code.contains(['0', 'O', 'I', 'U']));
+    }
+}

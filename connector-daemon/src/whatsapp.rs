@@ -1,0 +1,226 @@
+//! The real backend: WhatsApp Web multi-device through `whatsapp-rust`, one client per session,
+//! each with its own SQLite store under the session's data directory.
+//!
+//! The library's own reconnect is switched off: the supervisor owns reconnects, so that every
+//! drop is reported, backed off and counted the same way for every backend. Events are taken
+//! on the library's dispatch path (a raw handler), which keeps them in order and never drops one.
+
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity};
+use crate::config::Config;
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use whatsapp_rust::pair_code::PairCodeOptions;
+use whatsapp_rust::prelude::{Bot, Event, EventHandler, Jid};
+use whatsapp_rust::store::SqliteStore;
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+use whatsapp_rust::types::events::ConnectFailureReason;
+
+const STORE_FILE: &str = "whatsapp.db";
+
+pub struct WhatsApp {
+    config: Config,
+}
+
+impl WhatsApp {
+    pub fn new(config: Config) -> WhatsApp {
+        WhatsApp { config }
+    }
+}
+
+#[async_trait]
+impl Backend for WhatsApp {
+    async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String> {
+        let dir = self.config.session_dir(session_id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join(STORE_FILE);
+        let store = SqliteStore::new(&path.to_string_lossy()).await.map_err(|e| format!("cannot open the session store: {e}"))?;
+        let forwarder = Forwarder { events: events.clone(), client: OnceLock::new() };
+        let forwarder = Arc::new(forwarder);
+        let transport = match &self.config.whatsapp_url {
+            Some(url) => TokioWebSocketTransportFactory::new().with_url(url),
+            None => TokioWebSocketTransportFactory::new(),
+        };
+        let bot = Bot::builder()
+            .with_backend(store)
+            .with_transport_factory(transport)
+            .with_event_handler(SharedForwarder(forwarder.clone()))
+            .skip_history_sync()
+            .build()
+            .await
+            .map_err(|e| format!("cannot build the WhatsApp client: {e}"))?;
+        let client = bot.client();
+        client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+        let _ = forwarder.client.set(Arc::downgrade(&client));
+        let closing = Arc::new(AtomicBool::new(false));
+        let handle = bot.spawn();
+        // The run loop can end without an event (a socket that never opened): report it, unless
+        // the end was asked for.
+        let watch = closing.clone();
+        tokio::spawn(async move {
+            handle.await;
+            if !watch.load(Ordering::SeqCst) {
+                let _ = events.send(BackendEvent::Disconnected { reason: "the connection to WhatsApp ended".into() });
+            }
+        });
+        Ok(Arc::new(WaClient { client, closing }))
+    }
+
+    async fn remove(&self, session_id: &str) -> Result<(), String> {
+        match std::fs::remove_dir_all(self.config.session_dir(session_id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct WaClient {
+    client: Arc<whatsapp_rust::Client>,
+    closing: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Client for WaClient {
+    async fn pair_with_code(&self, phone: &str) -> Result<String, String> {
+        let options = PairCodeOptions { phone_number: phone.to_owned(), ..PairCodeOptions::default() };
+        self.client.pair_with_code(options).await.map_err(|e| e.to_string())
+    }
+
+    async fn logout(&self) -> Result<(), String> {
+        self.closing.store(true, Ordering::SeqCst);
+        // Sends the unlink when connected; the store is removed by the caller.
+        self.client.logout().await;
+        Ok(())
+    }
+
+    async fn disconnect(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.client.disconnect().await;
+    }
+}
+
+/// Maps library events onto [`BackendEvent`]s as they are dispatched.
+struct Forwarder {
+    events: Events,
+    client: OnceLock<Weak<whatsapp_rust::Client>>,
+}
+
+impl Forwarder {
+    fn identity(&self) -> Option<Identity> {
+        let client = self.client.get()?.upgrade()?;
+        let pn = client.pn()?;
+        let push_name = Some(client.push_name()).filter(|n| !n.is_empty());
+        Some(identity(&pn, client.lid().as_ref(), push_name))
+    }
+}
+
+/// `EventHandler` is implemented on a wrapper so the forwarder can be shared with `connect`.
+struct SharedForwarder(Arc<Forwarder>);
+
+impl EventHandler for SharedForwarder {
+    fn handle_event(&self, event: Arc<Event>) {
+        if let Some(mapped) = map_event(&event, || self.0.identity()) {
+            let _ = self.0.events.send(mapped);
+        }
+    }
+}
+
+fn identity(pn: &Jid, lid: Option<&Jid>, push_name: Option<String>) -> Identity {
+    Identity {
+        jid: pn.to_non_ad_string(),
+        lid: lid.map(Jid::to_non_ad_string),
+        phone: Some(pn.user.to_string()),
+        push_name,
+    }
+}
+
+/// The library's events that matter to a session's status, and what each one means for it.
+fn map_event(event: &Event, identity_now: impl FnOnce() -> Option<Identity>) -> Option<BackendEvent> {
+    Some(match event {
+        Event::PairingQrCode(qr) => BackendEvent::Qr { code: qr.code.clone(), valid_for: qr.timeout },
+        Event::PairingQrCodesExhausted(_) => BackendEvent::QrExhausted,
+        Event::PairSuccess(paired) => BackendEvent::Paired(identity(&paired.id, Some(&paired.lid), None)),
+        Event::PairError(failed) => BackendEvent::Disconnected { reason: format!("pairing failed: {}", failed.error) },
+        Event::Connected(_) => match identity_now() {
+            Some(identity) => BackendEvent::Connected(identity),
+            None => BackendEvent::Disconnected { reason: "connected without a paired identity".into() },
+        },
+        Event::Disconnected(gone) => BackendEvent::Disconnected { reason: gone.reason.to_string() },
+        Event::LoggedOut(out) => BackendEvent::LoggedOut { reason: failure_reason(&out.reason) },
+        Event::StreamReplaced(_) => BackendEvent::StreamReplaced,
+        Event::TemporaryBan(ban) => BackendEvent::TemporaryBan { reason: format!("{:?}, lifted in {:?}", ban.code, ban.expire) },
+        Event::ConnectFailure(failure) if failure.reason.is_logged_out() => {
+            BackendEvent::LoggedOut { reason: failure_reason(&failure.reason) }
+        }
+        Event::ConnectFailure(failure) if failure.reason == ConnectFailureReason::TempBanned => {
+            BackendEvent::TemporaryBan { reason: failure.message.clone().unwrap_or_else(|| "temporarily banned".into()) }
+        }
+        Event::ConnectFailure(failure) => BackendEvent::Disconnected {
+            reason: format!("connect failure {}: {}", failure_reason(&failure.reason), failure.message.as_deref().unwrap_or("")),
+        },
+        Event::StreamError(error) => BackendEvent::Disconnected { reason: format!("stream error {}", error.code) },
+        Event::ClientOutdated(_) => BackendEvent::Disconnected { reason: "WhatsApp refused this client version as outdated".into() },
+        _ => return None,
+    })
+}
+
+fn failure_reason(reason: &ConnectFailureReason) -> String {
+    format!("{reason:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use whatsapp_rust::types::events::{
+        Connected, ConnectFailure, Disconnected, LoggedOut, PairSuccess, PairingQrCode, PairingQrCodesExhausted,
+        StreamReplaced, TempBanReason, TemporaryBan,
+    };
+
+    fn jid(text: &str) -> Jid {
+        text.parse().unwrap()
+    }
+
+    fn me() -> Option<Identity> {
+        Some(identity(&jid("6281234567890@s.whatsapp.net"), Some(&jid("205227043110953@lid")), Some("Support".into())))
+    }
+
+    #[test]
+    fn pairing_events_map_to_qr_codes_and_identity() {
+        let qr = Event::PairingQrCode(PairingQrCode::builder().code("2@ref,a,b,c".into()).timeout(Duration::from_secs(60)).build());
+        assert_eq!(map_event(&qr, me), Some(BackendEvent::Qr { code: "2@ref,a,b,c".into(), valid_for: Duration::from_secs(60) }));
+        let exhausted = Event::PairingQrCodesExhausted(PairingQrCodesExhausted::builder().disconnected(true).build());
+        assert_eq!(map_event(&exhausted, me), Some(BackendEvent::QrExhausted));
+        let paired = Event::PairSuccess(
+            PairSuccess::builder()
+                .id(jid("6281234567890:12@s.whatsapp.net"))
+                .lid(jid("205227043110953:12@lid"))
+                .business_name(String::new())
+                .platform("android".into())
+                .build(),
+        );
+        let Some(BackendEvent::Paired(identity)) = map_event(&paired, me) else { panic!("not a pairing") };
+        assert_eq!(identity.jid, "6281234567890@s.whatsapp.net");
+        assert_eq!(identity.lid.as_deref(), Some("205227043110953@lid"));
+        assert_eq!(identity.phone.as_deref(), Some("6281234567890"));
+    }
+
+    #[test]
+    fn connection_events_map_to_status_changes() {
+        let connected = Event::Connected(Connected::builder().build());
+        assert_eq!(map_event(&connected, me), Some(BackendEvent::Connected(me().unwrap())));
+        assert!(matches!(map_event(&connected, || None), Some(BackendEvent::Disconnected { .. })));
+        let dropped = Event::Disconnected(Disconnected::builder().reason(whatsapp_rust::wacore::net::DisconnectReason::StreamEnded).build());
+        assert!(matches!(map_event(&dropped, me), Some(BackendEvent::Disconnected { .. })));
+        let out = Event::LoggedOut(LoggedOut::builder().on_connect(true).reason(ConnectFailureReason::LoggedOut).build());
+        assert!(matches!(map_event(&out, me), Some(BackendEvent::LoggedOut { .. })));
+        let replaced = Event::StreamReplaced(StreamReplaced::builder().build());
+        assert_eq!(map_event(&replaced, me), Some(BackendEvent::StreamReplaced));
+        let ban = Event::TemporaryBan(TemporaryBan::builder().code(TempBanReason::SentToTooManyPeople).expire(whatsapp_rust::chrono::TimeDelta::hours(1)).build());
+        assert!(matches!(map_event(&ban, me), Some(BackendEvent::TemporaryBan { .. })));
+        let locked = Event::ConnectFailure(ConnectFailure::builder().reason(ConnectFailureReason::AccountLocked).build());
+        assert!(matches!(map_event(&locked, me), Some(BackendEvent::LoggedOut { .. })));
+        let busy = Event::ConnectFailure(ConnectFailure::builder().reason(ConnectFailureReason::ServiceUnavailable).build());
+        assert!(matches!(map_event(&busy, me), Some(BackendEvent::Disconnected { .. })));
+    }
+}

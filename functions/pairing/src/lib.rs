@@ -1,0 +1,50 @@
+//! `/api/v1/sessions/{session}/qr` and `/api/v1/sessions/{session}/pairing-code`: the two ways
+//! to attach a number, one module each.
+
+mod pairing_code;
+mod qr;
+
+use shared::answer::Answer;
+use shared::route::{SessionPath, session_path};
+use shared::spin::{Context, respond};
+use shared::ApiError;
+use spin_sdk::http::{IntoResponse, Method, Request};
+use spin_sdk::http_service;
+
+enum Endpoint {
+    Qr(String),
+    PairingCode(String),
+}
+
+impl Endpoint {
+    /// Routes before authenticating: an unknown path is 404 and a wrong method 405 for anyone.
+    fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
+        match session_path(path) {
+            Some(SessionPath::Resource(id, "qr")) if *method == Method::GET => Ok(Endpoint::Qr(id.to_owned())),
+            Some(SessionPath::Resource(_, "qr")) => Err(ApiError::method_not_allowed(method.as_str(), &["GET"])),
+            Some(SessionPath::Resource(id, "pairing-code")) if *method == Method::POST => {
+                Ok(Endpoint::PairingCode(id.to_owned()))
+            }
+            Some(SessionPath::Resource(_, "pairing-code")) => Err(ApiError::method_not_allowed(method.as_str(), &["POST"])),
+            _ => Err(ApiError::route_not_found(path)),
+        }
+    }
+}
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    respond(route(req).await)
+}
+
+async fn route(req: Request) -> Result<Answer, ApiError> {
+    let endpoint = Endpoint::parse(req.method(), req.uri().path())?;
+    let ctx = Context::open().await?;
+    let caller = ctx.authenticate(&req).await?;
+    match endpoint {
+        Endpoint::Qr(id) => qr::apply(&ctx, &caller, &id).await,
+        Endpoint::PairingCode(id) => {
+            let body = ctx.body(req).await?;
+            pairing_code::apply(&ctx, &caller, &id, &body).await
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! `POST /api/v1/sessions/{session}/pairing-code` `{"phone": "628123456789"}`: asks WhatsApp for
+//! a code to type on that phone instead of scanning a QR, waiting a bounded time for it.
+
+use shared::answer::Answer;
+use shared::auth::{Caller, Capability};
+use shared::command::{Command, CommandResult};
+use shared::spin::{Context, Wait};
+use shared::{ApiError, ErrorCode, lifecycle, store, validate};
+
+pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, body: &[u8]) -> Result<Answer, ApiError> {
+    let org = caller.org_with(Capability::Manage)?;
+    let session = store::get(&ctx.redis, org, session_id).await?;
+    let phone = validate::pairing_phone(body)?;
+    validate::unpaired(&session)?;
+    let command = Command::pair_phone(&session.id, org, &phone);
+    lifecycle::send(&ctx.redis, &session, &command).await?;
+    match ctx.wait_for_result(org, &command.id, Wait::PairingCode).await? {
+        Some(CommandResult { code: Some(code), .. }) => Ok(Answer::ok(&serde_json::json!({ "code": code }))),
+        Some(CommandResult { error: Some(error), .. }) if error.kind == "already_paired" => Err(validate::already_paired()),
+        Some(CommandResult { error, .. }) => {
+            let (kind, message) = error.map(|e| (e.kind, e.message)).unwrap_or_default();
+            Err(ApiError::new(ErrorCode::Unavailable, format!("WhatsApp did not issue a pairing code: {message}"))
+                .with_detail("reason", kind))
+        }
+        None => Err(ApiError::new(ErrorCode::Timeout, "no pairing code arrived in time; the request stays queued, retry shortly")
+            .with_detail("reason", "pairing_code_timeout")),
+    }
+}

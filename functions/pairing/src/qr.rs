@@ -1,0 +1,22 @@
+//! `GET /api/v1/sessions/{session}/qr`: the current pairing QR `{code, expiresAt}`. With no code
+//! ready it starts pairing (when nothing runs yet) and answers 404 until the daemon has one.
+
+use shared::answer::Answer;
+use shared::auth::{Caller, Capability};
+use shared::command::{Command, CommandKind};
+use shared::spin::Context;
+use shared::{ApiError, ErrorCode, lifecycle, store, validate};
+
+pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str) -> Result<Answer, ApiError> {
+    let org = caller.org_with(Capability::Manage)?;
+    let session = store::get(&ctx.redis, org, session_id).await?;
+    validate::unpaired(&session)?;
+    if let Some(qr) = store::qr(&ctx.redis, org, session_id).await? {
+        return Ok(Answer::Json(200, qr));
+    }
+    if !session.status.is_running() {
+        lifecycle::send(&ctx.redis, &session, &Command::new(CommandKind::Start, &session.id, org)).await?;
+    }
+    Err(ApiError::new(ErrorCode::NotFound, "no QR code is ready yet: pairing has started, retry shortly or follow auth.qr events")
+        .with_detail("reason", "qr_not_ready"))
+}

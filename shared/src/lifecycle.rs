@@ -1,0 +1,53 @@
+//! The function side of a command: record the intent on the row, route the command to the
+//! daemon that runs the session, and read back what the daemon answered.
+//!
+//! Only intents that are true the moment they are written go on the row (`starting` once a
+//! start is queued). Everything else, `stopped`, `working`, identity, is written by the daemon
+//! when it has happened, so the API never reports a state the WhatsApp side is not in.
+
+use crate::command::{Command, CommandKind, CommandResult};
+use crate::event::{Event, EventType};
+use crate::redis::{Redis, first};
+use crate::session::{Session, SessionStatus};
+use crate::store::{self, Update};
+use crate::{ApiError, args, keys};
+
+/// The status a queued command puts the row in at once, and the statuses it does so from.
+fn intent(kind: CommandKind) -> Option<(SessionStatus, &'static [SessionStatus])> {
+    const IDLE: &[SessionStatus] = &[SessionStatus::Stopped, SessionStatus::Failed];
+    match kind {
+        CommandKind::Start | CommandKind::PairPhone => Some((SessionStatus::Starting, IDLE)),
+        CommandKind::Restart => Some((SessionStatus::Starting, &[])),
+        CommandKind::Stop | CommandKind::Logout | CommandKind::Delete => None,
+    }
+}
+
+/// Records the command's intent and queues it: to the stream of the gateway that holds the
+/// session while that gateway is alive, otherwise to the placement stream any daemon reads.
+pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Result<(), ApiError> {
+    if let Some((status, from)) = intent(command.kind) {
+        let announce = Event::new(
+            EventType::SessionStatus,
+            &session.organization_id,
+            &session.id,
+            crate::event::status_data(status, session.phone_number.as_deref(), session.wa_jid.as_deref(), session.wa_lid.as_deref(), None),
+        );
+        let update = Update { only_from: from.to_vec(), ..Update::default() }.status(status).event(announce);
+        store::update(r, &session.organization_id, &session.id, update).await?;
+    }
+    let holder = match &session.gateway_id {
+        Some(gateway) if first(r, "EXISTS", args![keys::gateway_alive(gateway)]).await?.as_int() == Some(1) => {
+            Some(gateway.as_str())
+        }
+        _ => None,
+    };
+    Ok(store::enqueue(r, holder, command).await?)
+}
+
+/// The daemon's answer to a command, once it has written one.
+pub async fn result<R: Redis>(r: &R, org: &str, command_id: &str) -> Result<Option<CommandResult>, ApiError> {
+    match first(r, "GET", args![keys::command_result(org, command_id)]).await?.into_string() {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| ApiError::internal(e.to_string())),
+    }
+}

@@ -1,0 +1,57 @@
+//! The shapes of the session paths, parsed once for every component that serves a part of them.
+
+pub const SESSIONS: &str = "/api/v1/sessions";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionPath<'a> {
+    /// `/api/v1/sessions`
+    Collection,
+    /// `/api/v1/sessions/{session}`
+    Session(&'a str),
+    /// `/api/v1/sessions/{session}:{action}` (the reference's custom methods, `:start` …)
+    Action(&'a str, &'a str),
+    /// `/api/v1/sessions/{session}/{resource}` (`qr`, `pairing-code`, `me`)
+    Resource(&'a str, &'a str),
+}
+
+/// `None` for anything that is not one of the shapes above.
+pub fn session_path(path: &str) -> Option<SessionPath<'_>> {
+    let rest = path.strip_prefix(SESSIONS)?;
+    if rest.is_empty() {
+        return Some(SessionPath::Collection);
+    }
+    let rest = rest.strip_prefix('/')?;
+    let (segment, resource) = match rest.split_once('/') {
+        Some((segment, resource)) if !resource.is_empty() && !resource.contains(['/', ':']) => (segment, Some(resource)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    let (id, action) = match segment.split_once(':') {
+        Some((id, action)) if !action.is_empty() && !action.contains(':') => (id, Some(action)),
+        Some(_) => return None,
+        None => (segment, None),
+    };
+    match (id.is_empty(), action, resource) {
+        (true, _, _) | (false, Some(_), Some(_)) => None,
+        (false, None, None) => Some(SessionPath::Session(id)),
+        (false, Some(action), None) => Some(SessionPath::Action(id, action)),
+        (false, None, Some(resource)) => Some(SessionPath::Resource(id, resource)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_session_path_shape() {
+        assert_eq!(session_path("/api/v1/sessions"), Some(SessionPath::Collection));
+        assert_eq!(session_path("/api/v1/sessions/01J"), Some(SessionPath::Session("01J")));
+        assert_eq!(session_path("/api/v1/sessions/01J:stop"), Some(SessionPath::Action("01J", "stop")));
+        assert_eq!(session_path("/api/v1/sessions/01J/qr"), Some(SessionPath::Resource("01J", "qr")));
+        for bad in ["/api/v1/sessionsX", "/api/v1/sessions/", "/api/v1/sessions/:stop", "/api/v1/sessions/01J:",
+            "/api/v1/sessions/01J/qr/x", "/api/v1/sessions/01J:stop/qr", "/api/v1/sessions/01J/"] {
+            assert_eq!(session_path(bad), None, "{bad}");
+        }
+    }
+}

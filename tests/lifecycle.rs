@@ -1,0 +1,320 @@
+//! Pairing and lifecycle end to end, through the HTTP API only: the real host and components, a
+//! real Redis of the test's own, and the real daemon with its simulator backend standing in for
+//! WhatsApp. The test plays the phone through the simulator's control stream.
+
+use e2e::{Stack, new_org};
+use serde_json::Value;
+use std::time::Duration;
+
+const SOON: Duration = Duration::from_secs(10);
+
+fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qr_pairing_and_the_whole_lifecycle() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let session = stack.create(&key, r#"{"start": true, "label": "Support"}"#).await;
+    let id = session["id"].as_str().unwrap();
+    assert_eq!(session["status"], "starting");
+
+    // Pairing has started but no code exists yet.
+    stack.client.get(&stack.session_url(id, "/qr"), &key).await.expect_error(404, "not_found");
+    let first = stack.qr_until(&key, id, None, SOON).await;
+    let code = first["code"].as_str().unwrap();
+    assert_eq!(code.split(',').count(), 4, "WhatsApp's ref,key,key,key shape: {code}");
+    assert!(first["expiresAt"].as_i64().unwrap() > shared::time::now_millis());
+    stack.status_until(&key, id, "scan_qr_code", SOON).await;
+
+    // The code rotates, each with a later expiry.
+    let second = stack.qr_until(&key, id, Some(code), SOON).await;
+    assert!(second["expiresAt"].as_i64() > first["expiresAt"].as_i64());
+
+    // The phone scans the current code.
+    stack.phone("scan", &[("code", second["code"].as_str().unwrap()), ("phone", "6281234567890")]).await;
+    let working = stack.status_until(&key, id, "working", SOON).await;
+    assert_eq!(working["waJid"], "6281234567890@s.whatsapp.net");
+    assert_eq!(working["phoneNumber"], "6281234567890");
+    assert!(working["waLid"].as_str().unwrap().ends_with("@lid"));
+    assert_eq!(working["gatewayId"], stack.daemon.gateway_id.as_str());
+    let connected_at = working["lastConnectedAt"].as_i64().unwrap();
+
+    let me = stack.client.get(&stack.session_url(id, "/me"), &key).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["connected"], true);
+    assert_eq!(me.body["sessionId"], id);
+    assert_eq!(me.body["status"], "working");
+    assert_eq!(me.body["waJid"], working["waJid"]);
+    assert_eq!(me.body["waLid"], working["waLid"]);
+    assert_eq!(me.body["phoneNumber"], "6281234567890");
+    let details = stack.client.get(&stack.session_url(id, "/qr"), &key).await.expect_error(400, "validation_error").clone();
+    assert_eq!(details["reason"], "already_paired");
+    assert!(stack.daemon.session_dir(id).exists(), "the session's store is on disk");
+
+    // :stop keeps the pairing.
+    let stopped = stack.client.post(&stack.session_url(id, ":stop"), &key, "").await;
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    assert_eq!(stopped.body["status"], "stopped");
+    assert_eq!(stopped.body["waJid"], working["waJid"]);
+    let me = stack.client.get(&stack.session_url(id, "/me"), &key).await;
+    assert_eq!((me.status, &me.body["connected"]), (200, &Value::Bool(false)));
+
+    // :start reconnects with the stored pairing: no scan.
+    let started = stack.client.post(&stack.session_url(id, ":start"), &key, "").await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert_ne!(started.body["status"], "stopped");
+    let working = stack.status_until(&key, id, "working", SOON).await;
+    assert_eq!(working["waJid"], "6281234567890@s.whatsapp.net");
+
+    // :restart reconnects, keeping the pairing.
+    let restarted = stack.client.post(&stack.session_url(id, ":restart"), &key, "").await;
+    assert_eq!(restarted.status, 200, "{}", restarted.body);
+    let working = stack
+        .row_until(&key, id, SOON, |row| row["status"] == "working" && row["lastConnectedAt"].as_i64() > Some(connected_at))
+        .await;
+    let connected_at = working["lastConnectedAt"].as_i64().unwrap();
+
+    // A dropped connection recovers by itself.
+    stack.phone("drop", &[("session", id)]).await;
+    stack
+        .row_until(&key, id, SOON, |row| row["status"] == "working" && row["lastConnectedAt"].as_i64() > Some(connected_at))
+        .await;
+    let reconnecting = stack.events(&org).await;
+    assert!(
+        events_of(&reconnecting, "session.status").iter().any(|e| e["data"]["reason"].as_str().is_some_and(|r| r.contains("connection dropped"))),
+        "the drop is announced with its reason"
+    );
+
+    // :logout unpairs and keeps the row; a second :logout changes nothing.
+    let logged_out = stack.client.post(&stack.session_url(id, ":logout"), &key, "").await;
+    assert_eq!(logged_out.status, 200, "{}", logged_out.body);
+    assert_eq!(logged_out.body["waJid"], Value::Null);
+    assert_eq!(logged_out.body["waLid"], Value::Null);
+    assert_eq!(logged_out.body["status"], "stopped");
+    assert!(!stack.daemon.session_dir(id).exists(), "logout wipes the store");
+    let again = stack.client.post(&stack.session_url(id, ":logout"), &key, "").await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body, logged_out.body, "a second logout is a no-op");
+    stack.client.get(&stack.session_url(id, "/me"), &key).await.expect_error(404, "not_found");
+
+    // Every step was published to the organization's log, identity included where known.
+    let events = stack.events(&org).await;
+    for event in &events {
+        assert_eq!(event["organizationId"], org.as_str());
+        assert_eq!(event["sessionId"], id);
+        assert!(event["id"].is_string() && event["timestamp"].is_i64(), "{event}");
+    }
+    assert!(events_of(&events, "auth.qr").len() >= 2);
+    let paired = events_of(&events, "auth.paired");
+    assert_eq!(paired.len(), 1);
+    assert_eq!(paired[0]["data"]["phoneNumber"], "6281234567890");
+    assert!(paired[0]["data"]["waLid"].as_str().unwrap().ends_with("@lid"));
+    let statuses: Vec<&str> = events_of(&events, "session.status").iter().map(|e| e["data"]["status"].as_str().unwrap()).collect();
+    for status in ["scan_qr_code", "working", "stopped", "starting"] {
+        assert!(statuses.contains(&status), "a session.status {status} event in {statuses:?}");
+    }
+    let working_event = events_of(&events, "session.status").into_iter().find(|e| e["data"]["status"] == "working").unwrap();
+    assert_eq!(working_event["data"]["phoneNumber"], "6281234567890");
+    assert!(working_event["data"]["waLid"].is_string());
+    let logout = events_of(&events, "session.logged_out");
+    assert_eq!(logout.len(), 1);
+    assert_eq!(logout[0]["data"]["phoneNumber"], "6281234567890");
+    assert!(logout[0]["data"]["waLid"].is_string());
+
+    // DELETE removes the row and the store.
+    assert_eq!(stack.client.delete(&stack.session_url(id, ""), &key).await.status, 204);
+    stack.client.get(&stack.session_url(id, ""), &key).await.expect_error(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pairing_code_path_with_its_validation() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let session = stack.create(&key, "{}").await;
+    let id = session["id"].as_str().unwrap();
+    let url = stack.session_url(id, "/pairing-code");
+
+    for (body, field) in [
+        ("{}", "phone"),
+        (r#"{"phone": "+628123456789"}"#, "phone"),
+        (r#"{"phone": "62 812 3456"}"#, "phone"),
+        (r#"{"phone": 628123456789}"#, "phone"),
+        (r#"{"phone": "12"}"#, "phone"),
+        (r#"{"phone": "628123456789", "name": "x"}"#, "name"),
+        ("{", "body"),
+    ] {
+        let reply = stack.client.post(&url, &key, body).await;
+        assert_eq!(reply.expect_error(400, "validation_error")["field"], field, "{body}");
+    }
+    assert_eq!(stack.client.get(&stack.session_url(id, ""), &key).await.body["status"], "stopped", "bad input starts nothing");
+
+    let reply = stack.client.post(&url, &key, r#"{"phone": "628123456789"}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let code = reply.body["code"].as_str().unwrap().to_owned();
+    assert!(
+        code.len() == 9 && code.as_bytes()[4] == b'-' && code.chars().filter(|c| *c != '-').all(|c| c.is_ascii_alphanumeric()),
+        "ABCD-1234 shape: {code}"
+    );
+
+    stack.phone("enter_code", &[("code", &code), ("phone", "628123456789")]).await;
+    let working = stack.status_until(&key, id, "working", SOON).await;
+    assert_eq!(working["phoneNumber"], "628123456789");
+    assert_eq!(working["waJid"], "628123456789@s.whatsapp.net");
+
+    let again = stack.client.post(&url, &key, r#"{"phone": "628123456789"}"#).await;
+    assert_eq!(again.expect_error(400, "validation_error")["reason"], "already_paired");
+
+    let events = stack.events(&org).await;
+    let issued = events_of(&events, "auth.pairing_code");
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0]["data"]["code"], code.as_str());
+
+    // Unlinked from the phone: the pairing is void and the session says why.
+    stack.phone("phone_logout", &[("phone", "628123456789")]).await;
+    let failed = stack.status_until(&key, id, "failed", SOON).await;
+    assert_eq!(failed["waJid"], Value::Null);
+    let events = stack.events(&org).await;
+    let logged_out = events_of(&events, "session.logged_out");
+    assert_eq!(logged_out.len(), 1);
+    assert!(logged_out[0]["data"]["reason"].as_str().unwrap().contains("unlinked from the phone"));
+    assert_eq!(logged_out[0]["data"]["phoneNumber"], "628123456789");
+
+    // DELETE removes the row and the store the daemon kept.
+    assert_eq!(stack.client.delete(&stack.session_url(id, ""), &key).await.status, 204);
+    stack.client.get(&stack.session_url(id, ""), &key).await.expect_error(404, "not_found");
+    let deadline = std::time::Instant::now() + SOON;
+    while stack.daemon.session_dir(id).exists() {
+        assert!(std::time::Instant::now() < deadline, "the store was not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_working_session_stops_it_and_removes_its_store() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    let qr = stack.qr_until(&key, &id, None, SOON).await;
+    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "447700900123")]).await;
+    stack.status_until(&key, &id, "working", SOON).await;
+    assert!(stack.daemon.session_dir(&id).exists());
+
+    assert_eq!(stack.client.delete(&stack.session_url(&id, ""), &key).await.status, 204);
+    let deadline = std::time::Instant::now() + SOON;
+    while stack.daemon.session_dir(&id).exists() {
+        assert!(std::time::Instant::now() < deadline, "the store was not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_during_pairing_resumes_and_keeps_paired_numbers() {
+    let mut stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let pairing = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    let paired = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    let qr = stack.qr_until(&key, &paired, None, SOON).await;
+    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "4915112345678")]).await;
+    stack.status_until(&key, &paired, "working", SOON).await;
+    let before = stack.qr_until(&key, &pairing, None, SOON).await;
+
+    stack.daemon.kill();
+    stack.daemon.restart();
+
+    // The unpaired session shows fresh codes again, and the scan completes the pairing.
+    let after = stack.qr_until(&key, &pairing, before["code"].as_str(), SOON).await;
+    stack.phone("scan", &[("code", after["code"].as_str().unwrap()), ("phone", "4915187654321")]).await;
+    stack.status_until(&key, &pairing, "working", SOON).await;
+    // The paired session is back with its number, without a scan.
+    let row = stack.status_until(&key, &paired, "working", SOON).await;
+    assert_eq!(row["phoneNumber"], "4915112345678");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_sent_while_no_daemon_runs_is_carried_out_when_one_starts() {
+    let mut stack = Stack::start();
+    stack.daemon.kill();
+    let key = stack.key(&new_org()).await;
+    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.client.get(&stack.session_url(&id, "/qr"), &key).await.expect_error(404, "not_found");
+    assert_eq!(stack.client.get(&stack.session_url(&id, ""), &key).await.body["status"], "starting");
+
+    stack.daemon.restart();
+    stack.qr_until(&key, &id, None, SOON).await;
+    stack.status_until(&key, &id, "scan_qr_code", SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_organizations_session_is_not_found_on_every_endpoint() {
+    let stack = Stack::start();
+    let owner = stack.key(&new_org()).await;
+    let stranger = stack.key(&new_org()).await;
+    let id = stack.create(&owner, "{}").await["id"].as_str().unwrap().to_owned();
+
+    for (method, suffix, body) in [
+        ("GET", "/qr", None),
+        ("POST", "/pairing-code", Some(r#"{"phone": "628123456789"}"#)),
+        ("POST", ":start", Some("")),
+        ("POST", ":stop", Some("")),
+        ("POST", ":restart", Some("")),
+        ("POST", ":logout", Some("")),
+        ("GET", "/me", None),
+        ("GET", "", None),
+        ("DELETE", "", None),
+    ] {
+        let reply = stack.client.send(method, &stack.session_url(&id, suffix), Some(&stranger), body).await;
+        reply.expect_error(404, "not_found");
+    }
+    let row = stack.client.get(&stack.session_url(&id, ""), &owner).await;
+    assert_eq!(row.body["status"], "stopped", "nothing was started for the stranger: {}", row.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_routes_refuse_wrong_methods_and_unknown_actions() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let id = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
+    let reply = stack.client.get(&stack.session_url(&id, ":start"), &key).await;
+    reply.expect_error(405, "method_not_allowed");
+    assert_eq!(reply.headers["allow"], "POST");
+    stack.client.post(&stack.session_url(&id, ":explode"), &key, "").await.expect_error(404, "not_found");
+    stack.client.post(&stack.session_url(&id, "/qr"), &key, "").await.expect_error(405, "method_not_allowed");
+    stack.client.get(&stack.session_url(&id, "/pairing-code"), &key).await.expect_error(405, "method_not_allowed");
+    stack.client.get(&stack.session_url(&id, "/nope"), &key).await.expect_error(404, "not_found");
+}
+
+/// The real backend against a WhatsApp endpoint that refuses connections: the session ends
+/// `failed` with the reason, after the configured attempts, instead of hanging or crashing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_whatsapp_backend_reports_an_unreachable_endpoint_as_failed() {
+    let closed = format!("ws://127.0.0.1:{}/ws/chat", e2e::free_port());
+    let stack = Stack::start_with(&[
+        ("BACKEND", "whatsapp"),
+        ("WHATSAPP_URL", &closed),
+        ("MAX_CONNECT_FAILURES", "3"),
+        ("RECONNECT_BASE_MS", "100"),
+    ]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    let failed = stack.status_until(&key, &id, "failed", Duration::from_secs(30)).await;
+    assert_eq!(failed["waJid"], Value::Null);
+    let events = stack.events(&org).await;
+    let reason = events_of(&events, "session.status")
+        .into_iter()
+        .rev()
+        .find(|e| e["data"]["status"] == "failed")
+        .and_then(|e| e["data"]["reason"].as_str().map(str::to_owned))
+        .expect("a failed status event with its reason");
+    assert!(reason.starts_with("connection_failed: 3 attempts"), "{reason}");
+
+    // :restart gives it another round, which fails the same clean way.
+    let restarted = stack.client.post(&stack.session_url(&id, ":restart"), &key, "").await;
+    assert_eq!(restarted.status, 200, "{}", restarted.body);
+    stack.status_until(&key, &id, "failed", Duration::from_secs(30)).await;
+}
