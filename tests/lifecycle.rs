@@ -318,3 +318,89 @@ async fn the_whatsapp_backend_reports_an_unreachable_endpoint_as_failed() {
     assert_eq!(restarted.status, 200, "{}", restarted.body);
     stack.status_until(&key, &id, "failed", Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_pauses_sessions_truthfully_and_a_restart_resumes_them() {
+    let mut stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    let qr = stack.qr_until(&key, &id, None, SOON).await;
+    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "628777000111")]).await;
+    stack.status_until(&key, &id, "working", SOON).await;
+
+    let took = stack.daemon.terminate();
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    // Not working any more, and says so; the lease and the heartbeat are released.
+    let row = stack.client.get(&stack.session_url(&id, ""), &key).await.body;
+    assert_eq!(row["status"], "starting", "{row}");
+    assert_eq!(row["waJid"], "628777000111@s.whatsapp.net", "the pairing is kept");
+    let events = stack.events(&org).await;
+    assert_eq!(events.last().unwrap()["data"]["reason"], "gateway_shutdown");
+    let mut redis = stack.redis().await;
+    let lease: Option<String> = redis::AsyncCommands::get(&mut redis, shared::keys::session_lease(&id)).await.unwrap();
+    let alive: bool = redis::AsyncCommands::exists(&mut redis, shared::keys::gateway_alive(&stack.daemon.gateway_id)).await.unwrap();
+    assert_eq!((lease, alive), (None, false));
+
+    stack.daemon.restart();
+    let row = stack.status_until(&key, &id, "working", SOON).await;
+    assert_eq!(row["phoneNumber"], "628777000111");
+}
+
+/// A placement command delivered to a daemon that then died (its heartbeat is gone) is claimed
+/// by a live daemon and carried out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_daemon_claims_the_commands_a_dead_one_left_pending() {
+    let mut stack = Stack::start();
+    stack.daemon.kill();
+    let key = stack.key(&new_org()).await;
+    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+
+    // A daemon "gw-dead" read the start command and died before acknowledging it.
+    let mut redis = stack.redis().await;
+    let stream = shared::keys::unplaced_commands();
+    // The group may not exist yet if the first daemon was killed before it got to it.
+    let _: redis::RedisResult<()> =
+        redis::AsyncCommands::xgroup_create_mkstream(&mut redis, &stream, shared::keys::COMMAND_GROUP, "0").await;
+    let read: redis::streams::StreamReadReply = redis::AsyncCommands::xread_options(
+        &mut redis,
+        &[&stream],
+        &[">"],
+        &redis::streams::StreamReadOptions::default().group(shared::keys::COMMAND_GROUP, "gw-dead").count(100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.keys[0].ids.len(), 1, "the dead daemon holds the command");
+
+    stack.daemon.restart();
+    stack.qr_until(&key, &id, None, SOON).await;
+    let pending: redis::streams::StreamPendingReply =
+        redis::AsyncCommands::xpending(&mut redis, &stream, shared::keys::COMMAND_GROUP).await.unwrap();
+    assert_eq!(pending.count(), 0, "claimed, carried out and acknowledged");
+}
+
+/// Two daemons; the one running a paired session dies for good. The other adopts the session
+/// once the dead one's heartbeat lapses, and it is back to `working` without a scan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_daemon_adopts_the_sessions_of_a_dead_gateway() {
+    let mut stack = Stack::start();
+    let mut second = stack.daemon.start_beside();
+    let key = stack.key(&new_org()).await;
+    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    let qr = stack.qr_until(&key, &id, None, SOON).await;
+    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "5511999990000")]).await;
+    let row = stack.status_until(&key, &id, "working", SOON).await;
+    let holder = row["gatewayId"].as_str().unwrap().to_owned();
+    let survivor = if holder == stack.daemon.gateway_id {
+        stack.daemon.kill();
+        second.gateway_id.clone()
+    } else {
+        second.kill();
+        stack.daemon.gateway_id.clone()
+    };
+
+    let row = stack
+        .row_until(&key, &id, Duration::from_secs(20), |row| row["status"] == "working" && row["gatewayId"] == survivor.as_str())
+        .await;
+    assert_eq!(row["phoneNumber"], "5511999990000", "adopted with its pairing");
+}

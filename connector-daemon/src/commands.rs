@@ -2,7 +2,8 @@
 //! daemon may take from, and its own gateway's stream. A command is acknowledged only after its
 //! session's supervisor says it took effect, so a daemon that dies mid-command leaves it pending:
 //! it re-reads its own pending entries when it starts again, and a live daemon claims the
-//! placement entries of a consumer whose heartbeat is gone.
+//! placement entries of a consumer whose heartbeat is gone (and adopts a dead gateway's own
+//! stream, see `adoption`).
 
 use crate::daemon::Daemon;
 use crate::lease;
@@ -34,6 +35,9 @@ pub async fn run(daemon: Arc<Daemon>, mut reader: ConnectionManager, mut stoppin
     while !*stopping.borrow() {
         if last_orphan_check.elapsed() >= daemon.config.lease() / 3 {
             last_orphan_check = tokio::time::Instant::now();
+            if let Err(e) = crate::adoption::adopt_dead_gateways(&daemon, &mut reader).await {
+                tracing::warn!("cannot adopt a dead gateway's work: {e}");
+            }
             match claim_orphans(&daemon, &mut reader, &streams[0]).await {
                 Ok(entries) => entries.into_iter().for_each(|entry| dispatch(&daemon, &streams[0], entry)),
                 Err(e) => tracing::warn!("cannot claim orphaned commands: {e}"),
@@ -74,7 +78,7 @@ async fn sleep_or_stop(stopping: &mut watch::Receiver<bool>, pause: Duration) ->
 
 /// Creates the group at the start of each stream, so commands queued before any daemon ever
 /// ran are carried out too.
-async fn create_groups(reader: &mut ConnectionManager, streams: &[String]) -> redis::RedisResult<()> {
+pub async fn create_groups(reader: &mut ConnectionManager, streams: &[String]) -> redis::RedisResult<()> {
     for stream in streams {
         let created: redis::RedisResult<()> = reader.xgroup_create_mkstream(stream, keys::COMMAND_GROUP, "0").await;
         match created {

@@ -71,10 +71,11 @@ pub async fn release(daemon: &Daemon, session_id: &str, forget: bool) -> Result<
         .map(drop)
 }
 
-/// Marks this gateway alive for one lease period.
+/// Marks this gateway alive for one lease period, and known to the others.
 pub async fn heartbeat(daemon: &Daemon) -> Result<(), RedisError> {
     let alive = keys::gateway_alive(&daemon.gateway_id);
-    daemon.redis.execute("SET", args![alive, std::process::id() as i64, "PX", daemon.config.lease_ms as i64]).await.map(drop)
+    daemon.redis.execute("SET", args![alive, std::process::id() as i64, "PX", daemon.config.lease_ms as i64]).await?;
+    daemon.redis.execute("SADD", args![keys::gateways(), daemon.gateway_id.as_str()]).await.map(drop)
 }
 
 /// Whether a gateway has renewed its heartbeat within the last lease period.

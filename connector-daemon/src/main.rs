@@ -2,6 +2,7 @@
 //! per session, runs one supervisor task per session, takes commands from Redis Streams, and
 //! writes state and events back to Redis. See ARCHITECTURE.md for how the parts meet.
 
+mod adoption;
 mod backend;
 mod commands;
 mod config;

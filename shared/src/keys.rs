@@ -66,6 +66,16 @@ pub fn gateway_alive(gateway_id: &str) -> String {
     format!("{PREFIX}:gateway:{gateway_id}:alive")
 }
 
+/// Every gateway that ever announced itself, so live ones can find dead ones to adopt.
+pub fn gateways() -> String {
+    format!("{PREFIX}:gateways")
+}
+
+/// Held by the one daemon adopting what a dead gateway left behind.
+pub fn gateway_adoption(gateway_id: &str) -> String {
+    format!("{PREFIX}:gateway:{gateway_id}:adoption")
+}
+
 /// The sessions a gateway runs, so a restarted daemon resumes them.
 pub fn gateway_sessions(gateway_id: &str) -> String {
     format!("{PREFIX}:gateway:{gateway_id}:sessions")

@@ -103,6 +103,18 @@ impl Context {
     }
 }
 
+/// The start every endpoint shares: route first (404/405 before authenticating, for anyone),
+/// then open Redis and authenticate the caller.
+pub async fn accept<E>(
+    req: &Request,
+    route: impl FnOnce(&http::Method, &str) -> Result<E, ApiError>,
+) -> Result<(E, Context, Caller), ApiError> {
+    let endpoint = route(req.method(), req.uri().path())?;
+    let ctx = Context::open().await?;
+    let caller = ctx.authenticate(req).await?;
+    Ok((endpoint, ctx, caller))
+}
+
 /// Which wait a caller needs: lifecycle commands or a phone pairing code.
 #[derive(Debug, Clone, Copy)]
 pub enum Wait {

@@ -179,6 +179,20 @@ impl Daemon {
         daemon
     }
 
+    /// A second daemon (its own gateway id) sharing this one's Redis and data directory, as
+    /// two daemons on one machine or on a shared volume would.
+    pub fn start_beside(&self) -> Daemon {
+        let mut daemon = Daemon {
+            gateway_id: format!("e2e-{}", ulid::Ulid::new().to_string().to_lowercase()),
+            data_dir: self.data_dir.clone(),
+            redis_url: self.redis_url.clone(),
+            settings: self.settings.clone(),
+            child: None,
+        };
+        daemon.restart();
+        daemon
+    }
+
     /// Starts the daemon again (after [`Daemon::kill`]), with the same gateway id and data.
     pub fn restart(&mut self) {
         let mut child = Command::new(root().join("target/release/connector-daemon"))
@@ -203,6 +217,17 @@ impl Daemon {
         assert!(lines.any(|line| line.is_ok_and(|l| l == ready)), "connector-daemon did not start");
         std::thread::spawn(move || lines.for_each(drop));
         self.child = Some(child);
+    }
+
+    /// SIGTERM, then waits for the daemon to exit; returns how long that took.
+    pub fn terminate(&mut self) -> Duration {
+        let mut child = self.child.take().expect("a running daemon");
+        let started = Instant::now();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "a clean exit on SIGTERM: {exit}");
+        started.elapsed()
     }
 
     /// `kill -9`: no shutdown, no cleanup, commands left as they were.
@@ -454,6 +479,10 @@ impl Stack {
 
     pub async fn phone(&self, action: &str, fields: &[(&str, &str)]) {
         phone_action(&self.redis.url, action, fields).await
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
     /// The organization's durable event log, oldest first.

@@ -6,7 +6,7 @@ mod qr;
 
 use shared::answer::Answer;
 use shared::route::{SessionPath, session_path};
-use shared::spin::{Context, respond};
+use shared::spin::{accept, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
 use spin_sdk::http_service;
@@ -37,9 +37,7 @@ async fn handle(req: Request) -> impl IntoResponse {
 }
 
 async fn route(req: Request) -> Result<Answer, ApiError> {
-    let endpoint = Endpoint::parse(req.method(), req.uri().path())?;
-    let ctx = Context::open().await?;
-    let caller = ctx.authenticate(&req).await?;
+    let (endpoint, ctx, caller) = accept(&req, Endpoint::parse).await?;
     match endpoint {
         Endpoint::Qr(id) => qr::apply(&ctx, &caller, &id).await,
         Endpoint::PairingCode(id) => {

@@ -11,7 +11,7 @@ mod me;
 use shared::answer::Answer;
 use shared::command::CommandKind;
 use shared::route::{SessionPath, session_path};
-use shared::spin::{Context, respond};
+use shared::spin::{accept, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
 use spin_sdk::http_service;
@@ -64,9 +64,7 @@ async fn handle(req: Request) -> impl IntoResponse {
 }
 
 async fn route(req: Request) -> Result<Answer, ApiError> {
-    let endpoint = Endpoint::parse(req.method(), req.uri().path())?;
-    let ctx = Context::open().await?;
-    let caller = ctx.authenticate(&req).await?;
+    let (endpoint, ctx, caller) = accept(&req, Endpoint::parse).await?;
     match endpoint {
         Endpoint::List => list::apply(&ctx, &caller).await,
         Endpoint::Create => {
