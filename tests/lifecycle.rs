@@ -404,3 +404,32 @@ async fn a_live_daemon_adopts_the_sessions_of_a_dead_gateway() {
         .await;
     assert_eq!(row["phoneNumber"], "5511999990000", "adopted with its pairing");
 }
+
+/// `GET /qr` on a stopped, unpaired session starts pairing; codes that run out build a new
+/// client a bounded number of times, then the session stops and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn qr_starts_pairing_and_unscanned_codes_end_in_stopped() {
+    let stack = Stack::start_with(&[
+        ("BACKEND", "simulator"),
+        ("SIM_FIRST_QR_MS", "400"),
+        ("SIM_NEXT_QR_MS", "200"),
+        ("SIM_QR_COUNT", "2"),
+        ("PAIRING_ROUNDS", "2"),
+    ]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let id = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
+    stack.client.get(&stack.session_url(&id, "/qr"), &key).await.expect_error(404, "not_found");
+    stack.qr_until(&key, &id, None, SOON).await;
+
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    let events = stack.events(&org).await;
+    assert_eq!(events_of(&events, "auth.qr").len(), 4, "two clients of two codes each");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "session.status");
+    assert_eq!((&last["data"]["status"], &last["data"]["reason"]), (&"stopped".into(), &"qr_codes_exhausted".into()));
+
+    // Asking for a code again is the user still pairing: it starts over.
+    stack.client.get(&stack.session_url(&id, "/qr"), &key).await.expect_error(404, "not_found");
+    stack.qr_until(&key, &id, None, SOON).await;
+}
