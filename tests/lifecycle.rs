@@ -197,10 +197,7 @@ async fn pairing_code_path_with_its_validation() {
 async fn deleting_a_working_session_stops_it_and_removes_its_store() {
     let stack = Stack::start();
     let key = stack.key(&new_org()).await;
-    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
-    let qr = stack.qr_until(&key, &id, None, SOON).await;
-    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "447700900123")]).await;
-    stack.status_until(&key, &id, "working", SOON).await;
+    let (id, _) = stack.paired_session(&key, "447700900123").await;
     assert!(stack.daemon.session_dir(&id).exists());
 
     assert_eq!(stack.client.delete(&stack.session_url(&id, ""), &key).await.status, 204);
@@ -216,10 +213,7 @@ async fn a_daemon_killed_during_pairing_resumes_and_keeps_paired_numbers() {
     let mut stack = Stack::start();
     let key = stack.key(&new_org()).await;
     let pairing = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
-    let paired = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
-    let qr = stack.qr_until(&key, &paired, None, SOON).await;
-    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "4915112345678")]).await;
-    stack.status_until(&key, &paired, "working", SOON).await;
+    let (paired, _) = stack.paired_session(&key, "4915112345678").await;
     let before = stack.qr_until(&key, &pairing, None, SOON).await;
 
     stack.daemon.kill();
@@ -324,10 +318,7 @@ async fn sigterm_pauses_sessions_truthfully_and_a_restart_resumes_them() {
     let mut stack = Stack::start();
     let org = new_org();
     let key = stack.key(&org).await;
-    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
-    let qr = stack.qr_until(&key, &id, None, SOON).await;
-    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "628777000111")]).await;
-    stack.status_until(&key, &id, "working", SOON).await;
+    let (id, _) = stack.paired_session(&key, "628777000111").await;
 
     let took = stack.daemon.terminate();
     assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
@@ -386,10 +377,7 @@ async fn a_live_daemon_adopts_the_sessions_of_a_dead_gateway() {
     let mut stack = Stack::start();
     let mut second = stack.daemon.start_beside();
     let key = stack.key(&new_org()).await;
-    let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
-    let qr = stack.qr_until(&key, &id, None, SOON).await;
-    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "5511999990000")]).await;
-    let row = stack.status_until(&key, &id, "working", SOON).await;
+    let (id, row) = stack.paired_session(&key, "5511999990000").await;
     let holder = row["gatewayId"].as_str().unwrap().to_owned();
     let survivor = if holder == stack.daemon.gateway_id {
         stack.daemon.kill();

@@ -477,6 +477,16 @@ impl Stack {
         }
     }
 
+    /// A new session paired by scanning its first QR code as `phone`; returns its id and row.
+    pub async fn paired_session(&self, key: &str, phone: &str) -> (String, Value) {
+        let within = Duration::from_secs(10);
+        let id = self.create(key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+        let qr = self.qr_until(key, &id, None, within).await;
+        self.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", phone)]).await;
+        let row = self.status_until(key, &id, "working", within).await;
+        (id, row)
+    }
+
     pub async fn phone(&self, action: &str, fields: &[(&str, &str)]) {
         phone_action(&self.redis.url, action, fields).await
     }
