@@ -65,9 +65,7 @@ async fn forward_commands(daemon: &Daemon, reader: &mut ConnectionManager, gatew
             return Ok(());
         }
         for entry in entries {
-            let fields: Vec<(String, String)> =
-                entry.map.iter().filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value::<String>(v).ok()?))).collect();
-            if let Some(command) = Command::from_fields(&fields) {
+            if let Some(command) = crate::commands::command_of(&entry) {
                 store::enqueue(&daemon.redis, None, &command).await.map_err(|e| redis::RedisError::from((redis::ErrorKind::IoError, "requeue", e.to_string())))?;
             }
             let _: i64 = reader.xack(&stream, keys::COMMAND_GROUP, &[&entry.id]).await?;

@@ -106,15 +106,20 @@ async fn claim_orphans(daemon: &Daemon, reader: &mut ConnectionManager, stream: 
     Ok(claimed.ids)
 }
 
-/// Hands one entry to its session's supervisor and acknowledges it once the supervisor answers.
-fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
+/// The command a stream entry carries; `None` for an entry this build does not know.
+pub fn command_of(entry: &StreamId) -> Option<Command> {
     let fields: Vec<(String, String)> = entry
         .map
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value::<String>(v).ok()?)))
         .collect();
+    Command::from_fields(&fields)
+}
+
+/// Hands one entry to its session's supervisor and acknowledges it once the supervisor answers.
+fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
     let (daemon, stream) = (daemon.clone(), stream.to_owned());
-    let Some(command) = Command::from_fields(&fields) else {
+    let Some(command) = command_of(&entry) else {
         tracing::warn!(id = %entry.id, "dropping an entry that is not a command this build knows");
         tokio::spawn(async move { acknowledge(&daemon, &stream, &entry.id).await });
         return;

@@ -96,6 +96,14 @@ impl Config {
     pub fn session_dir(&self, session_id: &str) -> PathBuf {
         self.data_dir.join("sessions").join(session_id)
     }
+
+    /// Removes everything stored for the session; a session with nothing stored is fine.
+    pub fn remove_session_dir(&self, session_id: &str) -> Result<(), String> {
+        match std::fs::remove_dir_all(self.session_dir(session_id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

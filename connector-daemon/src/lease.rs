@@ -22,21 +22,23 @@ return 0";
 /// Takes the session's lease for this gateway, or renews it. `Some(holder)` when another live
 /// gateway runs the session; a holder whose heartbeat has lapsed loses the lease to us.
 pub async fn acquire(daemon: &Daemon, session_id: &str) -> Result<Option<String>, RedisError> {
-    let try_take = async || {
-        first(&daemon.redis, "EVAL", args![
-            ACQUIRE, 2, keys::session_lease(session_id), keys::gateway_sessions(&daemon.gateway_id),
-            daemon.gateway_id.as_str(), daemon.config.lease_ms as i64, session_id,
-        ])
-        .await
-        .map(|reply| reply.into_string())
-    };
-    let Some(holder) = try_take().await? else { return Ok(None) };
+    let Some(holder) = take_or_renew(daemon, session_id).await? else { return Ok(None) };
     if is_alive(daemon, &holder).await? {
         return Ok(Some(holder));
     }
     tracing::warn!(session_id, dead = %holder, "taking over the lease of a gateway without heartbeat");
     daemon.redis.execute("DEL", args![keys::session_lease(session_id)]).await?;
-    Ok(try_take().await?)
+    take_or_renew(daemon, session_id).await
+}
+
+/// One run of [`ACQUIRE`]: `Some(holder)` when another gateway holds the lease.
+async fn take_or_renew(daemon: &Daemon, session_id: &str) -> Result<Option<String>, RedisError> {
+    let reply = first(&daemon.redis, "EVAL", args![
+        ACQUIRE, 2, keys::session_lease(session_id), keys::gateway_sessions(&daemon.gateway_id),
+        daemon.gateway_id.as_str(), daemon.config.lease_ms as i64, session_id,
+    ])
+    .await?;
+    Ok(reply.into_string())
 }
 
 /// Renews every lease this gateway holds and its heartbeat. Returns the sessions whose lease
@@ -45,12 +47,7 @@ pub async fn renew_all(daemon: &Daemon) -> Result<Vec<String>, RedisError> {
     heartbeat(daemon).await?;
     let mut lost = Vec::new();
     for session_id in held_sessions(daemon).await? {
-        let holder = first(&daemon.redis, "EVAL", args![
-            ACQUIRE, 2, keys::session_lease(&session_id), keys::gateway_sessions(&daemon.gateway_id),
-            daemon.gateway_id.as_str(), daemon.config.lease_ms as i64, session_id.as_str(),
-        ])
-        .await?;
-        if holder.into_string().is_some() {
+        if take_or_renew(daemon, &session_id).await?.is_some() {
             daemon.redis.execute("SREM", args![keys::gateway_sessions(&daemon.gateway_id), session_id.as_str()]).await?;
             lost.push(session_id);
         }
@@ -80,7 +77,7 @@ pub async fn heartbeat(daemon: &Daemon) -> Result<(), RedisError> {
 
 /// Whether a gateway has renewed its heartbeat within the last lease period.
 pub async fn is_alive(daemon: &Daemon, gateway_id: &str) -> Result<bool, RedisError> {
-    Ok(first(&daemon.redis, "EXISTS", args![keys::gateway_alive(gateway_id)]).await?.as_int() == Some(1))
+    shared::store::gateway_is_alive(&daemon.redis, gateway_id).await
 }
 
 /// The sessions this gateway ran when it last stopped, to resume.

@@ -155,10 +155,7 @@ impl Backend for Simulator {
             let mut redis = self.redis.clone();
             let _: redis::RedisResult<i64> = redis.hdel(keys::simulator_linked_devices(), &device.device_id).await;
         }
-        match std::fs::remove_dir_all(file.parent().unwrap_or(&file)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-            _ => Ok(()),
-        }
+        self.config.remove_session_dir(session_id)
     }
 }
 

@@ -154,8 +154,7 @@ impl Supervisor {
         let ends_a_session = matches!(command.kind, CommandKind::Stop | CommandKind::Logout | CommandKind::Delete);
         if ends_a_session && !self.is_active() {
             if let Some(holder) = self.holder_elsewhere().await {
-                let forwarded = store::enqueue(&self.daemon.redis, Some(&holder), &command).await.is_ok();
-                let _ = reply.send(if forwarded { None } else { Some(CommandResult::failed("backend", "cannot reach the holding gateway")) });
+                let _ = reply.send(self.forward(&holder, &command).await);
                 return if command.kind == CommandKind::Delete { Flow::Exit } else { Flow::Continue };
             }
         }
@@ -195,10 +194,16 @@ impl Supervisor {
     async fn begin_or_forward(&mut self, command: &Command) -> Option<CommandResult> {
         match self.begin().await {
             Ok(()) => Some(CommandResult::done()),
-            Err(holder) => match store::enqueue(&self.daemon.redis, Some(&holder), command).await {
-                Ok(()) => None,
-                Err(e) => Some(CommandResult::failed("backend", format!("cannot hand the command to {holder}: {e}"))),
-            },
+            Err(holder) => self.forward(&holder, command).await,
+        }
+    }
+
+    /// Hands the command to the gateway that runs the session; that gateway answers the waiting
+    /// function (`None` here), unless the hand-over itself failed.
+    async fn forward(&self, holder: &str, command: &Command) -> Option<CommandResult> {
+        match store::enqueue(&self.daemon.redis, Some(holder), command).await {
+            Ok(()) => None,
+            Err(e) => Some(CommandResult::failed("backend", format!("cannot hand the command to {holder}: {e}"))),
         }
     }
 
@@ -294,7 +299,7 @@ impl Supervisor {
     async fn halt(&mut self, status: SessionStatus, reason: &str) {
         self.drop_client().await;
         self.retry_at = None;
-        let update = Update { qr: QrChange::Clear, ..self.status_change(status, Some(reason)) };
+        let update = self.status_change(status, Some(reason)).qr(QrChange::Clear);
         self.write(update).await;
         self.release(true).await;
     }
@@ -305,7 +310,7 @@ impl Supervisor {
         self.retry_at = None;
         if was_active {
             // Not working any more, and resumed when a daemon for this gateway starts again.
-            let update = Update { qr: QrChange::Clear, ..self.status_change(SessionStatus::Starting, Some("gateway_shutdown")) };
+            let update = self.status_change(SessionStatus::Starting, Some("gateway_shutdown")).qr(QrChange::Clear);
             self.write(update).await;
             self.release(false).await;
         }
@@ -337,7 +342,7 @@ impl Supervisor {
                 self.identity = None;
                 let announce = self.event(EventType::AuthQr, serde_json::json!({ "code": code, "expiresAt": expires_at }));
                 let update = self.status_change(SessionStatus::ScanQrCode, None).event(announce);
-                self.write(Update { qr: QrChange::Set { code, expires_at }, ..update }).await;
+                self.write(update.qr(QrChange::Set { code, expires_at })).await;
             }
             BackendEvent::QrExhausted => {
                 self.drop_client().await;
@@ -353,14 +358,14 @@ impl Supervisor {
                     "waJid": identity.jid, "waLid": identity.lid, "phoneNumber": identity.phone, "pushName": identity.push_name,
                 }));
                 self.identity = Some(identity);
-                self.write(Update { qr: QrChange::Clear, ..Update::default().event(announce) }).await;
+                self.write(Update::default().event(announce).qr(QrChange::Clear)).await;
             }
             BackendEvent::Connected(identity) => {
                 self.failures = 0;
                 self.qr_rounds = 0;
                 self.identity = Some(identity);
                 let update = self.status_change(SessionStatus::Working, None).set("lastConnectedAt", now_millis());
-                self.write(Update { qr: QrChange::Clear, ..update }).await;
+                self.write(update.qr(QrChange::Clear)).await;
             }
             BackendEvent::Disconnected { reason } => self.connection_lost(reason).await,
             BackendEvent::LoggedOut { reason } => self.unpaired(&format!("logged_out: {reason}"), SessionStatus::Failed).await,
@@ -397,7 +402,7 @@ impl Supervisor {
         }));
         self.identity = None;
         let update = self.status_change(status, Some(reason)).event(announce);
-        self.write(Update { qr: QrChange::Clear, ..update }).await;
+        self.write(update.qr(QrChange::Clear)).await;
         self.release(true).await;
     }
 
@@ -408,8 +413,7 @@ impl Supervisor {
         }
         if !self.is_active() {
             if let Err(holder) = self.begin().await {
-                let forwarded = store::enqueue(&self.daemon.redis, Some(&holder), &command).await.is_ok();
-                let _ = reply.send(if forwarded { None } else { Some(CommandResult::failed("backend", "cannot reach the holding gateway")) });
+                let _ = reply.send(self.forward(&holder, &command).await);
                 return Flow::Continue;
             }
         }

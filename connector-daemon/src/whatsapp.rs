@@ -67,10 +67,7 @@ impl Backend for WhatsApp {
     }
 
     async fn remove(&self, session_id: &str) -> Result<(), String> {
-        match std::fs::remove_dir_all(self.config.session_dir(session_id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-            _ => Ok(()),
-        }
+        self.config.remove_session_dir(session_id)
     }
 }
 

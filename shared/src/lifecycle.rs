@@ -36,9 +36,7 @@ pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Resu
         store::update(r, &session.organization_id, &session.id, update).await?;
     }
     let holder = match &session.gateway_id {
-        Some(gateway) if first(r, "EXISTS", args![keys::gateway_alive(gateway)]).await?.as_int() == Some(1) => {
-            Some(gateway.as_str())
-        }
+        Some(gateway) if store::gateway_is_alive(r, gateway).await? => Some(gateway.as_str()),
         _ => None,
     };
     Ok(store::enqueue(r, holder, command).await?)
@@ -46,8 +44,5 @@ pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Resu
 
 /// The daemon's answer to a command, once it has written one.
 pub async fn result<R: Redis>(r: &R, org: &str, command_id: &str) -> Result<Option<CommandResult>, ApiError> {
-    match first(r, "GET", args![keys::command_result(org, command_id)]).await?.into_string() {
-        None => Ok(None),
-        Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| ApiError::internal(e.to_string())),
-    }
+    store::decode(first(r, "GET", args![keys::command_result(org, command_id)]).await?)
 }

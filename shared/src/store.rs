@@ -100,6 +100,11 @@ impl Update {
         self.events.push(event);
         self
     }
+
+    pub fn qr(mut self, change: QrChange) -> Self {
+        self.qr = change;
+        self
+    }
 }
 
 /// Applies an [`Update`]; `None` when the row no longer exists.
@@ -136,18 +141,21 @@ fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> {
 
 /// The session's current pairing QR as the API shows it (`{code, expiresAt}`), if one is live.
 pub async fn qr<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Option<Value>, ApiError> {
-    match first(r, "GET", args![keys::session_qr(org, session_id)]).await?.into_string() {
-        None => Ok(None),
-        Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| ApiError::internal(e.to_string())),
-    }
+    decode(first(r, "GET", args![keys::session_qr(org, session_id)]).await?)
 }
 
-fn decode(reply: Reply) -> Result<Option<Session>, ApiError> {
+/// Whether a gateway's daemon has renewed its heartbeat within the last lease period.
+pub async fn gateway_is_alive<R: Redis>(r: &R, gateway_id: &str) -> Result<bool, RedisError> {
+    Ok(first(r, "EXISTS", args![keys::gateway_alive(gateway_id)]).await?.as_int() == Some(1))
+}
+
+/// A stored JSON document; `None` when the key does not exist.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(reply: Reply) -> Result<Option<T>, ApiError> {
     match reply.into_string() {
         None => Ok(None),
         Some(json) => serde_json::from_str(&json)
             .map(Some)
-            .map_err(|e| ApiError::internal(format!("stored session is unreadable: {e}"))),
+            .map_err(|e| ApiError::internal(format!("stored data is unreadable: {e}"))),
     }
 }
 
@@ -182,7 +190,7 @@ pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> 
     let mut sessions = Vec::with_capacity(rows.len());
     for row in rows {
         // An index entry whose row is gone (an interrupted write) is skipped, not an error.
-        sessions.extend(decode(row)?);
+        sessions.extend(decode::<Session>(row)?);
     }
     Ok(sessions)
 }
