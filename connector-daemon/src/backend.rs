@@ -3,6 +3,7 @@
 //! stands in for it in tests and demos. Nothing above this module knows which one runs.
 
 use async_trait::async_trait;
+use shared::directory::{Contact, Group};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,6 +36,9 @@ pub enum BackendEvent {
     StreamReplaced,
     /// WhatsApp banned the number for a while.
     TemporaryBan { reason: String },
+    /// What WhatsApp told about contacts (address-book sync, push names): kept as they come,
+    /// since WhatsApp offers no call that lists them later.
+    Contacts(Vec<Contact>),
 }
 
 pub type Events = mpsc::UnboundedSender<BackendEvent>;
@@ -56,6 +60,9 @@ pub trait Client: Send + Sync {
 
     /// Unlinks the device from WhatsApp and removes the stored pairing.
     async fn logout(&self) -> Result<(), String>;
+
+    /// The groups the number is in, with their members, fetched from WhatsApp.
+    async fn groups(&self) -> Result<Vec<Group>, String>;
 
     /// Closes the socket, keeping the pairing. The client is not used again afterwards.
     async fn disconnect(&self);

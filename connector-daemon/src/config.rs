@@ -1,6 +1,7 @@
 //! The daemon's settings: flags, each also readable from the environment.
 
 use clap::{Parser, ValueEnum};
+use shared::event_log::Retention;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,6 +46,12 @@ pub struct Config {
     /// stops waiting for a scan.
     #[arg(long, env = "PAIRING_ROUNDS", default_value_t = 3)]
     pub pairing_rounds: u32,
+    /// Each organization's event log keeps at least this many of its newest events...
+    #[arg(long, env = "EVENT_RETENTION_COUNT", default_value_t = 10_000)]
+    pub event_retention_count: u64,
+    /// ...and every event younger than this, whichever is more.
+    #[arg(long, env = "EVENT_RETENTION_SECS", default_value_t = 24 * 60 * 60)]
+    pub event_retention_secs: u64,
     /// Exit when standard input closes: a supervisor (xtask, the tests) holds the other end.
     #[arg(long)]
     pub stop_on_stdin_close: bool,
@@ -67,6 +74,15 @@ pub struct SimulatorTimings {
     /// QR codes per client before they run out.
     #[arg(long, env = "SIM_QR_COUNT", default_value_t = 6)]
     pub sim_qr_count: u32,
+    /// Contacts in each simulated phone's address book, synced after every login.
+    #[arg(long, env = "SIM_CONTACTS", default_value_t = 12)]
+    pub sim_contacts: u32,
+    /// Groups each simulated number is in.
+    #[arg(long, env = "SIM_GROUPS", default_value_t = 3)]
+    pub sim_groups: u32,
+    /// Time WhatsApp takes to answer the joined-groups query.
+    #[arg(long, env = "SIM_GROUPS_FETCH_MS", default_value_t = 200)]
+    pub sim_groups_fetch_ms: u64,
 }
 
 impl Config {
@@ -79,6 +95,10 @@ impl Config {
         });
         // Gateway ids end up inside Redis keys: keep them to safe characters.
         raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
+    }
+
+    pub fn retention(&self) -> Retention {
+        Retention { count: self.event_retention_count.max(1), max_age_ms: self.event_retention_secs.saturating_mul(1000) }
     }
 
     pub fn lease(&self) -> Duration {

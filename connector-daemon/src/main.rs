@@ -3,6 +3,7 @@
 //! writes state and events back to Redis. See ARCHITECTURE.md for how the parts meet.
 
 mod adoption;
+mod backfill;
 mod backend;
 mod commands;
 mod config;

@@ -15,10 +15,14 @@
 //! | `ban` | `session` | WhatsApp bans the number for a while |
 //!
 //! The simulated server's linked devices live in Redis, so a device unlinked while its session
-//! was stopped is refused at the next connect, as WhatsApp does.
+//! was stopped is refused at the next connect, as WhatsApp does. Each simulated phone has an
+//! address book of `sim_contacts` contacts, synced after every login as WhatsApp's app-state
+//! sync does, and is in `sim_groups` groups, which the joined-groups query returns after
+//! `sim_groups_fetch_ms`.
 
 use crate::backend::{Backend, BackendEvent, Client, Events, Identity};
 use crate::config::{Config, SimulatorTimings};
+use shared::directory::{Contact, Group, Participant, Role};
 use async_trait::async_trait;
 use base64::Engine;
 use redis::AsyncCommands;
@@ -138,6 +142,7 @@ impl Backend for Simulator {
     async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String> {
         let client = Arc::new(SimClient {
             session_id: session_id.to_owned(),
+            timings: self.config.simulator.clone(),
             device_file: self.device_file(session_id),
             redis: self.redis.clone(),
             events,
@@ -145,7 +150,7 @@ impl Backend for Simulator {
             clients: self.clients.clone(),
         });
         self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id.to_owned(), client.clone());
-        tokio::spawn(client.clone().run(self.config.simulator.clone()));
+        tokio::spawn(client.clone().run());
         Ok(client)
     }
 
@@ -175,6 +180,7 @@ struct SimState {
 
 struct SimClient {
     session_id: String,
+    timings: SimulatorTimings,
     device_file: PathBuf,
     redis: ConnectionManager,
     events: Events,
@@ -192,7 +198,14 @@ impl SimClient {
         !state.closed && self.events.send(event).is_ok()
     }
 
-    async fn run(self: Arc<Self>, timings: SimulatorTimings) {
+    /// Logged in: the phone's address book follows, as app-state sync delivers it.
+    fn logged_in(&self, state: &SimState, device: &Device) -> bool {
+        self.emit_if_open(state, BackendEvent::Connected(device.identity()))
+            && self.emit_if_open(state, BackendEvent::Contacts(address_book(self.timings.sim_contacts)))
+    }
+
+    async fn run(self: Arc<Self>) {
+        let timings = self.timings.clone();
         tokio::time::sleep(Duration::from_millis(timings.sim_connect_ms)).await;
         self.state().socket_up = true;
         if let Some(device) = read_device(&self.device_file) {
@@ -200,7 +213,7 @@ impl SimClient {
             let linked: bool = redis.hexists(keys::simulator_linked_devices(), &device.device_id).await.unwrap_or(false);
             let mut state = self.state();
             if linked {
-                if self.emit_if_open(&state, BackendEvent::Connected(device.identity())) {
+                if self.logged_in(&state, &device) {
                     state.device = Some(device);
                 }
             } else {
@@ -268,7 +281,7 @@ impl SimClient {
         state.qr = None;
         state.pairing_code = None;
         if self.emit_if_open(&state, BackendEvent::Paired(device.identity())) {
-            self.emit_if_open(&state, BackendEvent::Connected(device.identity()));
+            self.logged_in(&state, &device);
         }
         state.device = Some(device);
     }
@@ -323,9 +336,60 @@ impl Client for SimClient {
         Ok(())
     }
 
+    async fn groups(&self) -> Result<Vec<Group>, String> {
+        tokio::time::sleep(Duration::from_millis(self.timings.sim_groups_fetch_ms)).await;
+        let state = self.state();
+        match (&state.device, state.closed) {
+            (Some(device), false) => Ok(joined_groups(&device.phone, self.timings.sim_groups, self.timings.sim_contacts)),
+            _ => Err("not logged in".into()),
+        }
+    }
+
     async fn disconnect(&self) {
         self.close();
     }
+}
+
+fn contact_phone(i: u32) -> String {
+    format!("62899{i:07}")
+}
+
+/// A simulated phone's address book: `count` contacts, each with a saved name and a push name.
+fn address_book(count: u32) -> Vec<Contact> {
+    (1..=count)
+        .map(|i| Contact {
+            jid: format!("{}@s.whatsapp.net", contact_phone(i)),
+            phone_number: Some(contact_phone(i)),
+            name: Some(format!("Contact {i}")),
+            push_name: Some(format!("Push {i}")),
+            updated_at: shared::time::now_millis(),
+        })
+        .collect()
+}
+
+/// The groups `phone` is in: `phone` created each one; the first contacts are members, the
+/// first of them an admin.
+fn joined_groups(phone: &str, count: u32, contacts: u32) -> Vec<Group> {
+    let member = |jid: String, phone: String, role| Participant { jid, phone_number: Some(phone), role };
+    (1..=count)
+        .map(|i| {
+            let mut participants = vec![member(format!("{phone}@s.whatsapp.net"), phone.to_owned(), Role::Superadmin)];
+            participants.extend((1..=contacts.min(4)).map(|c| {
+                let role = if c == 1 { Role::Admin } else { Role::Member };
+                member(format!("{}@s.whatsapp.net", contact_phone(c)), contact_phone(c), role)
+            }));
+            Group {
+                jid: format!("1203630000000{i:05}@g.us"),
+                subject: format!("Group {i}"),
+                description: Some(format!("Simulated group {i}")),
+                owner: Some(format!("{phone}@s.whatsapp.net")),
+                created_at: Some(1_700_000_000_000 + i as i64 * 1000),
+                size: participants.len() as u32,
+                participants,
+                updated_at: shared::time::now_millis(),
+            }
+        })
+        .collect()
 }
 
 /// WhatsApp's QR payload: `ref,noiseKey,identityKey,advSecret` (the three keys base64).

@@ -6,8 +6,10 @@
 
 use crate::backend::{BackendEvent, Client, Identity, format_pairing_code};
 use crate::daemon::Daemon;
-use crate::lease;
+use crate::{backfill, lease};
+use shared::backfill::JobStatus;
 use shared::command::{Command, CommandKind, CommandResult};
+use shared::directory;
 use shared::event::{Event, EventType, status_data};
 use shared::session::SessionStatus;
 use shared::store::{self, QrChange, Update};
@@ -57,6 +59,8 @@ struct Supervisor {
     qr_rounds: u32,
     retry_at: Option<Instant>,
     pairing_codes: JoinSet<PairingCodeOutcome>,
+    /// The backfill job running on the current client.
+    backfill: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn run(daemon: Arc<Daemon>, id: String, org: String, mut inbox: mpsc::UnboundedReceiver<Order>) {
@@ -75,6 +79,7 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, mut inbox: mpsc::
         qr_rounds: 0,
         retry_at: None,
         pairing_codes: JoinSet::new(),
+        backfill: None,
     };
     loop {
         tokio::select! {
@@ -151,8 +156,8 @@ impl Supervisor {
             }
         };
         tracing::info!(session = %self.id, command = command.kind.as_str(), id = %command.id, "command");
-        let ends_a_session = matches!(command.kind, CommandKind::Stop | CommandKind::Logout | CommandKind::Delete);
-        if ends_a_session && !self.is_active() {
+        let for_the_holder = matches!(command.kind, CommandKind::Stop | CommandKind::Logout | CommandKind::Delete | CommandKind::Backfill);
+        if for_the_holder && !self.is_active() {
             if let Some(holder) = self.holder_elsewhere().await {
                 let _ = reply.send(self.forward(&holder, &command).await);
                 return if command.kind == CommandKind::Delete { Flow::Exit } else { Flow::Continue };
@@ -184,6 +189,10 @@ impl Supervisor {
                 return Flow::Exit;
             }
             CommandKind::PairPhone => return self.request_pairing_code(command, reply).await,
+            CommandKind::Backfill => {
+                self.backfill(&command).await;
+                Some(CommandResult::done())
+            }
         };
         let _ = reply.send(result);
         Flow::Continue
@@ -248,6 +257,10 @@ impl Supervisor {
     async fn drop_client(&mut self) {
         self.events = None;
         self.pairing_codes.abort_all();
+        if let Some(job) = self.backfill.take().filter(|job| !job.is_finished()) {
+            job.abort();
+            backfill::interrupt(&self.daemon, &self.org, &self.id, "the session's connection ended during the backfill").await;
+        }
         if let Some(client) = self.client.take() {
             client.disconnect().await;
         }
@@ -280,7 +293,8 @@ impl Supervisor {
     /// Writes the update with this gateway and the identity as known, in one atomic step.
     async fn write(&self, update: Update) {
         let (jid, lid, phone) = self.identity_fields();
-        let update = update.set("gatewayId", self.daemon.gateway_id.as_str()).set("waJid", jid).set("waLid", lid).set("phoneNumber", phone);
+        let mut update = update.set("gatewayId", self.daemon.gateway_id.as_str()).set("waJid", jid).set("waLid", lid).set("phoneNumber", phone);
+        update.retention = Some(self.daemon.config.retention());
         match store::update(&self.daemon.redis, &self.org, &self.id, update).await {
             Ok(Some(_)) => {}
             Ok(None) => tracing::debug!(session = %self.id, "the row is gone; a delete command will follow"),
@@ -373,6 +387,27 @@ impl Supervisor {
                 self.halt(SessionStatus::Failed, "stream_replaced: another client connected with this session's credentials").await;
             }
             BackendEvent::TemporaryBan { reason } => self.halt(SessionStatus::Failed, &format!("temporary_ban: {reason}")).await,
+            BackendEvent::Contacts(contacts) => {
+                if let Err(e) = directory::update_contacts(&self.daemon.redis, &self.org, &self.id, &contacts).await {
+                    tracing::warn!(session = %self.id, "cannot keep {} contact updates: {e:?}", contacts.len());
+                }
+            }
+        }
+    }
+
+    /// Runs the backfill job this command names on the live client, or fails it when the
+    /// session is not connected here.
+    async fn backfill(&mut self, command: &Command) {
+        let job = match shared::backfill::current(&self.daemon.redis, &self.org, &self.id).await {
+            Ok(Some(job)) if job.id == command.id && job.status == JobStatus::Running => job,
+            // Superseded, or already settled: nothing to run.
+            _ => return,
+        };
+        match &self.client {
+            Some(client) if self.status == SessionStatus::Working && self.backfill.as_ref().is_none_or(|j| j.is_finished()) => {
+                self.backfill = Some(tokio::spawn(backfill::run(self.daemon.clone(), client.clone(), job)));
+            }
+            _ => backfill::finish(&self.daemon, job, Err("the session is not connected".to_owned())).await,
         }
     }
 
@@ -401,6 +436,10 @@ impl Supervisor {
             "reason": reason, "waJid": jid, "waLid": lid, "phoneNumber": phone,
         }));
         self.identity = None;
+        // The number's contacts and groups go with it.
+        if let Err(e) = directory::clear(&self.daemon.redis, &self.org, &self.id).await {
+            tracing::warn!(session = %self.id, "cannot clear the session's contacts and groups: {e:?}");
+        }
         let update = self.status_change(status, Some(reason)).event(announce);
         self.write(update.qr(QrChange::Clear)).await;
         self.release(true).await;

@@ -8,6 +8,7 @@
 use crate::backend::{Backend, BackendEvent, Client, Events, Identity};
 use crate::config::Config;
 use async_trait::async_trait;
+use shared::directory::{Contact, Group, Participant, Role};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use whatsapp_rust::pair_code::PairCodeOptions;
@@ -90,10 +91,46 @@ impl Client for WaClient {
         Ok(())
     }
 
+    async fn groups(&self) -> Result<Vec<Group>, String> {
+        let groups = self.client.groups().get_participating().await.map_err(|e| e.to_string())?;
+        Ok(groups.into_values().map(|metadata| group(&metadata)).collect())
+    }
+
     async fn disconnect(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.client.disconnect().await;
     }
+}
+
+/// The phone number a JID stands for, when it is a phone-number JID.
+fn phone_of(jid: &Jid) -> Option<String> {
+    jid.is_pn().then(|| jid.user.to_string())
+}
+
+fn group(metadata: &whatsapp_rust::features::GroupMetadata) -> Group {
+    let participants: Vec<Participant> = metadata
+        .participants
+        .iter()
+        .map(|p| Participant {
+            jid: p.jid.to_non_ad_string(),
+            phone_number: p.phone_number.as_ref().or(Some(&p.jid)).and_then(phone_of),
+            role: if p.is_super_admin() { Role::Superadmin } else if p.is_admin() { Role::Admin } else { Role::Member },
+        })
+        .collect();
+    Group {
+        jid: metadata.id.to_non_ad_string(),
+        subject: metadata.subject.clone(),
+        description: metadata.description.clone(),
+        owner: metadata.creator_pn.as_ref().or(metadata.creator.as_ref()).map(Jid::to_non_ad_string),
+        created_at: metadata.creation_time.map(|secs| secs as i64 * 1000),
+        size: metadata.size.unwrap_or(participants.len() as u32),
+        participants,
+        updated_at: shared::time::now_millis(),
+    }
+}
+
+fn contact(jid: &Jid) -> Contact {
+    Contact { jid: jid.to_non_ad_string(), phone_number: phone_of(jid), updated_at: shared::time::now_millis(), ..Contact::default() }
 }
 
 /// Maps library events onto [`BackendEvent`]s as they are dispatched.
@@ -157,6 +194,17 @@ fn map_event(event: &Event, identity_now: impl FnOnce() -> Option<Identity>) -> 
         },
         Event::StreamError(error) => BackendEvent::Disconnected { reason: format!("stream error {}", error.code) },
         Event::ClientOutdated(_) => BackendEvent::Disconnected { reason: "WhatsApp refused this client version as outdated".into() },
+        Event::ContactUpdate(update) => {
+            let phone = update.action.pn_jid.as_deref().and_then(|pn| pn.parse::<Jid>().ok()).as_ref().and_then(phone_of);
+            BackendEvent::Contacts(vec![Contact {
+                name: update.action.full_name.clone().or_else(|| update.action.first_name.clone()),
+                phone_number: phone.or_else(|| phone_of(&update.jid)),
+                ..contact(&update.jid)
+            }])
+        }
+        Event::PushNameUpdate(update) => {
+            BackendEvent::Contacts(vec![Contact { push_name: Some(update.new_push_name.clone()), ..contact(&update.jid) }])
+        }
         _ => return None,
     })
 }

@@ -1,13 +1,20 @@
 //! `spin:redis/redis@3.0.0`: components open Redis by address; the host hands out clones of
 //! one pooled, multiplexed connection per address, so requests never pay a TCP handshake.
 //! Replies are flattened exactly as Spin flattens them (`shared::redis::native::flatten`).
+//!
+//! A command that blocks the connection it runs on (`XREAD … BLOCK`, `BLPOP`, …) would stall
+//! every request multiplexed behind it, so it runs on a connection of the guest's handle alone,
+//! opened on first need and closed with the handle: a blocked reader whose client went away
+//! releases its socket with the request.
 
 use crate::allowed_hosts::AllowedHosts;
 use crate::bindings::spin::redis::redis::{Error, Host, HostConnection, HostConnectionWithStore, RedisParameter, RedisResult};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use shared::redis::{Arg, Redis, Reply};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OnceCell;
 use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
 
 /// Connections shared by every request of every component, keyed by address.
@@ -26,7 +33,32 @@ impl RedisPool {
 }
 
 /// The resource behind a guest's `connection` handle.
-pub struct RedisConnection(ConnectionManager);
+#[derive(Clone)]
+pub struct RedisConnection {
+    pooled: ConnectionManager,
+    address: Arc<str>,
+    own: Arc<OnceCell<MultiplexedConnection>>,
+}
+
+impl RedisConnection {
+    async fn own(&self) -> Result<MultiplexedConnection, Error> {
+        let open = async || {
+            let client = redis::Client::open(&*self.address)?;
+            let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Duration::from_secs(2));
+            client.get_multiplexed_async_connection_with_config(&config).await
+        };
+        self.own.get_or_try_init(open).await.cloned().map_err(|e| Error::Other(e.to_string()))
+    }
+}
+
+/// Whether the command holds its connection until something happens (or its timeout).
+fn blocks(command: &str, args: &[Arg]) -> bool {
+    match command.to_ascii_uppercase().as_str() {
+        "BLPOP" | "BRPOP" | "BRPOPLPUSH" | "BLMOVE" | "BLMPOP" | "BZPOPMIN" | "BZPOPMAX" | "BZMPOP" | "WAIT" | "WAITAOF" => true,
+        "XREAD" | "XREADGROUP" => args.iter().any(|a| matches!(a, Arg::Bytes(b) if b.eq_ignore_ascii_case(b"BLOCK"))),
+        _ => false,
+    }
+}
 
 /// What a request's store lends the Redis interface.
 pub struct RedisView<'a> {
@@ -57,9 +89,14 @@ async fn run<T>(
     command: &str,
     args: Vec<Arg>,
 ) -> Result<Vec<Reply>, Error> {
-    let conn = accessor.with(|mut view| view.get().table.get(conn).map(|c| c.0.clone()));
+    let conn = accessor.with(|mut view| view.get().table.get(conn).cloned());
     let conn = conn.map_err(|e| Error::Other(e.to_string()))?;
-    conn.execute(command, args).await.map_err(|e| Error::Other(e.0))
+    let replies = if blocks(command, &args) {
+        conn.own().await?.execute(command, args).await
+    } else {
+        conn.pooled.execute(command, args).await
+    };
+    replies.map_err(|e| Error::Other(e.0))
 }
 
 fn single(replies: Vec<Reply>) -> Reply {
@@ -84,8 +121,9 @@ impl<T: Send> HostConnectionWithStore<T> for OutboundRedis {
             tracing::warn!(%address, "redis address not in allowed_outbound_hosts");
             return Err(Error::InvalidAddress);
         }
-        let conn = pool.connection(&address).await?;
-        accessor.with(|mut view| view.get().table.push(RedisConnection(conn))).map_err(|_| Error::TooManyConnections)
+        let pooled = pool.connection(&address).await?;
+        let conn = RedisConnection { pooled, address: address.into(), own: Arc::default() };
+        accessor.with(|mut view| view.get().table.push(conn)).map_err(|_| Error::TooManyConnections)
     }
 
     async fn publish(accessor: &Accessor<T, Self>, conn: Resource<RedisConnection>, channel: String, payload: Vec<u8>) -> Result<(), Error> {
@@ -149,5 +187,19 @@ impl<T: Send> HostConnectionWithStore<T> for OutboundRedis {
                 Reply::Bytes(b) => RedisResult::Binary(b),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_waiting_commands_get_a_connection_of_their_own() {
+        let a = |s: &str| Arg::from(s);
+        assert!(blocks("XREAD", &[a("COUNT"), Arg::Int(10), a("block"), Arg::Int(5000), a("STREAMS"), a("k"), a("0-0")]));
+        assert!(!blocks("XREAD", &[a("COUNT"), Arg::Int(10), a("STREAMS"), a("k"), a("0-0")]));
+        assert!(blocks("blpop", &[a("q"), Arg::Int(1)]));
+        assert!(!blocks("GET", &[a("BLOCK")]));
     }
 }

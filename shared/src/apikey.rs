@@ -1,17 +1,17 @@
-//! Api-keys: long random secrets for scripts and services. Only a SHA-256 of a key is stored;
-//! a key is shown once, when it is created. Keys carry 190+ bits of entropy, so a fast hash is
-//! the right one (a slow password hash protects low-entropy secrets, which these are not).
+//! Api-keys: long random secrets for scripts and services. Only a SHA-256 of a key is stored
+//! (see [`crate::secret`]); a key is shown once, when it is created.
 
 use crate::auth::Capability;
 use crate::redis::{Redis, RedisError, Reply};
 use crate::{args, keys};
+use crate::secret::sha256_hex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub const KEY_PREFIX: &str = "wgk_";
 
-pub fn sha256_hex(input: &str) -> String {
-    hex::encode(Sha256::digest(input.as_bytes()))
+/// A fresh api-key, shown to its owner once.
+pub fn mint() -> String {
+    crate::secret::mint(KEY_PREFIX)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ pub async fn find<R: Redis>(r: &R, key: &str) -> Result<Option<ApiKeyRecord>, Re
     Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
-/// Stores a new key's record; returns the record. The caller mints the secret (see `native::mint`).
+/// Stores a new key's record; returns the record. The caller mints the secret ([`mint`]).
 pub async fn create<R: Redis>(
     r: &R,
     secret: &str,
@@ -85,15 +85,4 @@ pub async fn revoke<R: Redis>(r: &R, organization_id: &str, key_id: &str) -> Res
     let json = serde_json::to_string(&record).map_err(|e| RedisError(e.to_string()))?;
     r.execute("SET", args![key, json]).await?;
     Ok(true)
-}
-
-#[cfg(feature = "native")]
-pub mod native {
-    use rand::distr::{Alphanumeric, SampleString};
-
-    /// A fresh key: the prefix (so leaked keys are recognisable to secret scanners) and 40
-    /// alphanumeric characters (~238 bits) from the OS's CSPRNG.
-    pub fn mint() -> String {
-        format!("{}{}", super::KEY_PREFIX, Alphanumeric.sample_string(&mut rand::rng(), 40))
-    }
 }

@@ -47,6 +47,8 @@ impl Capability {
 pub enum Credential {
     LoginJwt,
     ApiKey { id: String },
+    /// A single-use event-stream token ([`crate::stream_token`]).
+    StreamToken,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,14 +64,23 @@ pub struct Caller {
 impl Caller {
     /// The organization the caller acts in, provided it holds `capability` there.
     pub fn org_with(&self, capability: Capability) -> Result<&str, ApiError> {
+        self.org_with_any(&[capability])
+    }
+
+    /// The organization the caller acts in, provided it holds one of `capabilities` there.
+    pub fn org_with_any(&self, capabilities: &[Capability]) -> Result<&str, ApiError> {
         let org = self
             .organization_id
             .as_deref()
             .ok_or_else(|| ApiError::forbidden("this credential is not scoped to an organization"))?;
-        if self.capabilities.contains(&capability) {
+        if capabilities.iter().any(|c| self.capabilities.contains(c)) {
             Ok(org)
         } else {
-            let needed = serde_json::to_value(capability).unwrap_or_default();
+            let needed = match capabilities {
+                [one] => serde_json::to_value(one),
+                many => serde_json::to_value(many),
+            };
+            let needed = needed.unwrap_or_default();
             Err(ApiError::forbidden("this credential lacks the capability this endpoint needs")
                 .with_detail("capability", needed))
         }

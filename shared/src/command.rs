@@ -19,6 +19,8 @@ pub enum CommandKind {
     Delete,
     /// Connect if needed and ask WhatsApp for a phone pairing code for `phone`.
     PairPhone,
+    /// Run the backfill job whose id is this command's id.
+    Backfill,
 }
 
 impl CommandKind {
@@ -30,6 +32,7 @@ impl CommandKind {
             CommandKind::Logout => "logout",
             CommandKind::Delete => "delete",
             CommandKind::PairPhone => "pair_phone",
+            CommandKind::Backfill => "backfill",
         }
     }
 
@@ -41,6 +44,7 @@ impl CommandKind {
             "logout" => CommandKind::Logout,
             "delete" => CommandKind::Delete,
             "pair_phone" => CommandKind::PairPhone,
+            "backfill" => CommandKind::Backfill,
             _ => return None,
         })
     }

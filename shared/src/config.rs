@@ -36,6 +36,22 @@ pub async fn pairing_code_wait_ms<V: Variables>(vars: &V) -> u64 {
     number(vars, "pairing_code_wait_ms", 20_000).await
 }
 
+/// How often an idle event stream sends a keep-alive comment, so proxies keep it open and a
+/// client notices a dead connection.
+pub async fn event_keepalive_ms<V: Variables>(vars: &V) -> u64 {
+    number(vars, "event_keepalive_ms", 15_000).await.max(1)
+}
+
+/// The `retry:` hint on event streams: how long a client waits before reconnecting.
+pub async fn event_retry_ms<V: Variables>(vars: &V) -> u64 {
+    number(vars, "event_retry_ms", 3_000).await
+}
+
+/// How long a minted stream token may wait for its one use.
+pub async fn stream_token_ttl_secs<V: Variables>(vars: &V) -> u64 {
+    number(vars, "stream_token_ttl_secs", 60).await.max(1)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimNames {
     pub user: String,

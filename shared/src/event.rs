@@ -17,6 +17,83 @@ pub enum EventType {
     SessionStatus,
     #[serde(rename = "session.logged_out")]
     SessionLoggedOut,
+    #[serde(rename = "backfill.progress")]
+    BackfillProgress,
+    #[serde(rename = "backfill.completed")]
+    BackfillCompleted,
+    #[serde(rename = "backfill.failed")]
+    BackfillFailed,
+}
+
+impl EventType {
+    pub const ALL: &[EventType] = &[
+        EventType::AuthQr,
+        EventType::AuthPairingCode,
+        EventType::AuthPaired,
+        EventType::SessionStatus,
+        EventType::SessionLoggedOut,
+        EventType::BackfillProgress,
+        EventType::BackfillCompleted,
+        EventType::BackfillFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::AuthQr => "auth.qr",
+            EventType::AuthPairingCode => "auth.pairing_code",
+            EventType::AuthPaired => "auth.paired",
+            EventType::SessionStatus => "session.status",
+            EventType::SessionLoggedOut => "session.logged_out",
+            EventType::BackfillProgress => "backfill.progress",
+            EventType::BackfillCompleted => "backfill.completed",
+            EventType::BackfillFailed => "backfill.failed",
+        }
+    }
+}
+
+/// Which events a subscriber wants: some sessions (none named: all) and some types, each an
+/// exact name or a family such as `auth.*` (none named: all).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    sessions: Vec<String>,
+    types: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn session(&mut self, id: &str) -> Result<(), crate::ApiError> {
+        if !crate::validate::is_safe_id(id) {
+            return Err(crate::ApiError::invalid_field("session", "must be a session id"));
+        }
+        self.sessions.push(id.to_owned());
+        Ok(())
+    }
+
+    /// Adds a comma list of types; each must name a type or a family that exists.
+    pub fn types(&mut self, list: &str) -> Result<(), crate::ApiError> {
+        for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let exists = match pattern.strip_suffix('*') {
+                Some(family) => family.ends_with('.') && EventType::ALL.iter().any(|t| t.as_str().starts_with(family)),
+                None => EventType::ALL.iter().any(|t| t.as_str() == pattern),
+            };
+            if !exists {
+                let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+                return Err(crate::ApiError::invalid_field("types", format!("unknown event type or family {pattern:?}"))
+                    .with_detail("allowed", known));
+            }
+            self.types.push(pattern.to_owned());
+        }
+        Ok(())
+    }
+
+    pub fn admits(&self, kind: &str, session_id: &str) -> bool {
+        let session_ok = self.sessions.is_empty() || self.sessions.iter().any(|s| s == session_id);
+        let type_ok = self.types.is_empty()
+            || self.types.iter().any(|p| match p.strip_suffix('*') {
+                Some(family) => kind.starts_with(family),
+                None => p == kind,
+            });
+        session_ok && type_ok
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +142,35 @@ pub fn status_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_names_match_their_serialization() {
+        for kind in EventType::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn filters_by_session_and_by_type_or_family() {
+        let mut filter = EventFilter::default();
+        assert!(filter.admits("auth.qr", "s1"));
+        filter.types("auth.*, session.status").unwrap();
+        assert!(filter.admits("auth.qr", "s1") && filter.admits("auth.paired", "s1"));
+        assert!(filter.admits("session.status", "s1"));
+        assert!(!filter.admits("session.logged_out", "s1"));
+        filter.session("s2").unwrap();
+        assert!(!filter.admits("auth.qr", "s1") && filter.admits("auth.qr", "s2"));
+    }
+
+    #[test]
+    fn unknown_types_and_families_are_refused() {
+        let mut filter = EventFilter::default();
+        for bad in ["auth.qrx", "nope.*", "auth*", "*", "auth.q*"] {
+            let e = filter.types(bad).unwrap_err();
+            assert_eq!(e.details["field"], "types", "{bad}");
+        }
+        assert!(filter.session("../x").is_err());
+    }
 
     #[test]
     fn serializes_in_the_published_shape() {

@@ -42,6 +42,22 @@ pub fn session_qr(org: &str, session_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:qr")
 }
 
+/// The session's latest backfill job (a JSON document).
+pub fn session_backfill(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:backfill")
+}
+
+/// One kind of the session's directory (`contacts`, `groups`): JID → JSON document.
+pub fn session_directory(org: &str, session_id: &str, kind: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:{kind}")
+}
+
+/// The JIDs of [`session_directory`], in a sorted set of equal scores: lexical order gives
+/// stable cursor pagination while entries come and go.
+pub fn session_directory_index(org: &str, session_id: &str, kind: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:{kind}:index")
+}
+
 /// What the daemon answered to one command (`{ok, code?, error?}`), kept briefly so the function
 /// that queued the command can wait for it.
 pub fn command_result(org: &str, command_id: &str) -> String {
@@ -56,6 +72,11 @@ pub fn org_events(org: &str) -> String {
 /// The pub/sub channel on which the organization's events are announced as they are logged.
 pub fn org_events_channel(org: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:events:live")
+}
+
+/// A stream token's grant, found by the token's SHA-256; deleted by its one use.
+pub fn stream_token(token_hash: &str) -> String {
+    format!("{PREFIX}:stream-token:{token_hash}")
 }
 
 /// Consumer group every daemon reads the command streams with.
@@ -108,12 +129,12 @@ pub fn org_api_keys(org: &str) -> String {
 
 /// The cached JWKS document fetched from one URL.
 pub fn jwks_cache(url: &str) -> String {
-    format!("{PREFIX}:jwks:{}", crate::apikey::sha256_hex(url))
+    format!("{PREFIX}:jwks:{}", crate::secret::sha256_hex(url))
 }
 
 /// Held for a short interval after a JWKS refetch, so unknown `kid`s cannot trigger a fetch storm.
 pub fn jwks_refetch_guard(url: &str) -> String {
-    format!("{PREFIX}:jwks-refetch:{}", crate::apikey::sha256_hex(url))
+    format!("{PREFIX}:jwks-refetch:{}", crate::secret::sha256_hex(url))
 }
 
 #[cfg(test)]
@@ -128,6 +149,8 @@ mod tests {
         assert_eq!(tag(&org_sessions("acme")), tag(&org_session_counter("acme")));
         assert_eq!(tag(&org_sessions("acme")), tag(&org_events("acme")));
         assert_eq!(tag(&org_sessions("acme")), tag(&session_qr("acme", "01J")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_backfill("acme", "01J")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_directory_index("acme", "01J", "groups")));
         assert_ne!(session("acme", "01J"), session("globex", "01J"));
     }
 }

@@ -7,16 +7,21 @@
 pub mod answer;
 pub mod apikey;
 pub mod auth;
+pub mod backfill;
 pub mod command;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod event;
+pub mod event_log;
 pub mod keys;
 pub mod lifecycle;
 pub mod redis;
 pub mod route;
+pub mod secret;
 pub mod session;
 pub mod store;
+pub mod stream_token;
 pub mod time;
 pub mod validate;
 

@@ -18,13 +18,15 @@ fn intent(kind: CommandKind) -> Option<(SessionStatus, &'static [SessionStatus])
     match kind {
         CommandKind::Start | CommandKind::PairPhone => Some((SessionStatus::Starting, IDLE)),
         CommandKind::Restart => Some((SessionStatus::Starting, &[])),
-        CommandKind::Stop | CommandKind::Logout | CommandKind::Delete => None,
+        CommandKind::Stop | CommandKind::Logout | CommandKind::Delete | CommandKind::Backfill => None,
     }
 }
 
 /// Records the command's intent and queues it: to the stream of the gateway that holds the
 /// session while that gateway is alive, otherwise to the placement stream any daemon reads.
-pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Result<(), ApiError> {
+/// Returns the row as the intent left it.
+pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Result<Session, ApiError> {
+    let mut row = session.clone();
     if let Some((status, from)) = intent(command.kind) {
         let announce = Event::new(
             EventType::SessionStatus,
@@ -33,13 +35,14 @@ pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Resu
             crate::event::status_data(status, session.phone_number.as_deref(), session.wa_jid.as_deref(), session.wa_lid.as_deref(), None),
         );
         let update = Update { only_from: from.to_vec(), ..Update::default() }.status(status).event(announce);
-        store::update(r, &session.organization_id, &session.id, update).await?;
+        row = store::update(r, &session.organization_id, &session.id, update).await?.ok_or_else(ApiError::session_not_found)?;
     }
     let holder = match &session.gateway_id {
         Some(gateway) if store::gateway_is_alive(r, gateway).await? => Some(gateway.as_str()),
         _ => None,
     };
-    Ok(store::enqueue(r, holder, command).await?)
+    store::enqueue(r, holder, command).await?;
+    Ok(row)
 }
 
 /// The daemon's answer to a command, once it has written one.

@@ -150,13 +150,21 @@ pub mod native {
         Ok(out)
     }
 
+    async fn query(mut conn: impl redis::aio::ConnectionLike, name: &str, args: Vec<Arg>) -> Result<Vec<Reply>, RedisError> {
+        let value: Value = command(name, args).query_async(&mut conn).await.map_err(|e| RedisError(e.to_string()))?;
+        flatten(value)
+    }
+
     impl Redis for redis::aio::ConnectionManager {
         async fn execute(&self, name: &str, args: Vec<Arg>) -> Result<Vec<Reply>, RedisError> {
-            let value: Value = command(name, args)
-                .query_async(&mut self.clone())
-                .await
-                .map_err(|e| RedisError(e.to_string()))?;
-            flatten(value)
+            query(self.clone(), name, args).await
+        }
+    }
+
+    /// For a connection of one's own, where a blocking command stalls nobody else.
+    impl Redis for redis::aio::MultiplexedConnection {
+        async fn execute(&self, name: &str, args: Vec<Arg>) -> Result<Vec<Reply>, RedisError> {
+            query(self.clone(), name, args).await
         }
     }
 

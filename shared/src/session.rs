@@ -72,12 +72,14 @@ pub struct NewSession {
 }
 
 impl NewSession {
+    /// The row as first stored: `stopped`. A `start` is then queued like any other (see
+    /// `lifecycle::send`), which moves it to `starting` and announces that.
     pub fn into_session(self, organization_id: &str, created_by: Option<String>, now: i64) -> Session {
         Session {
             id: ulid::Ulid::new().to_string(),
             organization_id: organization_id.to_owned(),
             label: self.label,
-            status: if self.start { SessionStatus::Starting } else { SessionStatus::Stopped },
+            status: SessionStatus::Stopped,
             gateway_id: None,
             phone_number: None,
             wa_jid: None,
@@ -121,7 +123,7 @@ mod tests {
                 "ratePerHour", "ratePerMin", "status", "updatedAt", "waJid", "waLid"
             ]
         );
-        assert_eq!(json["status"], "starting");
+        assert_eq!(json["status"], "stopped");
         assert!(json["waJid"].is_null());
         assert_eq!(json["id"].as_str().unwrap().len(), 26);
     }

@@ -39,7 +39,8 @@ impl Redis for Connection {
     }
 }
 
-struct SpinVariables;
+/// Spin's variables (spin.toml `[variables]`), for the `config` readers.
+pub struct SpinVariables;
 
 impl Variables for SpinVariables {
     async fn get(&self, name: &str) -> Option<String> {

@@ -2,13 +2,11 @@
 
 use crate::command::Command;
 use crate::event::Event;
+use crate::event_log::Retention;
 use crate::redis::{Arg, Redis, RedisError, Reply, first};
 use crate::session::{Session, SessionStatus};
 use crate::{ApiError, args, keys};
 use serde_json::{Map, Value};
-
-/// How many events an organization's log keeps (approximately: trimming is lazy).
-pub const EVENT_LOG_MAX_LEN: i64 = 10_000;
 
 /// Writes the row and its index entry together, refusing to overwrite an existing row. The
 /// index is scored by a per-organization counter, so listing order is exact creation order
@@ -20,12 +18,15 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
 end
 return 0";
 
-/// Removes the row and its index entry together, returning the row so the caller knows who held it.
+/// Removes the row, its index entry and everything kept for the session (KEYS[3..]) together,
+/// returning the row so the caller knows who held it.
 const DELETE: &str = r"
 local row = redis.call('GET', KEYS[1])
 if row then
-  redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
+  for i = 1, #KEYS do
+    if i ~= 2 then redis.call('DEL', KEYS[i]) end
+  end
 end
 return row";
 
@@ -42,11 +43,38 @@ for first = 1, #ids, 1000 do
 end
 return rows";
 
+/// A Lua function for the scripts below: appends `ARGV[first..]` (event JSONs) to the log
+/// `log` and announces each on `channel` as `<log entry id> <event JSON>`. With a retention
+/// (`keep` entries, `max_age` ms; `keep` 0 = none), up to 100 entries that are both outside the
+/// newest `keep` and older than `max_age` go per call: bounded work per write that still
+/// outpaces the one-by-one growth.
+macro_rules! log_events_lua {
+    () => {
+        r"
+local function log_events(log, channel, first, now, keep, max_age)
+  for i = first, #ARGV do
+    local id = redis.call('XADD', log, '*', 'event', ARGV[i])
+    redis.call('PUBLISH', channel, id .. ' ' .. ARGV[i])
+  end
+  if keep > 0 and #ARGV >= first then
+    local excess = redis.call('XLEN', log) - keep
+    local cutoff = now - max_age
+    if excess > 0 and cutoff > 0 then
+      local old = redis.call('XRANGE', log, '-', string.format('(%d-0', cutoff), 'COUNT', math.min(excess, 100))
+      for _, entry in ipairs(old) do redis.call('XDEL', log, entry[1]) end
+    end
+  end
+end
+"
+    };
+}
+
 /// Patches a row and appends the events that announce the change, in one atomic step, so no
 /// reader ever sees a status without its event or an event without its status. A row that is
-/// gone stays gone (the daemon must not resurrect a deleted session). Each event is appended to
-/// the organization's log, then announced on pub/sub as `<log entry id> <event JSON>`.
-const UPDATE: &str = r"
+/// gone stays gone (the daemon must not resurrect a deleted session).
+const UPDATE: &str = concat!(
+    log_events_lua!(),
+    r"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local row = cjson.decode(raw)
@@ -60,11 +88,18 @@ if ARGV[4] == '-' then
 elseif ARGV[4] ~= '' then
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 end
-for i = 8, #ARGV do
-  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[i])
-  redis.call('PUBLISH', ARGV[6], id .. ' ' .. ARGV[i])
-end
-return raw";
+log_events(KEYS[3], ARGV[6], 9, tonumber(ARGV[2]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+return raw"
+);
+
+/// Writes a document and logs the events that announce it, atomically (see [`put_logged`]).
+const PUT_LOGGED: &str = concat!(
+    log_events_lua!(),
+    r"
+redis.call('SET', KEYS[1], ARGV[1])
+log_events(KEYS[2], ARGV[3], 6, tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+return 1"
+);
 
 /// What happens to the session's pairing QR alongside an [`Update`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -77,13 +112,16 @@ pub enum QrChange {
 }
 
 /// A change to one session row: fields to overwrite (camelCase, as the API shows them), the
-/// statuses it applies from (empty: any), the QR change, and the events that announce it.
+/// statuses it applies from (empty: any), the QR change, the events that announce it, and the
+/// log retention to enforce while appending them. The daemon, which writes nearly every event,
+/// enforces the configured retention; a function's occasional intent event leaves trimming to it.
 #[derive(Debug, Clone, Default)]
 pub struct Update {
     pub patch: Map<String, Value>,
     pub only_from: Vec<SessionStatus>,
     pub qr: QrChange,
     pub events: Vec<Event>,
+    pub retention: Option<Retention>,
 }
 
 impl Update {
@@ -123,11 +161,12 @@ pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update
             (serde_json::json!({ "code": code, "expiresAt": expires_at }).to_string(), (expires_at - now).max(1))
         }
     };
+    let retention = update.retention.unwrap_or(Retention { count: 0, max_age_ms: 0 });
     let mut argv: Vec<Arg> = args![
         UPDATE, 3,
         keys::session(org, session_id), keys::session_qr(org, session_id), keys::org_events(org),
         encode(&update.patch)?, now, only_from, qr, qr_ttl,
-        keys::org_events_channel(org), EVENT_LOG_MAX_LEN,
+        keys::org_events_channel(org), retention.count as i64, retention.max_age_ms as i64,
     ];
     for event in &update.events {
         argv.push(Arg::from(encode(event)?));
@@ -135,7 +174,29 @@ pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update
     decode(first(r, "EVAL", argv).await?)
 }
 
-fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> {
+/// Stores `document` under `key` (a key of the organization) and logs `events` with it, in one
+/// atomic step: a reader of the document never misses the event announcing it.
+pub async fn put_logged<R: Redis>(
+    r: &R,
+    org: &str,
+    key: &str,
+    document: &impl serde::Serialize,
+    events: &[Event],
+    retention: Retention,
+) -> Result<(), ApiError> {
+    let mut argv: Vec<Arg> = args![
+        PUT_LOGGED, 2, key, keys::org_events(org),
+        encode(document)?, crate::time::now_millis(), keys::org_events_channel(org),
+        retention.count as i64, retention.max_age_ms as i64,
+    ];
+    for event in events {
+        argv.push(Arg::from(encode(event)?));
+    }
+    r.execute("EVAL", argv).await?;
+    Ok(())
+}
+
+pub(crate) fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> {
     serde_json::to_string(value).map_err(|e| ApiError::internal(e.to_string()))
 }
 
@@ -184,6 +245,14 @@ pub async fn get<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Session
     decode(first(r, "GET", args![keys::session(org, session_id)]).await?)?.ok_or_else(ApiError::session_not_found)
 }
 
+/// The organization a session belongs to, for platform-wide callers (super_admin, daemon).
+pub async fn owner<R: Redis>(r: &R, session_id: &str) -> Result<Option<String>, RedisError> {
+    if !crate::validate::is_safe_id(session_id) {
+        return Ok(None);
+    }
+    crate::redis::get_string(r, &keys::session_owner(session_id)).await
+}
+
 /// All of the organization's sessions, oldest first.
 pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> {
     let rows = r.execute("EVAL", args![LIST, 1, keys::org_sessions(org), keys::session(org, "")]).await?;
@@ -200,8 +269,17 @@ pub async fn delete<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Sess
     if !crate::validate::is_safe_id(session_id) {
         return Err(ApiError::session_not_found());
     }
-    let row = first(r, "EVAL", args![DELETE, 2, keys::session(org, session_id), keys::org_sessions(org), session_id])
-        .await?;
+    let mut kept = vec![
+        keys::session(org, session_id),
+        keys::org_sessions(org),
+        keys::session_qr(org, session_id),
+        keys::session_backfill(org, session_id),
+    ];
+    kept.extend(crate::directory::all_keys(org, session_id));
+    let mut argv = args![DELETE, kept.len() as i64];
+    argv.extend(kept.into_iter().map(Arg::from));
+    argv.push(Arg::from(session_id));
+    let row = first(r, "EVAL", argv).await?;
     let session = decode(row)?.ok_or_else(ApiError::session_not_found)?;
     r.execute("DEL", args![keys::session_owner(session_id)]).await?;
     Ok(session)

@@ -22,6 +22,32 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A query string's parameters, in order, refusing names the endpoint does not define (a typo
+/// must not silently widen a filter or reset a page).
+pub fn query_params(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(name, value)| {
+            if known.contains(&&*name) {
+                Ok((name.into_owned(), value.into_owned()))
+            } else {
+                Err(ApiError::invalid_field(&name, "unknown query parameter").with_detail("allowed", known.to_vec()))
+            }
+        })
+        .collect()
+}
+
+/// A page size from a query parameter: 1 to `max`, `default` when absent.
+pub fn page_limit(value: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid_field("limit", format!("must be an integer from 1 to {max}"))),
+    }
+}
+
 /// Refuses fields the endpoint does not define: a typo must not silently fall back to a default.
 pub fn only_known_fields(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
     match body.keys().find(|k| !known.contains(&k.as_str())) {

@@ -259,20 +259,27 @@ pub async fn phone_action(redis_url: &str, action: &str, fields: &[(&str, &str)]
     let _: String = redis::AsyncCommands::xadd(&mut redis, shared::keys::simulator_control(), "*", &entry).await.unwrap();
 }
 
+/// The settings that make a host accept login JWTs signed with the fixture keys.
+pub fn login_variables() -> Vec<(&'static str, String)> {
+    vec![
+        ("jwt_issuer", ISSUER.to_owned()),
+        ("jwt_audience", AUDIENCE.to_owned()),
+        ("jwks_url", jwks().url.clone()),
+        ("jwks_refetch_secs", "3600".to_owned()),
+    ]
+}
+
+fn borrowed<'a>(variables: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    variables.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// The host most tests share, configured for login JWTs from [`jwks`].
 pub fn gateway() -> &'static Gateway {
     static GATEWAY: OnceLock<Gateway> = OnceLock::new();
     GATEWAY.get_or_init(|| {
-        Gateway::start(
-            &redis_url(),
-            &[
-                ("jwt_issuer", ISSUER),
-                ("jwt_audience", AUDIENCE),
-                ("jwks_url", &jwks().url),
-                ("jwks_refetch_secs", "3600"),
-                ("max_body_bytes", "4096"),
-            ],
-        )
+        let mut variables = login_variables();
+        variables.push(("max_body_bytes", "4096".to_owned()));
+        Gateway::start(&redis_url(), &borrowed(&variables))
     })
 }
 
@@ -292,7 +299,7 @@ pub async fn api_key(org: &str, permissions: &[Capability]) -> (String, String) 
 
 pub async fn api_key_at(redis_url: &str, org: &str, permissions: &[Capability]) -> (String, String) {
     let redis = shared::redis::native::connect(redis_url).await.unwrap();
-    let key = shared::apikey::native::mint();
+    let key = shared::apikey::mint();
     let record = shared::apikey::create(&redis, &key, org, permissions.to_vec(), Some("e2e".into())).await.unwrap();
     (key, record.id)
 }
@@ -353,7 +360,7 @@ fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String 
 }
 
 /// An HTTP client and the error-envelope assertions every test needs.
-pub struct Client(reqwest::Client);
+pub struct Client(pub reqwest::Client);
 
 impl Default for Client {
     fn default() -> Self {
@@ -361,6 +368,7 @@ impl Default for Client {
     }
 }
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
@@ -423,8 +431,16 @@ impl Stack {
 
     /// A stack whose daemon runs with these settings.
     pub fn start_with(daemon_settings: &[(&str, &str)]) -> Stack {
+        Stack::start_configured(daemon_settings, &[])
+    }
+
+    /// A stack whose daemon and host run with these settings. The host accepts login JWTs.
+    pub fn start_configured(daemon_settings: &[(&str, &str)], host_variables: &[(&'static str, &str)]) -> Stack {
         let redis = RedisServer::start();
-        let gateway = Gateway::start(&redis.url, &[("pairing_code_wait_ms", "10000")]);
+        let mut variables = login_variables();
+        variables.push(("pairing_code_wait_ms", "10000".to_owned()));
+        variables.extend(host_variables.iter().map(|(k, v)| (*k, v.to_string())));
+        let gateway = Gateway::start(&redis.url, &borrowed(&variables));
         let daemon = Daemon::start_with(&redis.url, daemon_settings);
         Stack { daemon, gateway, redis, client: Client::default() }
     }
@@ -497,10 +513,86 @@ impl Stack {
 
     /// The organization's durable event log, oldest first.
     pub async fn events(&self, org: &str) -> Vec<Value> {
-        let client = redis::Client::open(self.redis.url.as_str()).unwrap();
-        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        self.log(org).await.into_iter().map(|e| e.data).collect()
+    }
+
+    /// The organization's durable event log as (log position, event), oldest first.
+    pub async fn log(&self, org: &str) -> Vec<SseEvent> {
         let log: redis::streams::StreamRangeReply =
-            redis::AsyncCommands::xrange_all(&mut redis, shared::keys::org_events(org)).await.unwrap();
-        log.ids.iter().map(|e| serde_json::from_str(&e.get::<String>("event").unwrap()).unwrap()).collect()
+            redis::AsyncCommands::xrange_all(&mut self.redis().await, shared::keys::org_events(org)).await.unwrap();
+        log.ids
+            .iter()
+            .map(|e| {
+                let data: Value = serde_json::from_str(&e.get::<String>("event").unwrap()).unwrap();
+                SseEvent { id: e.id.clone(), kind: data["type"].as_str().unwrap().to_owned(), data }
+            })
+            .collect()
+    }
+
+    /// Opens `GET /api/v1/events?<query>` with a bearer `token` (or none: the query then carries
+    /// a stream token), optionally resuming after `last_event_id`.
+    pub async fn subscribe(&self, token: Option<&str>, query: &str, last_event_id: Option<&str>) -> Result<Sse, Reply> {
+        Sse::open(&self.client, &self.gateway.url(&format!("/api/v1/events?{query}")), token, last_event_id).await
+    }
+}
+
+/// One Server-Sent Event as a client parsed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: String,
+    /// The SSE `event:` field: the event's type.
+    pub kind: String,
+    pub data: Value,
+}
+
+/// An open event stream, parsed by a standard SSE client (`eventsource-stream`).
+pub struct Sse {
+    events: std::pin::Pin<Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, String>> + Send>>,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Sse {
+    /// `Err` carries the refusal (status and envelope) when the stream did not open.
+    pub async fn open(client: &Client, url: &str, token: Option<&str>, last_event_id: Option<&str>) -> Result<Sse, Reply> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let mut request = client.0.get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if status != 200 {
+            let body = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+            return Err(Reply { status, headers, body });
+        }
+        let events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string()));
+        Ok(Sse { events: Box::pin(events), headers })
+    }
+
+    /// The next event within `within`; `None` when none came (or the stream ended).
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        use futures::StreamExt;
+        let event = tokio::time::timeout(within, self.events.next()).await.ok()??.expect("a well-formed event stream");
+        Some(SseEvent { id: event.id, kind: event.event, data: serde_json::from_str(&event.data).expect("JSON data") })
+    }
+
+    /// Events until one satisfies `done` (included), failing after `within`.
+    pub async fn until(&mut self, within: Duration, done: impl Fn(&SseEvent) -> bool) -> Vec<SseEvent> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.next(left).await.unwrap_or_else(|| panic!("no matching event within {within:?}; saw {seen:#?}"));
+            let stop = done(&event);
+            seen.push(event);
+            if stop {
+                return seen;
+            }
+        }
     }
 }

@@ -24,7 +24,7 @@ pub async fn run(args: &[String]) -> Result {
                 .split(',')
                 .map(|p| Capability::parse(p.trim()).ok_or_else(|| format!("unknown permission {p:?}; use manage, send, read")))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            let key = shared::apikey::native::mint();
+            let key = shared::apikey::mint();
             let record = shared::apikey::create(&redis, &key, &org, perms, flag(args, "--label")).await?;
             println!("id:  {}", record.id);
             println!("key: {key}");

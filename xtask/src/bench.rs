@@ -1,13 +1,17 @@
-//! `cargo xtask bench [--seconds N]`: `GET /api/v1/sessions` (one organization, 10 sessions,
-//! api-key auth) over keep-alive connections, through the embedded host and through a native
-//! server that runs the same `shared` auth and store code without WASM. The two alternate in
-//! rounds within one run, so machine noise hits both alike.
+//! `cargo xtask bench [--seconds N] [--only requests|events]`:
+//!
+//! - requests: `GET /api/v1/sessions` (one organization, 10 sessions, api-key auth) over
+//!   keep-alive connections, through the embedded host and through a native server that runs
+//!   the same `shared` auth and store code without WASM. The two alternate in rounds within one
+//!   run, so machine noise hits both alike.
+//! - events: publish → SSE receive latency through the host (see [`crate::event_latency`]).
 
 use crate::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use shared::auth::{Capability, Fetch};
 use shared::config::Variables;
@@ -26,6 +30,7 @@ pub async fn run(args: &[String]) -> Result {
         .position(|a| a == "--seconds")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(6);
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
     let redis_url = crate::prereq::redis_url();
     crate::prereq::ensure_redis(&redis_url).await?;
     crate::prereq::build()?;
@@ -37,13 +42,33 @@ pub async fn run(args: &[String]) -> Result {
     let host_addr = free_addr().await?;
     let mut host = crate::prereq::host_command(&redis_url, &host_addr).env("RUST_LOG", "warn").spawn()?;
     crate::prereq::wait_for_port(&host_addr).await?;
+    if only != Some("events") {
+        requests(&redis_url, &host_addr, &key, seconds).await?;
+    }
+    if only != Some("requests") {
+        let session = shared::store::list(&redis, &org).await?.remove(0).id;
+        let mut latencies = crate::event_latency::measure(&host_addr, &key, &redis, &org, &session).await?;
+        let stats = Stats::of(&mut latencies, Duration::ZERO);
+        println!(
+            "event latency, publish → SSE client through the host, {} events: p50 {}, p99 {}, max {}",
+            latencies.len(), ms(stats.p50), ms(stats.p99), ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+        );
+    }
+    host.kill()?;
+    host.wait()?;
+    cleanup(&redis, &org).await?;
+    Ok(())
+}
+
+/// The host against the native baseline, alternating rounds.
+async fn requests(redis_url: &str, host_addr: &str, key: &str, seconds: u64) -> Result {
     // The baseline runs in its own process, like the host, so neither shares the load
     // generator's runtime.
     let native_addr = free_addr().await?;
     // The binary `build` just linked (this running one may have been replaced by it).
     let mut native = std::process::Command::new(crate::prereq::root().join("target/release/xtask"))
         .args(["native-baseline", &native_addr])
-        .env("REDIS_URL", &redis_url)
+        .env("REDIS_URL", redis_url)
         .stdin(std::process::Stdio::piped())
         .spawn()?;
     crate::prereq::wait_for_port(&native_addr).await?;
@@ -52,19 +77,16 @@ pub async fn run(args: &[String]) -> Result {
     println!("GET {PATH}: {SESSIONS} sessions, {CONNECTIONS} keep-alive connections, {ROUNDS} alternating rounds of {round:?} per side");
     let (mut host_lat, mut native_lat) = (Vec::new(), Vec::new());
     let (mut host_time, mut native_time) = (Duration::ZERO, Duration::ZERO);
-    load(&host_addr, &key, Duration::from_millis(500)).await?; // warm both before measuring
-    load(&native_addr, &key, Duration::from_millis(500)).await?;
+    load(host_addr, key, Duration::from_millis(500)).await?; // warm both before measuring
+    load(&native_addr, key, Duration::from_millis(500)).await?;
     for _ in 0..ROUNDS {
-        host_lat.extend(load(&host_addr, &key, round).await?);
+        host_lat.extend(load(host_addr, key, round).await?);
         host_time += round;
-        native_lat.extend(load(&native_addr, &key, round).await?);
+        native_lat.extend(load(&native_addr, key, round).await?);
         native_time += round;
     }
-    for child in [&mut host, &mut native] {
-        child.kill()?;
-        child.wait()?;
-    }
-    cleanup(&redis, &org).await?;
+    native.kill()?;
+    native.wait()?;
 
     let host_stats = Stats::of(&mut host_lat, host_time);
     let native_stats = Stats::of(&mut native_lat, native_time);
@@ -80,6 +102,10 @@ pub async fn run(args: &[String]) -> Result {
     Ok(())
 }
 
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
 struct Stats {
     rps: f64,
     p50: Duration,
@@ -90,11 +116,10 @@ impl Stats {
     fn of(latencies: &mut [Duration], elapsed: Duration) -> Stats {
         latencies.sort();
         let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
-        Stats { rps: latencies.len() as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99) }
+        Stats { rps: latencies.len() as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE), p50: at(0.50), p99: at(0.99) }
     }
 
     fn print(&self, name: &str) {
-        let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
         println!("{name:<18}{:>10.0}{:>12}{:>12}", self.rps, ms(self.p50), ms(self.p99));
     }
 }
@@ -104,7 +129,7 @@ async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
         let new = shared::validate::new_session(format!(r#"{{"label":"bench {i}"}}"#).as_bytes())?;
         shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis())).await?;
     }
-    let key = shared::apikey::native::mint();
+    let key = shared::apikey::mint();
     shared::apikey::create(redis, &key, org, vec![Capability::Manage], Some("bench".into())).await?;
     Ok(key)
 }
@@ -116,6 +141,7 @@ async fn cleanup(redis: &ConnectionManager, org: &str) -> Result {
     for key in shared::apikey::list(redis, org).await? {
         shared::apikey::revoke(redis, org, &key.id).await?;
     }
+    redis.clone().del::<_, ()>(shared::keys::org_events(org)).await?;
     Ok(())
 }
 

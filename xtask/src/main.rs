@@ -4,11 +4,13 @@
 //! - `up`: Redis if none answers, build, run the host and the connector daemon, print the URL
 //!   and a fresh api-key.
 //! - `test`: the same prerequisites, then every test of the workspace.
-//! - `bench`: `GET /api/v1/sessions` through the host vs a native baseline, side by side.
+//! - `bench`: `GET /api/v1/sessions` through the host vs a native baseline, side by side, and
+//!   event latency from the daemon's publish to an SSE client.
 //! - `apikey create|list|revoke`: an organization's api-keys.
 
 mod apikey;
 mod bench;
+mod event_latency;
 mod prereq;
 
 use std::process::ExitCode;
@@ -46,7 +48,7 @@ async fn up() -> Result {
     prereq::wait_for_port(&listen).await?;
 
     let redis = shared::redis::native::connect(&redis_url).await?;
-    let key = shared::apikey::native::mint();
+    let key = shared::apikey::mint();
     let caps = vec![shared::auth::Capability::Manage, shared::auth::Capability::Send, shared::auth::Capability::Read];
     shared::apikey::create(&redis, &key, "default", caps, Some("cargo xtask up".to_owned())).await?;
     println!("\nGateway: http://{listen}   (Redis: {redis_url})");

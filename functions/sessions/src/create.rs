@@ -1,11 +1,12 @@
 //! `POST /api/v1/sessions`: a new, unpaired session; `start: true` also asks a daemon to begin
-//! pairing. Not idempotent: each call creates a distinct session.
+//! pairing (the row answers `starting`, announced on the event stream like any start).
+//! Not idempotent: each call creates a distinct session.
 
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandKind};
 use shared::spin::Context;
-use shared::{ApiError, store, time, validate};
+use shared::{ApiError, lifecycle, store, time, validate};
 
 pub async fn apply(ctx: &Context, caller: &Caller, body: &[u8]) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
@@ -13,9 +14,10 @@ pub async fn apply(ctx: &Context, caller: &Caller, body: &[u8]) -> Result<Answer
     let start = new.start;
     let session = new.into_session(org, Some(caller.user_id.clone()), time::now_millis());
     store::create(&ctx.redis, &session).await?;
-    if start {
-        // No gateway holds a new session yet: the command goes to the placement stream.
-        store::enqueue(&ctx.redis, None, &Command::new(CommandKind::Start, &session.id, org)).await?;
+    if !start {
+        return Ok(Answer::created(&session));
     }
-    Ok(Answer::created(&session))
+    // No gateway holds a new session yet: the command goes to the placement stream.
+    let started = lifecycle::send(&ctx.redis, &session, &Command::new(CommandKind::Start, &session.id, org)).await?;
+    Ok(Answer::created(&started))
 }

@@ -1,0 +1,152 @@
+//! `GET /api/v1/events`: the caller's organization's events as Server-Sent Events.
+//!
+//! - Each event goes out as `id: <log position>`, `event: <type>`, `data: <event JSON>`. The
+//!   position is the event's entry in the organization's durable log, so a reconnecting client's
+//!   `Last-Event-ID` (or `?lastEventId=`, for a client that mints a new stream token to
+//!   reconnect) resumes right after the last event it saw: no gap, no duplicate.
+//! - Without one, the stream starts at the log's current end: exactly what happens next.
+//! - Filters: `?session=<id>` (repeatable) and `?types=auth.*,session.status`.
+//! - Waiting is a blocking read of the log, so an event goes out as soon as it is logged; an
+//!   idle stream sends a keep-alive comment every `event_keepalive_ms`.
+//! - Credentials: the Authorization header, or `?token=` holding a stream token (and nothing
+//!   else: an api-key or login JWT is never accepted from a URL).
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::{self, Stream};
+use http_body_util::StreamBody;
+use serde::Deserialize;
+use shared::auth::Capability;
+use shared::event::EventFilter;
+use shared::event_log::{self, Entry};
+use shared::spin::{Context, SpinVariables};
+use shared::{ApiError, config, stream_token, validate};
+use spin_sdk::http::Request;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+type Frame = Result<http_body::Frame<Bytes>, Infallible>;
+pub type Response = http::Response<StreamBody<std::pin::Pin<Box<dyn Stream<Item = Frame>>>>>;
+
+/// Entries read from the log per round trip.
+const BATCH: u32 = 100;
+
+/// What the query string asks for.
+#[derive(Default)]
+struct Query {
+    filter: EventFilter,
+    token: Option<String>,
+    last_event_id: Option<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Result<Query, ApiError> {
+        let mut parsed = Query::default();
+        for (name, value) in validate::query_params(query, &["session", "types", "token", "lastEventId"])? {
+            match name.as_str() {
+                "session" => parsed.filter.session(&value)?,
+                "types" => parsed.filter.types(&value)?,
+                "token" => parsed.token = Some(value),
+                _ => parsed.last_event_id = Some(value),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
+    let query = Query::parse(req.uri().query())?;
+    let caller = match &query.token {
+        Some(token) => stream_token::redeem(&ctx.redis, token).await?,
+        None => ctx.authenticate(req).await?,
+    };
+    let org = caller.org_with_any(&[Capability::Read, Capability::Manage])?.to_owned();
+
+    let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let resume = header.or(query.last_event_id).filter(|id| !id.trim().is_empty());
+    let mut preface = format!("retry: {}\n\n", config::event_retry_ms(&SpinVariables).await);
+    let position = match resume {
+        Some(id) => {
+            let id = id.trim().to_owned();
+            let Some(resumed) = event_log::position(&id) else {
+                return Err(ApiError::invalid_field("Last-Event-ID", "must be an event id this stream sent"));
+            };
+            let oldest = event_log::first_id(&ctx.redis, &org).await?;
+            if let Some(oldest) = oldest.filter(|o| event_log::position(o).is_some_and(|o| o > resumed)) {
+                preface.push_str(&format!(": events before {oldest} are no longer retained; some were missed\n\n"));
+            }
+            id
+        }
+        None => event_log::last_id(&ctx.redis, &org).await?,
+    };
+
+    let keepalive = Duration::from_millis(config::event_keepalive_ms(&SpinVariables).await);
+    let subscription = Subscription { ctx, org, filter: query.filter, position, keepalive, last_write: Instant::now() };
+    let first = stream::once(async move { Ok(http_body::Frame::data(Bytes::from(preface))) });
+    let rest = stream::unfold(subscription, |mut subscription| async move {
+        let chunk = subscription.next_chunk().await?;
+        Some((Ok(http_body::Frame::data(chunk)), subscription))
+    });
+    let body: std::pin::Pin<Box<dyn Stream<Item = Frame>>> = Box::pin(first.chain(rest));
+    http::Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "text/event-stream")
+        .header(http::header::CACHE_CONTROL, "no-store")
+        // Reverse proxies (nginx) must pass events through as they come, not buffer them.
+        .header("x-accel-buffering", "no")
+        .body(StreamBody::new(body))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// One client's place in its organization's log.
+struct Subscription {
+    ctx: Context,
+    org: String,
+    filter: EventFilter,
+    position: String,
+    keepalive: Duration,
+    last_write: Instant,
+}
+
+impl Subscription {
+    /// The next bytes to send: events the filter admits, or a keep-alive once the stream has
+    /// been quiet for the interval. `None` ends the stream (Redis failed; the client resumes).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            let quiet_for = self.last_write.elapsed();
+            if quiet_for >= self.keepalive {
+                return Some(self.wrote(": keep-alive\n\n".to_owned()));
+            }
+            let wait_ms = (self.keepalive - quiet_for).as_millis().max(1) as u64;
+            let entries = event_log::read_after(&self.ctx.redis, &self.org, &self.position, BATCH, Some(wait_ms)).await.ok()?;
+            let Some(last) = entries.last() else { continue };
+            self.position = last.id.clone();
+            let frames: String = entries.iter().filter_map(|entry| self.frame(entry)).collect();
+            if !frames.is_empty() {
+                return Some(self.wrote(frames));
+            }
+        }
+    }
+
+    fn wrote(&mut self, text: String) -> Bytes {
+        self.last_write = Instant::now();
+        Bytes::from(text)
+    }
+
+    /// The entry as an SSE event, if the subscriber wants it.
+    fn frame(&self, entry: &Entry) -> Option<String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Head<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            session_id: &'a str,
+        }
+        let head: Head = serde_json::from_str(&entry.event).ok()?;
+        if !self.filter.admits(head.kind, head.session_id) {
+            return None;
+        }
+        let data: String = entry.event.lines().map(|line| format!("data: {line}\n")).collect();
+        Some(format!("id: {}\nevent: {}\n{data}\n", entry.id, head.kind))
+    }
+}
