@@ -218,8 +218,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use whatsapp_rust::types::events::{
-        Connected, ConnectFailure, Disconnected, LoggedOut, PairSuccess, PairingQrCode, PairingQrCodesExhausted,
-        StreamReplaced, TempBanReason, TemporaryBan,
+        Connected, ConnectFailure, ContactUpdate, Disconnected, LoggedOut, PairSuccess, PairingQrCode,
+        PairingQrCodesExhausted, StreamReplaced, TempBanReason, TemporaryBan,
     };
 
     fn jid(text: &str) -> Jid {
@@ -267,5 +267,26 @@ mod tests {
         assert!(matches!(map_event(&locked, me), Some(BackendEvent::LoggedOut { .. })));
         let busy = Event::ConnectFailure(ConnectFailure::builder().reason(ConnectFailureReason::ServiceUnavailable).build());
         assert!(matches!(map_event(&busy, me), Some(BackendEvent::Disconnected { .. })));
+    }
+
+    #[test]
+    fn contact_updates_become_kept_contacts() {
+        let action = whatsapp_rust::waproto::whatsapp::sync_action_value::ContactAction {
+            full_name: Some("Budi Santoso".into()),
+            pn_jid: Some("6281299999999@s.whatsapp.net".into()),
+            ..Default::default()
+        };
+        let update = ContactUpdate::builder()
+            .jid(jid("205227043110999@lid"))
+            .timestamp(whatsapp_rust::chrono::Utc::now())
+            .action(Box::new(action))
+            .from_full_sync(true)
+            .build();
+        let Some(BackendEvent::Contacts(contacts)) = map_event(&Event::ContactUpdate(update), me) else { panic!("not contacts") };
+        assert_eq!(contacts.len(), 1);
+        assert_eq!(contacts[0].jid, "205227043110999@lid");
+        assert_eq!(contacts[0].name.as_deref(), Some("Budi Santoso"));
+        assert_eq!(contacts[0].phone_number.as_deref(), Some("6281299999999"), "the phone number behind a LID");
+        assert_eq!(contacts[0].push_name, None, "a contact update says nothing of the push name");
     }
 }

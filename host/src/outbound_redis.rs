@@ -53,11 +53,10 @@ impl RedisConnection {
 
 /// Whether the command holds its connection until something happens (or its timeout).
 fn blocks(command: &str, args: &[Arg]) -> bool {
-    match command.to_ascii_uppercase().as_str() {
-        "BLPOP" | "BRPOP" | "BRPOPLPUSH" | "BLMOVE" | "BLMPOP" | "BZPOPMIN" | "BZPOPMAX" | "BZMPOP" | "WAIT" | "WAITAOF" => true,
-        "XREAD" | "XREADGROUP" => args.iter().any(|a| matches!(a, Arg::Bytes(b) if b.eq_ignore_ascii_case(b"BLOCK"))),
-        _ => false,
-    }
+    const WAITING: &[&str] = &["BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF"];
+    let is = |name: &str| command.eq_ignore_ascii_case(name);
+    WAITING.iter().any(|name| is(name))
+        || ((is("XREAD") || is("XREADGROUP")) && args.iter().any(|a| matches!(a, Arg::Bytes(b) if b.eq_ignore_ascii_case(b"BLOCK"))))
 }
 
 /// What a request's store lends the Redis interface.

@@ -76,7 +76,9 @@ pub fn engine() -> Result<Engine> {
         // madvise: every madvise flushes TLBs on all cores, which capped throughput at a
         // fifth of native. Components here touch well under these sizes.
         .linear_memory_keep_resident(8 << 20)
-        .table_keep_resident(1 << 20);
+        .table_keep_resident(1 << 20)
+        // Where the kernel can tell (Linux 6.7+), reset only the pages a request wrote.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
     config
         .wasm_component_model(true)

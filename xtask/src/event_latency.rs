@@ -34,7 +34,7 @@ pub async fn measure(host: &str, key: &str, redis: &ConnectionManager, org: &str
         return Err(format!("the event stream answered {}", response.status()).into());
     }
     let frames = BodyStream::new(response.into_body()).filter_map(|frame| async { frame.map(|f| f.into_data().ok()).transpose() });
-    let mut events = frames.eventsource();
+    let mut events = Box::pin(frames.eventsource());
 
     // The reader stamps each event as it is parsed.
     let (arrived, mut arrivals) = mpsc::unbounded_channel();
