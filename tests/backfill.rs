@@ -193,3 +193,34 @@ async fn only_a_platform_super_admin_may_backfill() {
     let refused = stack.client.post(&url, &admin, "").await;
     assert_eq!(refused.expect_error(409, "conflict")["reason"], "not_connected");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_fails_when_its_connection_or_its_gateway_goes() {
+    let mut stack = stack();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "6284444444444").await;
+    let mut events = stack.subscribe(Some(&key), &format!("session={id}&types=backfill.*"), None).await.unwrap();
+    let admin = super_admin();
+    let url = backfill_url(&stack, &id);
+
+    // The connection drops while WhatsApp is still answering the groups query.
+    assert_eq!(stack.client.post(&url, &admin, "").await.status, 202);
+    stack.phone("drop", &[("session", &id)]).await;
+    let seen = events.until(SOON, |e| e.kind != "backfill.progress").await;
+    let failed = seen.last().unwrap();
+    assert_eq!(failed.kind, "backfill.failed", "{seen:#?}");
+    assert!(failed.data["data"]["error"].as_str().unwrap().contains("connection ended"), "{failed:?}");
+    let polled = stack.client.get(&url, &admin).await;
+    assert_eq!((polled.body["status"].as_str(), polled.body["finishedAt"].is_i64()), (Some("failed"), true));
+
+    // The session reconnects by itself; then its gateway dies mid-job. Once the gateway's
+    // heartbeat has lapsed the job reads as failed, so it does not block the next one forever.
+    stack.status_until(&key, &id, "working", SOON).await;
+    assert_eq!(stack.client.post(&url, &admin, "").await.status, 202);
+    stack.daemon.kill();
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let settled = stack.client.get(&url, &admin).await;
+    assert_eq!(settled.body["status"], "failed", "{}", settled.body);
+    assert_eq!(settled.body["error"], "the gateway running this backfill stopped");
+}
