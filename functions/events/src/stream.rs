@@ -22,6 +22,7 @@ use shared::event_log::{self, Entry};
 use shared::spin::{Context, SpinVariables};
 use shared::{ApiError, config, stream_token, validate};
 use spin_sdk::http::Request;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -138,12 +139,13 @@ impl Subscription {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Head<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            session_id: &'a str,
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+            #[serde(borrow)]
+            session_id: Cow<'a, str>,
         }
         let head: Head = serde_json::from_str(&entry.event).ok()?;
-        if !self.filter.admits(head.kind, head.session_id) {
+        if !self.filter.admits(&head.kind, &head.session_id) {
             return None;
         }
         let data: String = entry.event.lines().map(|line| format!("data: {line}\n")).collect();
