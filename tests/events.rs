@@ -268,6 +268,16 @@ async fn the_log_keeps_the_last_n_events_or_the_recent_ones_whichever_is_more() 
     // Older than the age limit: only the newest `count` stay.
     tokio::time::sleep(Duration::from_millis(20)).await;
     write(Retention { count: 5, max_age_ms: 10 }).await;
-    let kept = stack.log(&org).await.len();
-    assert!((5..=6).contains(&kept), "kept {kept}");
+    let log = stack.log(&org).await;
+    assert!((5..=6).contains(&log.len()), "kept {}", log.len());
+
+    // A client resuming from before what is kept is told that it missed events, then gets the rest.
+    let mut response = stack.client.0.get(stack.gateway.url("/api/v1/events")).bearer_auth(&key).header("last-event-id", "1-0").send().await.unwrap();
+    let mut text = String::new();
+    while !text.contains(&log.last().unwrap().id) {
+        let chunk = tokio::time::timeout(SOON, response.chunk()).await.unwrap().unwrap().expect("the stream stays open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.contains(&format!(": events before {} are no longer retained", log[0].id)), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("id: ")).count(), log.len(), "{text}");
 }
