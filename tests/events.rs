@@ -212,6 +212,16 @@ async fn stream_tokens_are_single_use_short_lived_and_only_for_the_stream() {
     stack.client.post(&stack.gateway.url("/api/v1/events"), &key, "").await.expect_error(405, "method_not_allowed");
 }
 
+/// The stream's raw text, read until it contains `needle`.
+async fn raw_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let chunk = tokio::time::timeout(SOON, response.chunk()).await.unwrap().unwrap().expect("the stream stays open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text
+}
+
 /// How many Redis connections last ran XREAD: blocked stream readers.
 async fn stream_readers(stack: &Stack) -> usize {
     let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut stack.redis().await).await.unwrap();
@@ -226,12 +236,8 @@ async fn keep_alives_a_retry_hint_and_nothing_left_behind_when_the_client_goes()
     let baseline = stream_readers(&stack).await;
     let mut response = stack.client.0.get(stack.gateway.url("/api/v1/events")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let mut text = String::new();
     let started = std::time::Instant::now();
-    while !text.contains(": keep-alive") {
-        let chunk = tokio::time::timeout(SOON, response.chunk()).await.unwrap().unwrap().expect("the stream stays open");
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let text = raw_until(&mut response, ": keep-alive").await;
     assert!(text.starts_with("retry: 2500\n\n"), "{text:?}");
     assert!(started.elapsed() >= Duration::from_millis(250), "the first keep-alive waits for the interval");
     assert_eq!(stream_readers(&stack).await, baseline + 1, "one blocked reader for the open stream");
@@ -273,11 +279,7 @@ async fn the_log_keeps_the_last_n_events_or_the_recent_ones_whichever_is_more() 
 
     // A client resuming from before what is kept is told that it missed events, then gets the rest.
     let mut response = stack.client.0.get(stack.gateway.url("/api/v1/events")).bearer_auth(&key).header("last-event-id", "1-0").send().await.unwrap();
-    let mut text = String::new();
-    while !text.contains(&log.last().unwrap().id) {
-        let chunk = tokio::time::timeout(SOON, response.chunk()).await.unwrap().unwrap().expect("the stream stays open");
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let text = raw_until(&mut response, &log.last().unwrap().id).await;
     assert!(text.contains(&format!(": events before {} are no longer retained", log[0].id)), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("id: ")).count(), log.len(), "{text}");
 }

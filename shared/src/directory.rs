@@ -127,14 +127,23 @@ pub async fn clear<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<(), A
     Ok(())
 }
 
-async fn put<R: Redis>(r: &R, org: &str, session_id: &str, kind: Kind, merge: bool, docs: Vec<(String, String)>) -> Result<(), ApiError> {
+/// Writes `docs` under their JIDs, merged into what is stored (`merge`) or replacing it.
+async fn put<R: Redis, T: Serialize>(
+    r: &R,
+    org: &str,
+    session_id: &str,
+    kind: Kind,
+    merge: bool,
+    docs: &[T],
+    jid: impl Fn(&T) -> &str,
+) -> Result<(), ApiError> {
     if docs.is_empty() {
         return Ok(());
     }
     let [data, index] = keys_of(org, session_id, kind);
     let mut argv: Vec<Arg> = args![PUT, 2, data, index, if merge { "1" } else { "0" }];
-    for (jid, doc) in docs {
-        argv.extend(args![jid, doc]);
+    for doc in docs {
+        argv.extend(args![jid(doc), encode(doc)?]);
     }
     r.execute("EVAL", argv).await?;
     Ok(())
@@ -142,14 +151,12 @@ async fn put<R: Redis>(r: &R, org: &str, session_id: &str, kind: Kind, merge: bo
 
 /// Records contact updates, merged into what is known of each contact.
 pub async fn update_contacts<R: Redis>(r: &R, org: &str, session_id: &str, contacts: &[Contact]) -> Result<(), ApiError> {
-    let docs = contacts.iter().map(|c| Ok((c.jid.clone(), encode(c)?))).collect::<Result<_, ApiError>>()?;
-    put(r, org, session_id, Kind::Contacts, true, docs).await
+    put(r, org, session_id, Kind::Contacts, true, contacts, |c| &c.jid).await
 }
 
 /// Stores groups as fetched, replacing what was stored for each.
 pub async fn put_groups<R: Redis>(r: &R, org: &str, session_id: &str, groups: &[Group]) -> Result<(), ApiError> {
-    let docs = groups.iter().map(|g| Ok((g.jid.clone(), encode(g)?))).collect::<Result<_, ApiError>>()?;
-    put(r, org, session_id, Kind::Groups, false, docs).await
+    put(r, org, session_id, Kind::Groups, false, groups, |g| &g.jid).await
 }
 
 /// Forgets the groups not in `jids` (the number left them); returns how many went.

@@ -71,10 +71,8 @@ impl EventFilter {
     /// Adds a comma list of types; each must name a type or a family that exists.
     pub fn types(&mut self, list: &str) -> Result<(), crate::ApiError> {
         for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let exists = match pattern.strip_suffix('*') {
-                Some(family) => family.ends_with('.') && EventType::ALL.iter().any(|t| t.as_str().starts_with(family)),
-                None => EventType::ALL.iter().any(|t| t.as_str() == pattern),
-            };
+            let well_formed = pattern.strip_suffix('*').is_none_or(|family| family.ends_with('.'));
+            let exists = well_formed && EventType::ALL.iter().any(|t| type_matches(pattern, t.as_str()));
             if !exists {
                 let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
                 return Err(crate::ApiError::invalid_field("types", format!("unknown event type or family {pattern:?}"))
@@ -87,12 +85,16 @@ impl EventFilter {
 
     pub fn admits(&self, kind: &str, session_id: &str) -> bool {
         let session_ok = self.sessions.is_empty() || self.sessions.iter().any(|s| s == session_id);
-        let type_ok = self.types.is_empty()
-            || self.types.iter().any(|p| match p.strip_suffix('*') {
-                Some(family) => kind.starts_with(family),
-                None => p == kind,
-            });
+        let type_ok = self.types.is_empty() || self.types.iter().any(|p| type_matches(p, kind));
         session_ok && type_ok
+    }
+}
+
+/// Whether `kind` is the type `pattern` names, or of the family it names (`auth.*`).
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(family) => kind.starts_with(family),
+        None => pattern == kind,
     }
 }
 

@@ -161,16 +161,12 @@ pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update
             (serde_json::json!({ "code": code, "expiresAt": expires_at }).to_string(), (expires_at - now).max(1))
         }
     };
-    let retention = update.retention.unwrap_or(Retention { count: 0, max_age_ms: 0 });
     let mut argv: Vec<Arg> = args![
         UPDATE, 3,
         keys::session(org, session_id), keys::session_qr(org, session_id), keys::org_events(org),
         encode(&update.patch)?, now, only_from, qr, qr_ttl,
-        keys::org_events_channel(org), retention.count as i64, retention.max_age_ms as i64,
     ];
-    for event in &update.events {
-        argv.push(Arg::from(encode(event)?));
-    }
+    argv.extend(log_events_args(org, update.retention, &update.events)?);
     decode(first(r, "EVAL", argv).await?)
 }
 
@@ -184,16 +180,21 @@ pub async fn put_logged<R: Redis>(
     events: &[Event],
     retention: Retention,
 ) -> Result<(), ApiError> {
-    let mut argv: Vec<Arg> = args![
-        PUT_LOGGED, 2, key, keys::org_events(org),
-        encode(document)?, crate::time::now_millis(), keys::org_events_channel(org),
-        retention.count as i64, retention.max_age_ms as i64,
-    ];
+    let mut argv: Vec<Arg> = args![PUT_LOGGED, 2, key, keys::org_events(org), encode(document)?, crate::time::now_millis()];
+    argv.extend(log_events_args(org, Some(retention), events)?);
+    r.execute("EVAL", argv).await?;
+    Ok(())
+}
+
+/// The trailing arguments of `log_events` in both scripts: the announcement channel, the
+/// retention (`0 0` for none), then the events.
+fn log_events_args(org: &str, retention: Option<Retention>, events: &[Event]) -> Result<Vec<Arg>, ApiError> {
+    let Retention { count, max_age_ms } = retention.unwrap_or(Retention { count: 0, max_age_ms: 0 });
+    let mut argv = args![keys::org_events_channel(org), count as i64, max_age_ms as i64];
     for event in events {
         argv.push(Arg::from(encode(event)?));
     }
-    r.execute("EVAL", argv).await?;
-    Ok(())
+    Ok(argv)
 }
 
 pub(crate) fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> {
