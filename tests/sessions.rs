@@ -200,3 +200,31 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_envelope() {
     patch.expect_error(405, "method_not_allowed");
     assert_eq!(patch.headers["allow"], "GET, DELETE");
 }
+
+/// The host keeps instances warm between requests. Whatever one request left behind (another
+/// organization's rows, a refused caller, a rejected body) must not change what the next sees.
+#[tokio::test]
+async fn warm_instances_answer_each_organization_as_fresh_ones_would() {
+    let client = Client::default();
+    let orgs = [new_org(), new_org()];
+    let keys = [manage_key(&orgs[0]).await, manage_key(&orgs[1]).await];
+    let rows = [
+        client.post(&sessions(), &keys[0], r#"{"label":"only A"}"#).await.body,
+        client.post(&sessions(), &keys[1], r#"{"label":"only B"}"#).await.body,
+    ];
+    // Several rounds of four requests on four connections at once: more requests than one
+    // instance serves, more callers than one instance.
+    let url = sessions();
+    for round in 0..150 {
+        let (a, b, refused, rejected) = tokio::join!(
+            client.get(&url, &keys[round % 2]),
+            client.get(&url, &keys[(round + 1) % 2]),
+            client.get(&url, "wgk_not-a-key"),
+            client.post(&url, &keys[round % 2], r#"{"label":"x","ratePerMin":-1}"#),
+        );
+        assert_eq!(a.body["data"], serde_json::json!([rows[round % 2]]), "round {round}");
+        assert_eq!(b.body["data"], serde_json::json!([rows[(round + 1) % 2]]), "round {round}");
+        refused.expect_error(401, "unauthorized");
+        assert_eq!(rejected.expect_error(400, "validation_error")["field"], "ratePerMin", "round {round}");
+    }
+}

@@ -26,6 +26,8 @@ struct Options {
     manifest: PathBuf,
     listen: String,
     cache_dir: PathBuf,
+    /// Requests per instance (Spin's `--max-instance-reuse-count`), 1 for a fresh one each time.
+    reuse: runtime::Reuse,
     /// Stop when standard input closes: a supervisor (or a test) that dies takes the host with it.
     stop_on_stdin_close: bool,
 }
@@ -35,8 +37,13 @@ fn options() -> Result<Options> {
         manifest: PathBuf::from("spin.toml"),
         listen: std::env::var("GATEWAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned()),
         cache_dir: PathBuf::from(".gateway/cache"),
+        reuse: runtime::Reuse::default(),
         stop_on_stdin_close: false,
     };
+    if let Ok(count) = std::env::var("GATEWAY_MAX_INSTANCE_REUSE_COUNT") {
+        options.reuse.max_requests = count.parse().ok().filter(|n| *n >= 1)
+            .with_context(|| format!("GATEWAY_MAX_INSTANCE_REUSE_COUNT={count}: expected a whole number of at least 1"))?;
+    }
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -92,7 +99,7 @@ async fn run() -> Result<()> {
     let base_dir = options.manifest.parent().map(PathBuf::from).unwrap_or_default();
     let engine = runtime::engine()?;
     let started = std::time::Instant::now();
-    let components = runtime::load_application(&engine, &manifest, &base_dir, &options.cache_dir)?;
+    let components = runtime::load_application(&engine, &manifest, &base_dir, &options.cache_dir, options.reuse)?;
     tracing::info!(components = components.len(), millis = started.elapsed().as_millis() as u64, "components ready");
     let router = router::Router::new(manifest.trigger.http.iter().map(|t| (t.route.as_str(), t.component.as_str())));
     let app = Arc::new(server::App { engine, router, components, response_timeout: Duration::from_secs(30) });

@@ -1,5 +1,5 @@
 //! The HTTP front: accepts connections, routes each request to its component, runs the guest
-//! in a fresh store, and streams the guest's response body back as it is produced.
+//! on a warm instance, and streams the guest's response body back as it is produced.
 
 use crate::router::Router;
 use crate::runtime::ComponentRuntime;
@@ -35,6 +35,7 @@ pub struct App {
 
 /// Serves until `shutdown` resolves, then stops accepting and gives open requests a grace period.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let reaper = tokio::spawn(drop_idle_instances(app.clone()));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -66,6 +67,16 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     tracing::info!("shutting down: no new connections; waiting for open requests");
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         tracing::warn!("open requests did not finish within 10 s; closing them");
+    }
+    reaper.abort();
+}
+
+/// Returns the memory of instances nobody needed lately to the pool.
+async fn drop_idle_instances(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        app.components.values().for_each(|component| component.drop_idle());
     }
 }
 
@@ -152,40 +163,55 @@ impl Body for Alongside {
     }
 }
 
-/// Runs one request in a fresh store. The store's event loop keeps running until the response
-/// body has been fully sent or the client went away (this future is then dropped), since the
-/// guest produces the body there.
+/// Runs one request on a warm instance. A streamed body keeps the store's event loop running
+/// until it has been sent or the client went away (this future is then dropped, the store with
+/// it), since the guest produces the body there. A buffered one, whose guest tasks all exited,
+/// gives the instance back for the next request.
 async fn run_guest(
     engine: &Engine,
     component: Arc<ComponentRuntime>,
     req: hyper::Request<Incoming>,
     response_tx: oneshot::Sender<hyper::Response<HostBody>>,
 ) -> wasmtime::Result<()> {
-    let mut store = component.new_store(engine);
-    let service = component.pre.instantiate_async(&mut store).await?;
-    let (request, _request_io) = wasmtime_wasi_http::p3::Request::from_http(&mut store.data_mut().hooks, req);
-    store
-        .run_concurrent(async move |accessor| -> wasmtime::Result<()> {
+    let mut warm = component.checkout(engine).await?;
+    let (request, _request_io) = wasmtime_wasi_http::p3::Request::from_http(&mut warm.store.data_mut().hooks, req);
+    let service = &warm.service;
+    let reusable = warm
+        .store
+        .run_concurrent(async move |accessor| -> wasmtime::Result<bool> {
             let response = match service.handle(accessor, request).await? {
                 Ok(response) => response,
                 Err(code) => {
                     tracing::error!("guest answered with error code {code:?}");
                     let _ = response_tx.send(envelope(&ApiError::internal("the function failed")));
-                    return Ok(());
+                    return Ok(false);
                 }
             };
             let response = accessor.with(|mut store| response.into_http(&mut store, async { Ok(()) }))?;
             let (parts, body) = response.into_parts();
             let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-            let body = if is_event_stream(&parts.headers) { body } else { buffer_whole(body).await };
-            if response_tx.send(hyper::Response::from_parts(parts, body)).is_ok() {
-                // Keep the store's tasks running for as long as the body is being sent; the
-                // body owns this future and drops it when it is done.
+            let (body, complete) = if is_event_stream(&parts.headers) { (body, false) } else { buffer_whole(body).await };
+            let idle = complete && guest_tasks_exit(accessor).await;
+            let sent = response_tx.send(hyper::Response::from_parts(parts, body)).is_ok();
+            if sent && !idle {
+                // Keep the store's tasks running for as long as the body they write is being
+                // sent; the body owns this future and drops it when it is done.
                 std::future::pending::<()>().await;
             }
-            Ok(())
+            Ok(idle)
         })
-        .await?
+        .await??;
+    if reusable {
+        component.checkin(warm);
+    }
+    Ok(())
+}
+
+/// Whether every guest task exits soon after the body ended: only then is the instance as
+/// idle as a fresh one. One that lingers is not given to another request.
+async fn guest_tasks_exit(accessor: &wasmtime::component::Accessor<crate::runtime::RequestState>) -> bool {
+    let exited = std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx));
+    tokio::time::timeout(Duration::from_millis(100), exited).await.is_ok()
 }
 
 /// Bodies up to this size are sent whole, with a Content-Length, in one write.
@@ -200,12 +226,13 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 
 /// Collects a response body the guest is still writing, so hyper sends head and body in one
 /// write instead of a head, a chunk and a terminator (three syscalls and three wake-ups of the
-/// client). Past the limit, or at trailers or an error, the rest follows what was collected.
-async fn buffer_whole(mut body: HostBody) -> HostBody {
+/// client). Past the limit, or at trailers or an error, the rest follows what was collected;
+/// the flag says whether the body was all there.
+async fn buffer_whole(mut body: HostBody) -> (HostBody, bool) {
     let mut collected = bytes::BytesMut::new();
     let stop = loop {
         match body.frame().await {
-            None => return full(collected.freeze()),
+            None => return (full(collected.freeze()), true),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     collected.extend_from_slice(&data);
@@ -220,7 +247,7 @@ async fn buffer_whole(mut body: HostBody) -> HostBody {
     };
     let ends = matches!(stop, Some(Err(_)));
     let frames = std::iter::once(Ok(Frame::data(collected.freeze()))).chain(stop).collect();
-    Prefixed { frames, rest: (!ends).then_some(body) }.boxed_unsync()
+    (Prefixed { frames, rest: (!ends).then_some(body) }.boxed_unsync(), false)
 }
 
 /// Frames already taken from a body, then the rest of it.

@@ -1,20 +1,37 @@
 //! What a successful endpoint answers, independent of the host that carries it.
 
 use serde::Serialize;
-use serde_json::Value;
 
+/// A JSON body is serialized once, when the answer is made: straight from the endpoint's types
+/// to bytes, without a `serde_json::Value` tree in between.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Json(u16, Value),
+    Json(u16, Vec<u8>),
     NoContent,
 }
 
 impl Answer {
     pub fn ok(body: &impl Serialize) -> Answer {
-        Answer::Json(200, serde_json::to_value(body).unwrap_or(Value::Null))
+        Answer::json(200, body)
     }
 
     pub fn created(body: &impl Serialize) -> Answer {
-        Answer::Json(201, serde_json::to_value(body).unwrap_or(Value::Null))
+        Answer::json(201, body)
     }
+
+    pub fn accepted(body: &impl Serialize) -> Answer {
+        Answer::json(202, body)
+    }
+
+    fn json(status: u16, body: &impl Serialize) -> Answer {
+        Answer::Json(status, serde_json::to_vec(body).unwrap_or_default())
+    }
+}
+
+/// One page of a list endpoint, in the reference's shape for every list.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
 }

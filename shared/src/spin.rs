@@ -146,13 +146,13 @@ impl Context {
 /// Turns an endpoint's outcome into the HTTP response; errors always travel in the envelope.
 pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
     let (status, body, allow) = match outcome {
-        Ok(Answer::Json(status, value)) => (status, Some(value), None),
+        Ok(Answer::Json(status, body)) => (status, Some(body), None),
         Ok(Answer::NoContent) => (204, None, None),
         Err(error) => {
             let allow = error.details.get("allowed").filter(|_| error.code == ErrorCode::MethodNotAllowed).map(|a| {
                 a.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
             });
-            (error.status(), Some(error.to_json()), allow)
+            (error.status(), Some(serde_json::to_vec(&error.to_json()).unwrap_or_default()), allow)
         }
     };
     let mut builder = http::Response::builder().status(status).header(http::header::CACHE_CONTROL, "no-store");
@@ -160,9 +160,9 @@ pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
         builder = builder.header(http::header::ALLOW, allow);
     }
     let body = match body {
-        Some(value) => {
+        Some(json) => {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-            Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+            Bytes::from(json)
         }
         None => Bytes::new(),
     };

@@ -172,7 +172,7 @@ async fn list_natively(redis: &ConnectionManager, req: &hyper::Request<Incoming>
         let caller = shared::auth::authenticate(redis, &ApiKeysOnly, &ApiKeysOnly, authorization).await?;
         let org = caller.org_with(Capability::Manage)?;
         let sessions = shared::store::list(redis, org).await?;
-        Ok::<_, shared::ApiError>(serde_json::json!({ "data": sessions, "nextCursor": null }))
+        Ok::<_, shared::ApiError>(shared::answer::Page { data: sessions, next_cursor: None })
     };
     match outcome.await {
         Ok(body) => (200, serde_json::to_vec(&body).unwrap_or_default()),

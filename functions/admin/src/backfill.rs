@@ -42,7 +42,7 @@ pub async fn start(ctx: &Context, session_id: &str) -> Result<Answer, ApiError> 
         return Err(already_running(&running));
     }
     lifecycle::send(&ctx.redis, &session, &command).await?;
-    Ok(Answer::Json(202, serde_json::to_value(&job).unwrap_or_default()))
+    Ok(Answer::accepted(&job))
 }
 
 pub async fn get(ctx: &Context, session_id: &str) -> Result<Answer, ApiError> {

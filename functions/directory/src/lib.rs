@@ -2,7 +2,7 @@
 //! the gateway keeps of the session's contacts and groups, one page at a time
 //! (`?limit=` 1–500, default 100; `?cursor=` from the previous page's `nextCursor`).
 
-use shared::answer::Answer;
+use shared::answer::{Answer, Page};
 use shared::auth::{Caller, Capability};
 use shared::directory::{self, Kind};
 use shared::route::{SessionPath, session_path};
@@ -51,5 +51,5 @@ async fn list(ctx: &Context, caller: &Caller, endpoint: &Endpoint, query: Option
     let limit = validate::page_limit(param("limit"), DEFAULT_LIMIT, MAX_LIMIT)?;
     let session = store::get(&ctx.redis, org, &endpoint.session).await?;
     let (data, next_cursor) = directory::page(&ctx.redis, org, &session.id, endpoint.kind, param("cursor"), limit).await?;
-    Ok(Answer::ok(&serde_json::json!({ "data": data, "nextCursor": next_cursor })))
+    Ok(Answer::ok(&Page { data, next_cursor }))
 }

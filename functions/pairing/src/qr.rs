@@ -12,7 +12,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str) -> Result<A
     let session = store::get(&ctx.redis, org, session_id).await?;
     validate::unpaired(&session)?;
     if let Some(qr) = store::qr(&ctx.redis, org, session_id).await? {
-        return Ok(Answer::Json(200, qr));
+        return Ok(Answer::ok(&qr));
     }
     if !session.status.is_running() {
         lifecycle::send(&ctx.redis, &session, &Command::new(CommandKind::Start, &session.id, org)).await?;

@@ -1,6 +1,6 @@
 //! `GET /api/v1/sessions`: the caller's organization's sessions in one page.
 
-use shared::answer::Answer;
+use shared::answer::{Answer, Page};
 use shared::auth::{Caller, Capability};
 use shared::spin::Context;
 use shared::{ApiError, store};
@@ -9,5 +9,5 @@ pub async fn apply(ctx: &Context, caller: &Caller) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
     let sessions = store::list(&ctx.redis, org).await?;
     // `nextCursor` is always null: the reference keeps it for forward compatibility.
-    Ok(Answer::ok(&serde_json::json!({ "data": sessions, "nextCursor": null })))
+    Ok(Answer::ok(&Page { data: sessions, next_cursor: None }))
 }
