@@ -22,22 +22,28 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// What every request of one component shares.
+/// One component of the application: how to instantiate it, and its idle instances.
 pub struct ComponentRuntime {
     pub id: String,
-    pub pre: ServicePre<RequestState>,
-    pub variables: ComponentVariables,
-    pub allowed: Arc<AllowedHosts>,
-    pub redis: RedisPool,
+    pre: ServicePre<InstanceState>,
+    imports: Arc<Imports>,
     reuse: Reuse,
     /// Instances between requests, the most recently used last.
     idle: Mutex<Vec<Warm>>,
 }
 
+/// What the host's interfaces serve a component's instances from. Instances hold this, not
+/// their `ComponentRuntime`, whose idle list holds them.
+pub struct Imports {
+    variables: ComponentVariables,
+    allowed: Arc<AllowedHosts>,
+    redis: RedisPool,
+}
+
 /// How long an instance serves: Spin's and `wasmtime serve`'s defaults for WASIp3 handlers,
-/// one request at a time. Instantiating a store per request cost about a third of the host's
-/// throughput; the guests keep no state between requests (no globals, every handle dropped
-/// with its request), so a reused instance answers exactly as a fresh one.
+/// one request at a time. A store per request was the largest cost the host added to a request;
+/// the guests keep no state between requests (no globals, every handle dropped with its
+/// request), so a reused instance answers exactly as a fresh one.
 #[derive(Debug, Clone, Copy)]
 pub struct Reuse {
     /// Requests one instance serves before it is dropped; 1 gives every request a fresh one.
@@ -54,28 +60,28 @@ impl Default for Reuse {
 
 /// A store with its instance, lent to one request at a time.
 pub struct Warm {
-    pub store: Store<RequestState>,
+    pub store: Store<InstanceState>,
     pub service: Service,
     served: usize,
     idle_since: Instant,
 }
 
-/// A request's store data.
-pub struct RequestState {
+/// An instance's store data, shared by the requests it serves one after another.
+pub struct InstanceState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     pub hooks: OutboundHttp,
-    component: Arc<ComponentRuntime>,
+    imports: Arc<Imports>,
 }
 
-impl WasiView for RequestState {
+impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
-impl WasiHttpView for RequestState {
+impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
@@ -83,7 +89,7 @@ impl WasiHttpView for RequestState {
 
 impl ComponentRuntime {
     /// An idle instance, or a fresh one when none is idle.
-    pub async fn checkout(self: &Arc<Self>, engine: &Engine) -> Result<Warm> {
+    pub async fn checkout(&self, engine: &Engine) -> Result<Warm> {
         let idle = self.idle.lock().unwrap().pop();
         if let Some(warm) = idle {
             return Ok(warm);
@@ -115,13 +121,13 @@ impl ComponentRuntime {
         drop(expired);
     }
 
-    fn new_store(self: &Arc<Self>, engine: &Engine) -> Store<RequestState> {
-        let state = RequestState {
+    fn new_store(&self, engine: &Engine) -> Store<InstanceState> {
+        let state = InstanceState {
             table: ResourceTable::new(),
             wasi: WasiCtx::builder().inherit_stderr().build(),
             http: WasiHttpCtx::new(),
-            hooks: OutboundHttp { allowed: self.allowed.clone() },
-            component: self.clone(),
+            hooks: OutboundHttp { allowed: self.imports.allowed.clone() },
+            imports: self.imports.clone(),
         };
         Store::new(engine, state)
     }
@@ -150,18 +156,18 @@ pub fn engine() -> Result<Engine> {
     Engine::new(&config)
 }
 
-fn linker(engine: &Engine) -> Result<Linker<RequestState>> {
+fn linker(engine: &Engine) -> Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
-    bindings::spin::redis::redis::add_to_linker::<_, OutboundRedis>(&mut linker, |s: &mut RequestState| RedisView {
+    bindings::spin::redis::redis::add_to_linker::<_, OutboundRedis>(&mut linker, |s: &mut InstanceState| RedisView {
         table: &mut s.table,
-        pool: &s.component.redis,
-        allowed: &s.component.allowed,
+        pool: &s.imports.redis,
+        allowed: &s.imports.allowed,
     })?;
-    bindings::spin::variables::variables::add_to_linker::<_, Variables>(&mut linker, |s: &mut RequestState| {
-        &s.component.variables
+    bindings::spin::variables::variables::add_to_linker::<_, Variables>(&mut linker, |s: &mut InstanceState| {
+        &s.imports.variables
     })?;
     Ok(linker)
 }
@@ -214,9 +220,11 @@ pub fn load_application(
         let runtime = ComponentRuntime {
             id: id.clone(),
             pre,
-            variables: ComponentVariables(variables),
-            allowed: Arc::new(AllowedHosts::parse(&decl.allowed_outbound_hosts)?),
-            redis: redis.clone(),
+            imports: Arc::new(Imports {
+                variables: ComponentVariables(variables),
+                allowed: Arc::new(AllowedHosts::parse(&decl.allowed_outbound_hosts)?),
+                redis: redis.clone(),
+            }),
             reuse,
             idle: Mutex::default(),
         };

@@ -209,7 +209,7 @@ async fn run_guest(
 
 /// Whether every guest task exits soon after the body ended: only then is the instance as
 /// idle as a fresh one. One that lingers is not given to another request.
-async fn guest_tasks_exit(accessor: &wasmtime::component::Accessor<crate::runtime::RequestState>) -> bool {
+async fn guest_tasks_exit(accessor: &wasmtime::component::Accessor<crate::runtime::InstanceState>) -> bool {
     let exited = std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx));
     tokio::time::timeout(Duration::from_millis(100), exited).await.is_ok()
 }
