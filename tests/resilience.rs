@@ -55,7 +55,8 @@ fn narrowed_manifest(allowed: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn narrowed_outbound_hosts_are_enforced() {
     let redis = redis_url();
-    let only_redis = narrowed_manifest(&format!("\"{redis}\""));
+    let address = reqwest::Url::parse(&redis).unwrap();
+    let only_redis = narrowed_manifest(&format!("\"redis://{}:{}\"", address.host_str().unwrap(), address.port().unwrap_or(6379)));
     let jwks = e2e::jwks();
     let gateway = Gateway::start_with_manifest(
         &only_redis,

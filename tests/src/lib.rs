@@ -19,8 +19,10 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// The tests' Redis: `REDIS_URL` as `cargo xtask test` sets it, else database 15 of the local
+/// one, away from the database 0 that `cargo xtask up` serves.
 pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned())
 }
 
 fn fixture(name: &str) -> Vec<u8> {

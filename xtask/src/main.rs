@@ -66,7 +66,9 @@ async fn up() -> Result {
 }
 
 async fn test(extra: &[String]) -> Result {
-    let redis_url = prereq::redis_url();
+    // The tests' own database (15 unless TEST_REDIS_URL says otherwise): what they leave behind,
+    // sessions with starts still queued among it, must not reach the deployment `up` serves.
+    let redis_url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned());
     prereq::ensure_redis(&redis_url).await?;
     prereq::build()?;
     let status = std::process::Command::new(env!("CARGO"))
