@@ -41,9 +41,9 @@ pub struct Imports {
 }
 
 /// How long an instance serves: Spin's and `wasmtime serve`'s defaults for WASIp3 handlers,
-/// one request at a time. A store per request was the largest cost the host added to a request;
-/// the guests keep no state between requests (no globals, every handle dropped with its
-/// request), so a reused instance answers exactly as a fresh one.
+/// one request at a time. A store per request cost a fifth of the host's throughput in
+/// `cargo xtask bench`; the guests keep no state between requests (no globals, every handle
+/// dropped with its request), so a reused instance answers exactly as a fresh one.
 #[derive(Debug, Clone, Copy)]
 pub struct Reuse {
     /// Requests one instance serves before it is dropped; 1 gives every request a fresh one.
