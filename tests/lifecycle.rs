@@ -313,29 +313,36 @@ async fn the_whatsapp_backend_reports_an_unreachable_endpoint_as_failed() {
     stack.status_until(&key, &id, "failed", Duration::from_secs(30)).await;
 }
 
+/// SIGTERM: the sessions stop working and say so, and the daemon keeps its leases for one lease
+/// period. Restarted within it, it resumes every session itself, without a scan, although a
+/// peer daemon (with a data directory of its own, so an adoption would lose the pairing) runs.
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_pauses_sessions_truthfully_and_a_restart_resumes_them() {
-    let mut stack = Stack::start();
+async fn sigterm_pauses_sessions_truthfully_and_a_quick_restart_resumes_them_with_peers_running() {
+    let mut stack = Stack::start_with(&[("BACKEND", "simulator"), ("LEASE_MS", "6000")]);
     let org = new_org();
     let key = stack.key(&org).await;
     let (id, _) = stack.paired_session(&key, "628777000111").await;
+    let _peer = e2e::Daemon::start_with(&stack.redis.url, &[("BACKEND", "simulator"), ("LEASE_MS", "6000")]);
+    let codes_shown = |events: &[Value]| events.iter().filter(|e| e["type"] == "auth.qr").count();
+    let before = codes_shown(&stack.events(&org).await);
 
     let took = stack.daemon.terminate();
     assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
-    // Not working any more, and says so; the lease and the heartbeat are released.
+    // Not working any more, and says so; the lease is kept for the restart.
     let row = stack.client.get(&stack.session_url(&id, ""), &key).await.body;
-    assert_eq!(row["status"], "starting", "{row}");
+    assert_eq!((&row["status"], &row["statusReason"]), (&"starting".into(), &"gateway_shutdown".into()), "{row}");
     assert_eq!(row["waJid"], "628777000111@s.whatsapp.net", "the pairing is kept");
     let events = stack.events(&org).await;
     assert_eq!(events.last().unwrap()["data"]["reason"], "gateway_shutdown");
     let mut redis = stack.redis().await;
-    let lease: Option<String> = redis::AsyncCommands::get(&mut redis, shared::keys::session_lease(&id)).await.unwrap();
-    let alive: bool = redis::AsyncCommands::exists(&mut redis, shared::keys::gateway_alive(&stack.daemon.gateway_id)).await.unwrap();
-    assert_eq!((lease, alive), (None, false));
+    let lease: Option<String> = redis::AsyncCommands::get(&mut redis, shared::keys::session_lease(&org, &id)).await.unwrap();
+    assert!(lease.is_some_and(|l| l.starts_with(&stack.daemon.gateway_id)), "the lease waits for the restart");
 
     stack.daemon.restart();
     let row = stack.status_until(&key, &id, "working", SOON).await;
     assert_eq!(row["phoneNumber"], "628777000111");
+    assert_eq!(row["gatewayId"], stack.daemon.gateway_id.as_str(), "resumed by its own gateway, not adopted");
+    assert_eq!(codes_shown(&stack.events(&org).await), before, "no new pairing: no QR code was shown again");
 }
 
 /// A placement command delivered to a daemon that then died (its heartbeat is gone) is claimed

@@ -4,10 +4,12 @@
 use e2e::{Client, gateway, manage_key, new_org, redis_url};
 use serde_json::Value;
 
-const FIELDS: [&str; 17] = [
+/// The reference's fields, and the two this gateway adds (`pushName`, `statusReason`); never
+/// anything it keeps for itself on the stored row.
+const FIELDS: [&str; 19] = [
     "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession", "label",
-    "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "ratePerHour",
-    "ratePerMin", "status", "updatedAt", "waJid", "waLid",
+    "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "pushName", "ratePerHour",
+    "ratePerMin", "status", "statusReason", "updatedAt", "waJid", "waLid",
 ];
 
 fn sessions() -> String {
@@ -18,25 +20,17 @@ fn session(id: &str) -> String {
     gateway().url(&format!("/api/v1/sessions/{id}"))
 }
 
-async fn stream_entries(stream: &str) -> Vec<Vec<(String, String)>> {
+/// The commands queued on a stream, as JSON.
+async fn stream_entries(stream: &str) -> Vec<Value> {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let reply: redis::streams::StreamRangeReply =
         redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    reply
-        .ids
-        .into_iter()
-        .map(|entry| {
-            entry.map.into_iter().map(|(k, v)| (k, redis::from_redis_value::<String>(&v).unwrap())).collect()
-        })
-        .collect()
+    reply.ids.iter().map(|entry| serde_json::from_str(&entry.get::<String>("command").unwrap()).unwrap()).collect()
 }
 
-fn command_for(entries: &[Vec<(String, String)>], session_id: &str) -> Option<String> {
-    entries.iter().find_map(|fields| {
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        (get("sessionId").as_deref() == Some(session_id)).then(|| get("type")).flatten()
-    })
+fn command_for(entries: &[Value], session_id: &str) -> Option<String> {
+    entries.iter().find(|c| c["sessionId"] == session_id).map(|c| c["type"].as_str().unwrap().to_owned())
 }
 
 #[tokio::test]
@@ -57,7 +51,7 @@ async fn create_answers_201_with_the_full_row() {
     assert_eq!((row["ratePerMin"].as_u64(), row["ratePerHour"].as_u64()), (Some(30), Some(900)));
     assert_eq!(row["id"].as_str().unwrap().len(), 26, "a ULID");
     assert!(row["createdByUserId"].as_str().unwrap().starts_with("apikey:"));
-    for unknown in ["gatewayId", "phoneNumber", "waJid", "waLid", "lastConnectedAt"] {
+    for unknown in ["gatewayId", "phoneNumber", "waJid", "waLid", "lastConnectedAt", "pushName", "statusReason"] {
         assert!(row[unknown].is_null(), "{unknown} is null until known");
     }
     assert_eq!(row["createdAt"], row["updatedAt"]);

@@ -1,7 +1,11 @@
-//! When a gateway's heartbeat is gone, one live daemon adopts what it left behind: the sessions
-//! it ran are started again through the placement stream (whichever daemon takes a session's
-//! lapsed lease runs it), then the commands still queued on its own stream follow them there,
-//! in their order. A dead gateway that comes back later simply finds nothing left to resume.
+//! When a gateway's heartbeat is gone, one live daemon adopts what it left behind: each session
+//! it ran gets a `resume` on the placement stream (whichever daemon takes the session's lapsed
+//! lease runs it again, if its row says it runs), then the commands still queued on its own
+//! stream follow there, in their order and keeping their numbers. Its stream and resume set
+//! are then deleted. A dead gateway that comes back later simply finds nothing left to resume.
+//!
+//! Every step is idempotent and a failure stops the adoption where it is: the guard lapses and a
+//! later round (of this daemon or another) starts again, so nothing is skipped.
 
 use crate::daemon::Daemon;
 use crate::lease;
@@ -9,10 +13,14 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use shared::command::{Command, CommandKind};
-use shared::redis::{Redis, first, get_string};
+use shared::redis::{Redis, first};
 use shared::{args, keys, store};
 
 const BATCH: usize = 100;
+
+fn failed(what: &str, e: impl std::fmt::Display) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::IoError, "adoption", format!("{what}: {e}")))
+}
 
 /// Adopts every known gateway without a heartbeat that no other daemon is adopting.
 pub async fn adopt_dead_gateways(daemon: &Daemon, reader: &mut ConnectionManager) -> redis::RedisResult<()> {
@@ -26,26 +34,26 @@ pub async fn adopt_dead_gateways(daemon: &Daemon, reader: &mut ConnectionManager
             continue;
         }
         tracing::warn!(dead = %gateway, "adopting the sessions and commands of a gateway without heartbeat");
-        restart_sessions(daemon, &gateway).await;
+        resume_sessions(daemon, &gateway).await?;
         forward_commands(daemon, reader, &gateway).await?;
+        let _: () = reader.del(keys::gateway_commands(&gateway)).await?;
         let _: () = reader.srem(keys::gateways(), &gateway).await?;
     }
     Ok(())
 }
 
-async fn restart_sessions(daemon: &Daemon, gateway: &str) {
-    let held = daemon.redis.execute("SMEMBERS", args![keys::gateway_sessions(gateway)]).await.unwrap_or_default();
-    for session_id in held.into_iter().filter_map(|m| m.into_string()) {
-        let Ok(Some(org)) = get_string(&daemon.redis, &keys::session_owner(&session_id)).await else { continue };
-        let running = store::get(&daemon.redis, &org, &session_id).await.is_ok_and(|row| row.status.is_running());
-        if running {
-            let resume = Command::new(CommandKind::Start, &session_id, &org);
-            if let Err(e) = store::enqueue(&daemon.redis, None, &resume).await {
-                tracing::warn!(session = %session_id, "cannot requeue an adopted session: {e}");
-            }
+/// Queues a `resume` for each session the dead gateway ran, then forgets its resume set.
+async fn resume_sessions(daemon: &Daemon, gateway: &str) -> redis::RedisResult<()> {
+    for session_id in lease::held_sessions(daemon, gateway).await.map_err(|e| failed("read its sessions", e))? {
+        let owner = store::owner(&daemon.redis, &session_id).await.map_err(|e| failed("find a session's organization", e))?;
+        // A session without an owner was deleted: nothing to resume.
+        if let Some(org) = owner {
+            let resume = Command::new(CommandKind::Resume, &session_id, &org);
+            store::requeue(&daemon.redis, &resume).await.map_err(|e| failed("requeue a session", e))?;
         }
     }
-    let _ = daemon.redis.execute("DEL", args![keys::gateway_sessions(gateway)]).await;
+    daemon.redis.execute("DEL", args![keys::gateway_sessions(gateway)]).await.map_err(|e| failed("forget its sessions", e))?;
+    Ok(())
 }
 
 /// Moves the dead gateway's unfinished commands (read but unacknowledged, and never read) to
@@ -66,9 +74,9 @@ async fn forward_commands(daemon: &Daemon, reader: &mut ConnectionManager, gatew
         }
         for entry in entries {
             if let Some(command) = crate::commands::command_of(&entry) {
-                store::enqueue(&daemon.redis, None, &command).await.map_err(|e| redis::RedisError::from((redis::ErrorKind::IoError, "requeue", e.to_string())))?;
+                store::requeue(&daemon.redis, &command).await.map_err(|e| failed("requeue a command", e))?;
             }
-            let _: i64 = reader.xack(&stream, keys::COMMAND_GROUP, &[&entry.id]).await?;
+            crate::commands::acknowledge(daemon, &stream, &entry.id).await;
         }
     }
 }

@@ -1,17 +1,20 @@
 //! Commands in. The daemon reads two streams with one consumer group: the placement stream any
 //! daemon may take from, and its own gateway's stream. A command is acknowledged only after its
 //! session's supervisor says it took effect, so a daemon that dies mid-command leaves it pending:
-//! it re-reads its own pending entries when it starts again, and a live daemon claims the
+//! it re-reads all its own pending entries when it starts again, and a live daemon claims the
 //! placement entries of a consumer whose heartbeat is gone (and adopts a dead gateway's own
 //! stream, see `adoption`).
+//!
+//! Streams stay bounded: an entry is deleted when it is acknowledged, and a dead consumer is
+//! removed once nothing is pending on it. Claims name a minimum idle time of one lease period,
+//! so of two daemons claiming the same entry only the first gets it.
 
 use crate::daemon::Daemon;
 use crate::lease;
-use crate::supervisor::Order;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
-use shared::command::{Command, CommandResult};
+use redis::streams::{StreamClaimReply, StreamId, StreamInfoConsumersReply, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
+use shared::command::{Command, CommandResult, ENTRY_FIELD};
 use shared::keys;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,11 @@ use tokio::sync::{oneshot, watch};
 
 const READ_BLOCK_MS: usize = 1_000;
 const READ_BATCH: usize = 64;
+
+/// Acknowledges an entry and deletes it: a done command leaves nothing behind.
+const ACK_DELETE: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])";
 
 /// Reads and dispatches commands until `stopping` turns true.
 pub async fn run(daemon: Arc<Daemon>, mut reader: ConnectionManager, mut stopping: watch::Receiver<bool>) {
@@ -29,8 +37,15 @@ pub async fn run(daemon: Arc<Daemon>, mut reader: ConnectionManager, mut stoppin
             return;
         }
     }
-    // What this gateway had read but not finished before it last stopped comes first.
-    let mut pending_first = true;
+    // What this gateway had read but not finished before it last stopped comes first, all of it.
+    for stream in &streams {
+        while let Err(e) = redeliver_own(&daemon, &mut reader, stream).await {
+            tracing::warn!("cannot read this gateway's pending commands, retrying: {e}");
+            if sleep_or_stop(&mut stopping, Duration::from_secs(1)).await {
+                return;
+            }
+        }
+    }
     let mut last_orphan_check = tokio::time::Instant::now() - daemon.config.lease();
     while !*stopping.borrow() {
         if last_orphan_check.elapsed() >= daemon.config.lease() / 3 {
@@ -38,20 +53,14 @@ pub async fn run(daemon: Arc<Daemon>, mut reader: ConnectionManager, mut stoppin
             if let Err(e) = crate::adoption::adopt_dead_gateways(&daemon, &mut reader).await {
                 tracing::warn!("cannot adopt a dead gateway's work: {e}");
             }
-            match claim_orphans(&daemon, &mut reader, &streams[0]).await {
-                Ok(entries) => entries.into_iter().for_each(|entry| dispatch(&daemon, &streams[0], entry)),
-                Err(e) => tracing::warn!("cannot claim orphaned commands: {e}"),
+            if let Err(e) = claim_orphans(&daemon, &mut reader, &streams[0]).await {
+                tracing::warn!("cannot claim orphaned commands: {e}");
             }
         }
-        let start = if pending_first { "0" } else { ">" };
-        let mut options = StreamReadOptions::default().group(keys::COMMAND_GROUP, &daemon.gateway_id).count(READ_BATCH);
-        if !pending_first {
-            options = options.block(READ_BLOCK_MS);
-        }
-        let read: Result<StreamReadReply, _> = reader.xread_options(&streams, &[start, start], &options).await;
+        let options = StreamReadOptions::default().group(keys::COMMAND_GROUP, &daemon.gateway_id).count(READ_BATCH).block(READ_BLOCK_MS);
+        let read: Result<StreamReadReply, _> = reader.xread_options(&streams, &[">", ">"], &options).await;
         match read {
             Ok(reply) => {
-                pending_first = false;
                 for stream in reply.keys {
                     for entry in stream.ids {
                         dispatch(&daemon, &stream.key, entry);
@@ -76,8 +85,23 @@ async fn sleep_or_stop(stopping: &mut watch::Receiver<bool>, pause: Duration) ->
     *stopping.borrow()
 }
 
+/// Dispatches again every entry of `stream` this gateway read and did not finish, page by page.
+async fn redeliver_own(daemon: &Arc<Daemon>, reader: &mut ConnectionManager, stream: &str) -> redis::RedisResult<()> {
+    let mut after = "0".to_owned();
+    loop {
+        let options = StreamReadOptions::default().group(keys::COMMAND_GROUP, &daemon.gateway_id).count(READ_BATCH);
+        let reply: StreamReadReply = reader.xread_options(&[stream], &[&after], &options).await?;
+        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        let Some(last) = entries.last() else { return Ok(()) };
+        after = last.id.clone();
+        entries.into_iter().for_each(|entry| dispatch(daemon, stream, entry));
+    }
+}
+
 /// Creates the group at the start of each stream, so commands queued before any daemon ever
-/// ran are carried out too.
+/// ran are carried out too. Done commands are deleted from the streams, so a group created
+/// again (after it went missing) finds only commands nobody finished; and one that was carried
+/// out already is older than the session's last applied command, which supervisors skip.
 pub async fn create_groups(reader: &mut ConnectionManager, streams: &[String]) -> redis::RedisResult<()> {
     for stream in streams {
         let created: redis::RedisResult<()> = reader.xgroup_create_mkstream(stream, keys::COMMAND_GROUP, "0").await;
@@ -89,34 +113,44 @@ pub async fn create_groups(reader: &mut ConnectionManager, streams: &[String]) -
     Ok(())
 }
 
-/// Placement commands delivered to a daemon that has since died (its heartbeat lapsed).
-async fn claim_orphans(daemon: &Daemon, reader: &mut ConnectionManager, stream: &str) -> redis::RedisResult<Vec<StreamId>> {
-    let pending: StreamPendingCountReply = reader.xpending_count(stream, keys::COMMAND_GROUP, "-", "+", 100).await?;
-    let mut orphans = Vec::new();
-    for entry in pending.ids {
-        if entry.consumer != daemon.gateway_id && !lease::is_alive(daemon, &entry.consumer).await.unwrap_or(true) {
-            orphans.push(entry.id);
+/// Takes over the placement commands left pending on consumers whose heartbeat is gone, every
+/// page of them, and removes such consumers once nothing is pending on them.
+async fn claim_orphans(daemon: &Arc<Daemon>, reader: &mut ConnectionManager, stream: &str) -> redis::RedisResult<()> {
+    let consumers: StreamInfoConsumersReply = reader.xinfo_consumers(stream, keys::COMMAND_GROUP).await?;
+    let min_idle = daemon.config.lease_ms as usize;
+    for consumer in consumers.consumers {
+        if consumer.name == daemon.gateway_id || lease::is_alive(daemon, &consumer.name).await.unwrap_or(true) {
+            continue;
+        }
+        let mut after = "-".to_owned();
+        loop {
+            let pending: StreamPendingCountReply =
+                reader.xpending_consumer_count(stream, keys::COMMAND_GROUP, &after, "+", 100, &consumer.name).await?;
+            let Some(last) = pending.ids.last() else { break };
+            after = format!("({}", last.id);
+            let ids: Vec<&str> = pending.ids.iter().map(|p| p.id.as_str()).collect();
+            let claimed: StreamClaimReply = reader.xclaim(stream, keys::COMMAND_GROUP, &daemon.gateway_id, min_idle, &ids).await?;
+            if !claimed.ids.is_empty() {
+                tracing::info!(dead = %consumer.name, count = claimed.ids.len(), "claiming commands of a gateway without heartbeat");
+            }
+            claimed.ids.into_iter().for_each(|entry| dispatch(daemon, stream, entry));
+        }
+        let left: StreamPendingCountReply =
+            reader.xpending_consumer_count(stream, keys::COMMAND_GROUP, "-", "+", 1, &consumer.name).await?;
+        if left.ids.is_empty() {
+            let _: i64 = reader.xgroup_delconsumer(stream, keys::COMMAND_GROUP, &consumer.name).await?;
         }
     }
-    if orphans.is_empty() {
-        return Ok(Vec::new());
-    }
-    tracing::info!(count = orphans.len(), "claiming commands of a gateway without heartbeat");
-    let claimed: StreamClaimReply = reader.xclaim(stream, keys::COMMAND_GROUP, &daemon.gateway_id, 0, &orphans).await?;
-    Ok(claimed.ids)
+    Ok(())
 }
 
 /// The command a stream entry carries; `None` for an entry this build does not know.
 pub fn command_of(entry: &StreamId) -> Option<Command> {
-    let fields: Vec<(String, String)> = entry
-        .map
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value::<String>(v).ok()?)))
-        .collect();
-    Command::from_fields(&fields)
+    Command::from_json(&entry.get::<String>(ENTRY_FIELD)?)
 }
 
-/// Hands one entry to its session's supervisor and acknowledges it once the supervisor answers.
+/// Hands one entry to its session's supervisor; acknowledges and deletes it once the supervisor
+/// answers.
 fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
     let (daemon, stream) = (daemon.clone(), stream.to_owned());
     let Some(command) = command_of(&entry) else {
@@ -125,11 +159,7 @@ fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
         return;
     };
     let (reply, answer) = oneshot::channel();
-    let orders = daemon.supervisor(&command.session_id, &command.organization_id);
-    if let Err(refused) = orders.send(Order::Command(command.clone(), reply)) {
-        // The supervisor ended between lookup and send (a delete); a fresh one takes the order.
-        let _ = daemon.supervisor(&command.session_id, &command.organization_id).send(refused.0);
-    }
+    daemon.command(command.clone(), reply);
     tokio::spawn(async move {
         let result = match answer.await {
             Ok(result) => result,
@@ -144,10 +174,11 @@ fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
     });
 }
 
-async fn acknowledge(daemon: &Daemon, stream: &str, entry_id: &str) {
-    let mut redis = daemon.redis.clone();
-    let acked: redis::RedisResult<i64> = redis.xack(stream, keys::COMMAND_GROUP, &[entry_id]).await;
-    if let Err(e) = acked {
-        tracing::warn!(entry_id, "cannot acknowledge a command: {e}");
-    }
+/// Acknowledges and deletes an entry, retrying through a Redis outage (an entry left pending
+/// would be carried out again, skipped by then as older than the last applied command).
+pub async fn acknowledge(daemon: &Daemon, stream: &str, entry_id: &str) {
+    let acked = crate::daemon::persist("acknowledge a command", || daemon.is_stopping(), move || async move {
+        shared::redis::Redis::execute(&daemon.redis, "EVAL", shared::args![ACK_DELETE, 1, stream, keys::COMMAND_GROUP, entry_id]).await
+    });
+    acked.await;
 }

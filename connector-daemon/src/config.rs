@@ -42,6 +42,10 @@ pub struct Config {
     pub reconnect_base_ms: u64,
     #[arg(long, env = "RECONNECT_MAX_MS", default_value_t = 60_000)]
     pub reconnect_max_ms: u64,
+    /// A connection that lasts this long counts as stable: only then does the reconnect backoff
+    /// start over. One that drops sooner counts as a failed attempt.
+    #[arg(long, env = "STABLE_CONNECTION_MS", default_value_t = 30_000)]
+    pub stable_connection_ms: u64,
     /// How many times a fresh client is built when the QR codes run out before the session
     /// stops waiting for a scan.
     #[arg(long, env = "PAIRING_ROUNDS", default_value_t = 3)]
@@ -103,6 +107,10 @@ impl Config {
 
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    pub fn stable_connection(&self) -> Duration {
+        Duration::from_millis(self.stable_connection_ms)
     }
 
     /// Delay before reconnect attempt `failures` (1-based): doubling, capped, ±20% jitter so

@@ -1,53 +1,135 @@
-//! What every part of the daemon shares: settings, Redis, the backend, and the registry of
-//! session supervisors (one task per session this daemon has touched).
+//! What every part of the daemon shares: settings, Redis, the backend, the registry of session
+//! supervisors (one task per session this daemon is working on) and the leases they hold.
 
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::supervisor::{self, Order};
 use redis::aio::ConnectionManager;
-use shared::command::CommandResult;
+use shared::command::{Command, CommandResult};
 use shared::redis::Redis;
 use shared::{args, keys};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long a command's result stays readable for the function waiting on it.
 const RESULT_TTL_MS: i64 = 120_000;
+
+/// A session's supervisor as the registry knows it: its inbox, and which task it is (a retired
+/// task's successor has another number).
+struct Entry {
+    task: u64,
+    orders: mpsc::UnboundedSender<Order>,
+}
+
+/// A lease a supervisor holds, for the renewal loop.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub org: String,
+    pub fence: i64,
+}
 
 pub struct Daemon {
     pub config: Config,
     pub gateway_id: String,
     pub redis: ConnectionManager,
     pub backend: Arc<dyn Backend>,
-    supervisors: Mutex<HashMap<String, mpsc::UnboundedSender<Order>>>,
+    supervisors: Mutex<HashMap<String, Entry>>,
+    next_task: AtomicU64,
+    leases: Mutex<HashMap<String, Held>>,
+    /// When the heartbeat and leases were last renewed (Unix ms).
+    renewed_at: AtomicI64,
     stopping: AtomicBool,
 }
 
 impl Daemon {
     pub fn new(config: Config, redis: ConnectionManager, backend: Arc<dyn Backend>) -> Arc<Daemon> {
         let gateway_id = config.gateway_id();
-        Arc::new(Daemon { config, gateway_id, redis, backend, supervisors: Mutex::default(), stopping: AtomicBool::new(false) })
+        Arc::new(Daemon {
+            config,
+            gateway_id,
+            redis,
+            backend,
+            supervisors: Mutex::default(),
+            next_task: AtomicU64::new(1),
+            leases: Mutex::default(),
+            renewed_at: AtomicI64::new(shared::time::now_millis()),
+            stopping: AtomicBool::new(false),
+        })
     }
 
     /// The session's supervisor, started on first use. Orders to one session go through one
     /// channel, so they are carried out in the order the commands arrived.
     pub fn supervisor(self: &Arc<Self>, session_id: &str, org: &str) -> mpsc::UnboundedSender<Order> {
         let mut supervisors = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(orders) = supervisors.get(session_id).filter(|orders| !orders.is_closed()) {
-            return orders.clone();
+        if let Some(entry) = supervisors.get(session_id).filter(|e| !e.orders.is_closed()) {
+            return entry.orders.clone();
         }
         let (orders, inbox) = mpsc::unbounded_channel();
-        supervisors.insert(session_id.to_owned(), orders.clone());
-        tokio::spawn(supervisor::run(self.clone(), session_id.to_owned(), org.to_owned(), inbox));
+        let task = self.next_task.fetch_add(1, Ordering::Relaxed);
+        supervisors.insert(session_id.to_owned(), Entry { task, orders: orders.clone() });
+        tokio::spawn(supervisor::run(self.clone(), session_id.to_owned(), org.to_owned(), task, inbox));
         orders
     }
 
-    /// Every live supervisor, for heartbeats and shutdown.
+    /// Hands an order to the session's supervisor, starting a fresh one when the current one
+    /// ended between lookup and send.
+    pub fn order(self: &Arc<Self>, session_id: &str, org: &str, order: Order) {
+        if let Err(refused) = self.supervisor(session_id, org).send(order) {
+            let _ = self.supervisor(session_id, org).send(refused.0);
+        }
+    }
+
+    /// Hands a command to the session's supervisor; the answer goes to `reply`.
+    pub fn command(self: &Arc<Self>, command: Command, reply: supervisor::Reply) {
+        let (session, org) = (command.session_id.clone(), command.organization_id.clone());
+        self.order(&session, &org, Order::Command(command, reply));
+    }
+
+    /// Ends supervisor `task` of the session unless orders arrived for it meanwhile. Closes its
+    /// inbox: what still lands there the task hands on (see `supervisor::run`).
+    pub fn retire(&self, session_id: &str, task: u64, inbox: &mut mpsc::UnboundedReceiver<Order>) -> bool {
+        let mut supervisors = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
+        if !inbox.is_empty() {
+            return false;
+        }
+        if supervisors.get(session_id).is_some_and(|e| e.task == task) {
+            supervisors.remove(session_id);
+        }
+        inbox.close();
+        true
+    }
+
+    /// Every live supervisor, for shutdown.
     pub fn supervisors(&self) -> Vec<(String, mpsc::UnboundedSender<Order>)> {
         let supervisors = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
-        supervisors.iter().filter(|(_, o)| !o.is_closed()).map(|(id, o)| (id.clone(), o.clone())).collect()
+        supervisors.iter().filter(|(_, e)| !e.orders.is_closed()).map(|(id, e)| (id.clone(), e.orders.clone())).collect()
+    }
+
+    /// Records a lease a supervisor took, so the renewal loop keeps it.
+    pub fn hold(&self, session_id: &str, held: Held) {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id.to_owned(), held);
+    }
+
+    pub fn unhold(&self, session_id: &str) {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner()).remove(session_id);
+    }
+
+    pub fn held(&self) -> Vec<(String, Held)> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, h)| (id.clone(), h.clone())).collect()
+    }
+
+    /// The heartbeat and every lease were just renewed.
+    pub fn renewed(&self) {
+        self.renewed_at.store(shared::time::now_millis(), Ordering::SeqCst);
+    }
+
+    /// Whether renewals have failed for a whole lease period: the leases may have lapsed and
+    /// another daemon may run these sessions now, so none may be driven until renewals succeed.
+    pub fn leases_lapsed(&self) -> bool {
+        shared::time::now_millis() - self.renewed_at.load(Ordering::SeqCst) >= self.config.lease_ms as i64
     }
 
     /// From now on, commands left unanswered stay pending for the next daemon.
@@ -66,5 +148,27 @@ impl Daemon {
         if let Err(e) = written {
             tracing::warn!(command_id, "cannot record a command's result: {e}");
         }
+    }
+}
+
+/// Runs a Redis step until it succeeds: a transient Redis error must not make the daemon forget
+/// a session or skip a write. Backs off from 100 ms to 2 s; gives up (`None`) only when `give_up`
+/// says so between attempts.
+pub async fn persist<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut give_up: impl FnMut() -> bool,
+    mut step: impl FnMut() -> F,
+) -> Option<T> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!("cannot {what}, retrying in {pause:?}: {e}"),
+        }
+        if give_up() {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }

@@ -1,71 +1,130 @@
 //! Ownership in Redis: a heartbeat per gateway, a lease per session it runs, and the set of
-//! sessions a gateway runs so that a restarted daemon resumes them. A lease whose holder stopped
-//! renewing it (or whose gateway's heartbeat is gone) is claimable by any other daemon.
+//! sessions a gateway runs so that a restarted daemon resumes them.
+//!
+//! A lease is `<gatewayId> <fence>` under the session's key, in the row's slot. Taking it is a
+//! compare-and-set script that also numbers it: the fencing token is the row's `_fence` plus
+//! one, written to the row in the same step. Every row write of the daemon carries its token
+//! and the row refuses any other (`store::update`), so a daemon that lost a session can no
+//! longer change what the API reports about it. Renewing and releasing are compare-and-set too:
+//! they touch the lease only while it is still this gateway's, with this token.
 
 use crate::daemon::Daemon;
-use shared::redis::{Redis, RedisError, first};
+use shared::redis::{Redis, RedisError, Reply, first};
 use shared::{args, keys};
 
-/// Takes or renews the lease unless another gateway holds it; returns that holder.
+/// Takes the lease (KEYS[1]) of the session whose row is KEYS[2] for gateway ARGV[1], for
+/// ARGV[2] ms. Returns the fencing token; the lease a gateway already holds keeps its token (a
+/// daemon restarted within the lease period). `busy <gateway>` when another gateway holds it,
+/// nothing when the row is gone.
 const ACQUIRE: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return holder end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-return false";
+local raw = redis.call('GET', KEYS[2])
+if not raw then return false end
+local held = redis.call('GET', KEYS[1])
+if held then
+  local gateway, fence = string.match(held, '^(%S+) (%d+)$')
+  if gateway ~= ARGV[1] then return 'busy ' .. (gateway or '?') end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(fence)
+end
+local row = cjson.decode(raw)
+local fence = (tonumber(row['_fence']) or 0) + 1
+row['_fence'] = fence
+row['gatewayId'] = ARGV[1]
+row['updatedAt'] = tonumber(ARGV[3])
+redis.call('SET', KEYS[2], cjson.encode(row))
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. fence, 'PX', ARGV[2])
+return fence";
 
+/// Extends the lease while it is still `ARGV[1]` (gateway and token). A lease that lapsed (a
+/// slow renewal) is taken back when nobody acquired the session since: the row still carries
+/// the token. 0 when the session is lost.
+const RENEW: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if held then return 0 end
+local raw = redis.call('GET', KEYS[2])
+if not raw or tonumber(cjson.decode(raw)['_fence']) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1";
+
+/// Gives the lease up while it is still `ARGV[1]`; the row then names no gateway, unless a
+/// newer lease was taken meanwhile.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if ARGV[2] == '1' then redis.call('SREM', KEYS[2], ARGV[3]) end
-return 0";
+local raw = redis.call('GET', KEYS[2])
+if not raw then return 0 end
+local row = cjson.decode(raw)
+if tonumber(row['_fence']) ~= tonumber(ARGV[2]) or row['gatewayId'] == cjson.null then return 0 end
+row['gatewayId'] = cjson.null
+row['updatedAt'] = tonumber(ARGV[3])
+redis.call('SET', KEYS[2], cjson.encode(row))
+return 1";
 
-/// Takes the session's lease for this gateway, or renews it. `Some(holder)` when another live
-/// gateway runs the session; a holder whose heartbeat has lapsed loses the lease to us.
-pub async fn acquire(daemon: &Daemon, session_id: &str) -> Result<Option<String>, RedisError> {
-    let Some(holder) = take_or_renew(daemon, session_id).await? else { return Ok(None) };
-    if is_alive(daemon, &holder).await? {
-        return Ok(Some(holder));
-    }
-    tracing::warn!(session_id, dead = %holder, "taking over the lease of a gateway without heartbeat");
-    daemon.redis.execute("DEL", args![keys::session_lease(session_id)]).await?;
-    take_or_renew(daemon, session_id).await
+/// What taking a session's lease came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acquired {
+    /// This gateway holds the session, with this fencing token.
+    Fence(i64),
+    /// Another gateway holds it.
+    Busy(String),
+    /// The session's row is gone (deleted).
+    Gone,
 }
 
-/// One run of [`ACQUIRE`]: `Some(holder)` when another gateway holds the lease.
-async fn take_or_renew(daemon: &Daemon, session_id: &str) -> Result<Option<String>, RedisError> {
+fn value(daemon: &Daemon, fence: i64) -> String {
+    format!("{} {fence}", daemon.gateway_id)
+}
+
+/// Takes the session's lease for this gateway, or finds who holds it. A taken lease joins the
+/// gateway's resume set.
+pub async fn acquire(daemon: &Daemon, org: &str, session_id: &str) -> Result<Acquired, RedisError> {
     let reply = first(&daemon.redis, "EVAL", args![
-        ACQUIRE, 2, keys::session_lease(session_id), keys::gateway_sessions(&daemon.gateway_id),
-        daemon.gateway_id.as_str(), daemon.config.lease_ms as i64, session_id,
+        ACQUIRE, 2, keys::session_lease(org, session_id), keys::session(org, session_id),
+        daemon.gateway_id.as_str(), daemon.config.lease_ms as i64, shared::time::now_millis(),
     ])
     .await?;
-    Ok(reply.into_string())
-}
-
-/// Renews every lease this gateway holds and its heartbeat. Returns the sessions whose lease
-/// another gateway took meanwhile (this one must let go of them).
-pub async fn renew_all(daemon: &Daemon) -> Result<Vec<String>, RedisError> {
-    heartbeat(daemon).await?;
-    let mut lost = Vec::new();
-    for session_id in held_sessions(daemon).await? {
-        if take_or_renew(daemon, &session_id).await?.is_some() {
-            daemon.redis.execute("SREM", args![keys::gateway_sessions(&daemon.gateway_id), session_id.as_str()]).await?;
-            lost.push(session_id);
-        }
+    let acquired = match reply {
+        Reply::Nil => Acquired::Gone,
+        Reply::Int(fence) => Acquired::Fence(fence),
+        other => match other.into_string().as_deref().and_then(|s| s.strip_prefix("busy ")) {
+            Some(holder) => Acquired::Busy(holder.to_owned()),
+            None => return Err(RedisError("unexpected lease reply".into())),
+        },
+    };
+    if let Acquired::Fence(_) = acquired {
+        daemon.redis.execute("SADD", args![keys::gateway_sessions(&daemon.gateway_id), session_id]).await?;
     }
-    Ok(lost)
+    Ok(acquired)
 }
 
-/// Gives the lease up. `forget` also drops the session from the gateway's resume set: a
-/// stopped session is forgotten, a session paused by a shutdown is resumed on restart.
-pub async fn release(daemon: &Daemon, session_id: &str, forget: bool) -> Result<(), RedisError> {
+/// Extends one lease; `false` when the session is lost to this gateway.
+pub async fn renew(daemon: &Daemon, org: &str, session_id: &str, fence: i64) -> Result<bool, RedisError> {
+    let reply = first(&daemon.redis, "EVAL", args![
+        RENEW, 2, keys::session_lease(org, session_id), keys::session(org, session_id),
+        value(daemon, fence), fence, daemon.config.lease_ms as i64,
+    ])
+    .await?;
+    Ok(reply.as_int() == Some(1))
+}
+
+/// Gives the lease up and drops the session from the gateway's resume set.
+pub async fn release(daemon: &Daemon, org: &str, session_id: &str, fence: i64) -> Result<(), RedisError> {
     daemon
         .redis
         .execute("EVAL", args![
-            RELEASE, 2, keys::session_lease(session_id), keys::gateway_sessions(&daemon.gateway_id),
-            daemon.gateway_id.as_str(), if forget { "1" } else { "0" }, session_id,
+            RELEASE, 2, keys::session_lease(org, session_id), keys::session(org, session_id),
+            value(daemon, fence), fence, shared::time::now_millis(),
         ])
-        .await
-        .map(drop)
+        .await?;
+    forget(daemon, session_id).await
+}
+
+/// Drops the session from the gateway's resume set: a restart of this daemon leaves it alone.
+pub async fn forget(daemon: &Daemon, session_id: &str) -> Result<(), RedisError> {
+    daemon.redis.execute("SREM", args![keys::gateway_sessions(&daemon.gateway_id), session_id]).await.map(drop)
 }
 
 /// Marks this gateway alive for one lease period, and known to the others.
@@ -80,8 +139,8 @@ pub async fn is_alive(daemon: &Daemon, gateway_id: &str) -> Result<bool, RedisEr
     shared::store::gateway_is_alive(&daemon.redis, gateway_id).await
 }
 
-/// The sessions this gateway ran when it last stopped, to resume.
-pub async fn held_sessions(daemon: &Daemon) -> Result<Vec<String>, RedisError> {
-    let members = daemon.redis.execute("SMEMBERS", args![keys::gateway_sessions(&daemon.gateway_id)]).await?;
+/// The sessions a gateway ran when it last stopped, to resume (or, for a dead one, adopt).
+pub async fn held_sessions(daemon: &Daemon, gateway_id: &str) -> Result<Vec<String>, RedisError> {
+    let members = daemon.redis.execute("SMEMBERS", args![keys::gateway_sessions(gateway_id)]).await?;
     Ok(members.into_iter().filter_map(|m| m.into_string()).collect())
 }

@@ -16,8 +16,9 @@ mod whatsapp;
 use clap::Parser;
 use config::{BackendKind, Config};
 use daemon::Daemon;
-use shared::redis::{Redis, get_string};
-use shared::{args, keys, store};
+use daemon::persist;
+use shared::command::{Command, CommandKind};
+use shared::store;
 use std::sync::Arc;
 use std::time::Duration;
 use supervisor::Order;
@@ -52,13 +53,17 @@ async fn run(config: Config) -> Result {
     let daemon = Daemon::new(config.clone(), redis, backend);
     tracing::info!(gateway = %daemon.gateway_id, backend = ?config.backend, data = %config.data_dir.display(), "connector-daemon starting");
     lease::heartbeat(&daemon).await?;
+    daemon.renewed();
     tokio::spawn(renew_leases(daemon.clone()));
-    resume(&daemon).await?;
+    resume(&daemon).await;
+    remove_deleted_stores(&daemon).await;
     let (stop_reading, stopping) = watch::channel(false);
     let reader = tokio::spawn(commands::run(daemon.clone(), connect().await?, stopping));
     println!("connector-daemon {} running", daemon.gateway_id);
     shutdown_signal(config.stop_on_stdin_close).await;
 
+    // The heartbeat and the leases are left to lapse rather than released: a daemon of this
+    // gateway back within the lease period resumes every session before anyone adopts them.
     tracing::info!("stopping: disconnecting sessions, leaving unfinished commands pending");
     daemon.begin_stopping();
     let _ = stop_reading.send(true);
@@ -76,48 +81,91 @@ async fn run(config: Config) -> Result {
         }
     })
     .await;
-    daemon.redis.execute("DEL", args![keys::gateway_alive(&daemon.gateway_id)]).await?;
     Ok(())
 }
 
 /// Runs again every session this gateway ran when it last stopped (or died), so a restart never
-/// drops a paired number. Sessions that were stopped meanwhile are forgotten.
-async fn resume(daemon: &Arc<Daemon>) -> Result {
-    for session_id in lease::held_sessions(daemon).await? {
-        let org = get_string(&daemon.redis, &keys::session_owner(&session_id)).await?;
-        let row = match &org {
-            Some(org) => store::get(&daemon.redis, org, &session_id).await.ok(),
-            None => None,
-        };
-        match (org, row) {
-            (Some(org), Some(row)) if row.status.is_running() => {
-                tracing::info!(session = %session_id, status = row.status.as_str(), "resuming");
-                let _ = daemon.supervisor(&session_id, &org).send(Order::Resume);
+/// drops a paired number: each gets a `resume`, which runs it if its row says it runs. Retried
+/// through Redis outages: a session is never skipped for a transient error.
+async fn resume(daemon: &Arc<Daemon>) {
+    let never = || false;
+    let daemon_ref: &Daemon = daemon;
+    let held = persist("read the sessions to resume", never, move || lease::held_sessions(daemon_ref, &daemon_ref.gateway_id)).await;
+    for session_id in held.unwrap_or_default() {
+        let id = session_id.as_str();
+        let owner = persist("find a session's organization", never, move || store::owner(&daemon_ref.redis, id)).await;
+        match owner.flatten() {
+            Some(org) => daemon.command(Command::new(CommandKind::Resume, &session_id, &org), oneshot::channel().0),
+            // Deleted while this gateway was away: what is stored for it goes.
+            None => {
+                if let Err(e) = daemon.backend.remove(&session_id).await {
+                    tracing::warn!(session = %session_id, "cannot remove a deleted session's store: {e}");
+                }
+                persist("forget a deleted session", never, move || lease::forget(daemon_ref, id)).await;
             }
-            _ => lease::release(daemon, &session_id, true).await?,
         }
     }
-    Ok(())
 }
 
+/// Removes the stores of sessions deleted while no daemon that kept them was running: a
+/// session whose organization is no longer known exists nowhere.
+async fn remove_deleted_stores(daemon: &Daemon) {
+    let Ok(dirs) = std::fs::read_dir(daemon.config.data_dir.join("sessions")) else { return };
+    for dir in dirs.flatten() {
+        let session_id = dir.file_name().to_string_lossy().into_owned();
+        let id = session_id.as_str();
+        let owner = persist("find a session's organization", || false, move || store::owner(&daemon.redis, id)).await;
+        if owner.flatten().is_none() {
+            tracing::info!(session = %session_id, "removing the store of a deleted session");
+            if let Err(e) = daemon.backend.remove(&session_id).await {
+                tracing::warn!(session = %session_id, "cannot remove a deleted session's store: {e}");
+            }
+        }
+    }
+}
+
+/// Every third of a lease period: the heartbeat, then each lease. A lease another gateway took
+/// (or whose row went) makes its supervisor let go at once. When renewals fail for a whole lease
+/// period, every supervisor lets go (another daemon may run those sessions by now), and once
+/// renewals succeed again the sessions are resumed.
 async fn renew_leases(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(daemon.config.lease() / 3);
+    let mut suspended = false;
     loop {
         tick.tick().await;
         if daemon.is_stopping() {
             return;
         }
-        match lease::renew_all(&daemon).await {
-            Ok(lost) => {
-                for session_id in lost {
-                    if let Some((_, orders)) = daemon.supervisors().into_iter().find(|(id, _)| *id == session_id) {
-                        let _ = orders.send(Order::LeaseLost);
+        match renew_all(&daemon).await {
+            Ok(()) => {
+                daemon.renewed();
+                if std::mem::take(&mut suspended) {
+                    tracing::info!("leases renewable again: resuming sessions");
+                    resume(&daemon).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot renew the heartbeat and leases: {e}");
+                if !suspended && daemon.leases_lapsed() {
+                    suspended = true;
+                    for (session_id, held) in daemon.held() {
+                        daemon.order(&session_id, &held.org, Order::Suspend);
                     }
                 }
             }
-            Err(e) => tracing::warn!("cannot renew the heartbeat and leases: {e}"),
         }
     }
+}
+
+async fn renew_all(daemon: &Arc<Daemon>) -> std::result::Result<(), shared::redis::RedisError> {
+    lease::heartbeat(daemon).await?;
+    for (session_id, held) in daemon.held() {
+        if !lease::renew(daemon, &held.org, &session_id, held.fence).await? {
+            daemon.unhold(&session_id);
+            daemon.order(&session_id, &held.org, Order::LeaseLost);
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal(stop_on_stdin_close: bool) {

@@ -13,12 +13,18 @@
 //! | `drop` | `session` | the session's connection drops (the daemon reconnects) |
 //! | `replace` | `session` | another client takes over the session's stream |
 //! | `ban` | `session` | WhatsApp bans the number for a while |
+//! | `replace_client` | `client` | the server ends that client: another logged in with its device |
 //!
 //! The simulated server's linked devices live in Redis, so a device unlinked while its session
 //! was stopped is refused at the next connect, as WhatsApp does. Each simulated phone has an
 //! address book of `sim_contacts` contacts, synced after every login as WhatsApp's app-state
 //! sync does, and is in `sim_groups` groups, which the joined-groups query returns after
 //! `sim_groups_fetch_ms`.
+//!
+//! Like WhatsApp, the simulated server keeps one live client per device: a login while another
+//! client of the same device is online (in any daemon) replaces that one, and the server
+//! records it under `gw:simulator:replacements`. A gateway that never runs a session twice never
+//! causes a record, so tests can tell.
 
 use crate::backend::{Backend, BackendEvent, Client, Events, Identity};
 use crate::config::{Config, SimulatorTimings};
@@ -102,12 +108,12 @@ impl Simulator {
             for entry in entries {
                 last_id = entry.id.clone();
                 let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-                self.act(&field("action"), &field("code"), &field("phone"), &field("session")).await;
+                self.act(&field("action"), &field("code"), &field("phone"), &field("session"), &field("client")).await;
             }
         }
     }
 
-    async fn act(&self, action: &str, code: &str, phone: &str, session: &str) {
+    async fn act(&self, action: &str, code: &str, phone: &str, session: &str, client: &str) {
         tracing::info!(action, code, phone, session, "simulator: phone-side action");
         let by_session = || self.clients().into_iter().find(|c| c.session_id == session);
         match action {
@@ -131,6 +137,9 @@ impl Simulator {
             }
             "drop" => by_session().into_iter().for_each(|c| c.end(BackendEvent::Disconnected { reason: "connection dropped".into() })),
             "replace" => by_session().into_iter().for_each(|c| c.end(BackendEvent::StreamReplaced)),
+            "replace_client" => {
+                self.clients().into_iter().filter(|c| c.token == client).for_each(|c| c.end(BackendEvent::StreamReplaced));
+            }
             "ban" => by_session().into_iter().for_each(|c| c.end(BackendEvent::TemporaryBan { reason: "simulated ban".into() })),
             other => tracing::warn!("simulator: unknown action {other:?}"),
         }
@@ -142,6 +151,7 @@ impl Backend for Simulator {
     async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String> {
         let client = Arc::new(SimClient {
             session_id: session_id.to_owned(),
+            token: ulid::Ulid::new().to_string(),
             timings: self.config.simulator.clone(),
             device_file: self.device_file(session_id),
             redis: self.redis.clone(),
@@ -164,6 +174,21 @@ impl Backend for Simulator {
     }
 }
 
+/// How long a client's online record lasts unless refreshed, and how often it is refreshed.
+const ONLINE_TTL_MS: u64 = 1_000;
+const ONLINE_REFRESH: Duration = Duration::from_millis(300);
+
+/// Refreshes a client's online record while it is still that client's (or lapsed).
+const REFRESH_ONLINE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1";
+
+const DROP_ONLINE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
 fn read_device(file: &PathBuf) -> Option<Device> {
     serde_json::from_slice(&std::fs::read(file).ok()?).ok()
 }
@@ -180,6 +205,8 @@ struct SimState {
 
 struct SimClient {
     session_id: String,
+    /// This client among all the simulated server's clients, in every daemon.
+    token: String,
     timings: SimulatorTimings,
     device_file: PathBuf,
     redis: ConnectionManager,
@@ -214,6 +241,7 @@ impl SimClient {
             let mut state = self.state();
             if linked {
                 if self.logged_in(&state, &device) {
+                    tokio::spawn(self.clone().stay_online(device.device_id.clone()));
                     state.device = Some(device);
                 }
             } else {
@@ -261,7 +289,7 @@ impl SimClient {
     }
 
     /// The phone accepted: store the device, register it server-side, and log in.
-    async fn pair(&self, phone: &str) {
+    async fn pair(self: &Arc<Self>, phone: &str) {
         let device = Device {
             device_id: ulid::Ulid::new().to_string(),
             jid: format!("{phone}@s.whatsapp.net"),
@@ -280,10 +308,50 @@ impl SimClient {
         let mut state = self.state();
         state.qr = None;
         state.pairing_code = None;
-        if self.emit_if_open(&state, BackendEvent::Paired(device.identity())) {
-            self.logged_in(&state, &device);
+        if self.emit_if_open(&state, BackendEvent::Paired(device.identity())) && self.logged_in(&state, &device) {
+            tokio::spawn(self.clone().stay_online(device.device_id.clone()));
         }
         state.device = Some(device);
+    }
+
+    /// The simulated server's record of this client while it is logged in, refreshed until the
+    /// client closes. Taking the device's record from another live client replaces that one.
+    async fn stay_online(self: Arc<Self>, device_id: String) {
+        let mut redis = self.redis.clone();
+        let key = keys::simulator_online(&device_id);
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(&key).arg(&self.token).arg("PX").arg(ONLINE_TTL_MS).arg("GET")
+            .query_async(&mut redis)
+            .await
+            .unwrap_or(None);
+        if let Some(previous) = previous.filter(|p| *p != self.token) {
+            tracing::warn!(session = %self.session_id, "simulator: a second client logged in with a device that is online; replacing the first");
+            let record = serde_json::json!({
+                "device": device_id, "session": self.session_id, "replaced": previous, "by": self.token, "at": shared::time::now_millis(),
+            });
+            let _: redis::RedisResult<i64> = redis.lpush(keys::simulator_replacements(), record.to_string()).await;
+            let _: redis::RedisResult<String> =
+                redis.xadd(keys::simulator_control(), "*", &[("action", "replace_client"), ("client", previous.as_str())]).await;
+        }
+        loop {
+            tokio::time::sleep(ONLINE_REFRESH).await;
+            if self.state().closed {
+                return;
+            }
+            let refreshed: redis::RedisResult<i64> =
+                redis::cmd("EVAL").arg(REFRESH_ONLINE).arg(1).arg(&key).arg(&self.token).arg(ONLINE_TTL_MS).query_async(&mut redis).await;
+            if refreshed == Ok(0) {
+                return;
+            }
+        }
+    }
+
+    /// The device's record goes with the client that holds it.
+    async fn go_offline(&self) {
+        let Some(device) = self.state().device.clone() else { return };
+        let mut redis = self.redis.clone();
+        let _: redis::RedisResult<i64> =
+            redis::cmd("EVAL").arg(DROP_ONLINE).arg(1).arg(keys::simulator_online(&device.device_id)).arg(&self.token).query_async(&mut redis).await;
     }
 
     /// The server ends this client with a final event.
@@ -326,6 +394,7 @@ impl Client for SimClient {
     }
 
     async fn logout(&self) -> Result<(), String> {
+        self.go_offline().await;
         let device = self.state().device.take();
         if let Some(device) = device {
             let mut redis = self.redis.clone();
@@ -347,6 +416,7 @@ impl Client for SimClient {
 
     async fn disconnect(&self) {
         self.close();
+        self.go_offline().await;
     }
 }
 

@@ -1,18 +1,24 @@
-//! One task per session: the status machine `stopped → starting → scan_qr_code → working`, and
-//! `failed` with a reason. Transient disconnects reconnect with capped, jittered backoff. Every
-//! change is written to the row together with the events that announce it (one atomic step),
-//! always with the gateway and the identity as this task knows them, so the API reports what is
-//! true on the WhatsApp side.
+//! One task per session this daemon works on: the status machine `stopped → starting →
+//! scan_qr_code → working`, and `failed` with a reason. Transient disconnects reconnect with
+//! capped, jittered backoff. Every change is written to the row together with the events that
+//! announce it (one atomic step), under the session's lease: a write carries the lease's
+//! fencing token, and a row that took a newer lease refuses it.
+//!
+//! A command is carried out only by the lease holder, and only if it is newer than the last one
+//! applied to the session (`seq` above the row's `_applied`); the task re-reads the row before
+//! each, never acting on an old snapshot. When the session no longer runs here the task gives
+//! its lease up and ends.
 
 use crate::backend::{BackendEvent, Client, Identity, format_pairing_code};
-use crate::daemon::Daemon;
-use crate::{backfill, lease};
+use crate::daemon::{Daemon, Held, persist};
+use crate::lease::{self, Acquired};
+use crate::backfill;
 use shared::backfill::JobStatus;
 use shared::command::{Command, CommandKind, CommandResult};
 use shared::directory;
 use shared::event::{Event, EventType, status_data};
-use shared::session::SessionStatus;
-use shared::store::{self, QrChange, Update};
+use shared::session::{Control, Session, SessionStatus};
+use shared::store::{self, QrChange, Update, Written};
 use shared::time::now_millis;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,10 +35,10 @@ pub type Reply = oneshot::Sender<Option<CommandResult>>;
 
 pub enum Order {
     Command(Command, Reply),
-    /// The session was running when this daemon last stopped: run it again.
-    Resume,
-    /// Another gateway holds the session's lease now: let go without touching the row.
+    /// The lease is gone to another gateway (or with the row): let go at once, writing nothing.
     LeaseLost,
+    /// The leases could not be renewed for a lease period: let go, staying resumable.
+    Suspend,
     /// The daemon is stopping: disconnect, keep the session resumable.
     Shutdown(oneshot::Sender<()>),
 }
@@ -49,12 +55,15 @@ struct Supervisor {
     daemon: Arc<Daemon>,
     id: String,
     org: String,
+    /// The fencing token of the lease this task holds; `None` while it holds none.
+    fence: Option<i64>,
     status: SessionStatus,
     identity: Option<Identity>,
     client: Option<Arc<dyn Client>>,
     events: Option<mpsc::UnboundedReceiver<BackendEvent>>,
-    /// Connection attempts that failed in a row.
+    /// Connection attempts that failed in a row; reset only by a stable connection.
     failures: u32,
+    connected_at: Option<Instant>,
     /// Clients whose QR codes ran out while waiting for a scan.
     qr_rounds: u32,
     retry_at: Option<Instant>,
@@ -63,53 +72,66 @@ struct Supervisor {
     backfill: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub async fn run(daemon: Arc<Daemon>, id: String, org: String, mut inbox: mpsc::UnboundedReceiver<Order>) {
-    let row = store::get(&daemon.redis, &org, &id).await.ok();
+pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut inbox: mpsc::UnboundedReceiver<Order>) {
     let mut supervisor = Supervisor {
-        status: row.as_ref().map_or(SessionStatus::Stopped, |r| r.status),
-        identity: row.as_ref().and_then(|r| {
-            Some(Identity { jid: r.wa_jid.clone()?, lid: r.wa_lid.clone(), phone: r.phone_number.clone(), push_name: None })
-        }),
         daemon,
         id,
         org,
+        fence: None,
+        status: SessionStatus::Stopped,
+        identity: None,
         client: None,
         events: None,
         failures: 0,
+        connected_at: None,
         qr_rounds: 0,
         retry_at: None,
         pairing_codes: JoinSet::new(),
         backfill: None,
     };
     loop {
-        tokio::select! {
+        let flow = tokio::select! {
             order = inbox.recv() => match order {
-                Some(order) => if supervisor.obey(order).await == Flow::Exit { break },
-                None => break,
+                Some(order) => supervisor.obey(order).await,
+                None => Flow::Exit,
             },
-            event = next_event(&mut supervisor.events) => match event {
-                Some(event) => supervisor.on_event(event).await,
-                None => supervisor.connection_lost("the client stopped without saying why".into()).await,
-            },
+            event = next_event(&mut supervisor.events) => {
+                match event {
+                    Some(event) => supervisor.on_event(event).await,
+                    None => supervisor.connection_lost("the client stopped without saying why".into()).await,
+                }
+                Flow::Continue
+            }
             () = wake_at(supervisor.retry_at) => {
                 supervisor.retry_at = None;
                 supervisor.connect().await;
+                Flow::Continue
             }
             Some(done) = supervisor.pairing_codes.join_next(), if !supervisor.pairing_codes.is_empty() => {
                 if let Ok(outcome) = done {
                     supervisor.on_pairing_code(outcome).await;
                 }
+                Flow::Continue
+            }
+        };
+        if flow == Flow::Exit {
+            supervisor.drop_client().await;
+            inbox.close();
+            break;
+        }
+        if !supervisor.is_busy() {
+            supervisor.give_up_lease().await;
+            if supervisor.daemon.retire(&supervisor.id, task, &mut inbox) {
+                break;
             }
         }
     }
-    supervisor.drop_client().await;
-    // Orders that raced the exit. After a delete there is nothing left to do; during a shutdown
-    // they stay unanswered, so their commands stay pending for the next daemon.
-    inbox.close();
+    // Orders that raced the end go to the session's next task; during a shutdown they stay
+    // unanswered, so their commands stay pending for the next daemon.
     while let Ok(order) = inbox.try_recv() {
         match order {
-            Order::Command(_, reply) if !supervisor.daemon.is_stopping() => drop(reply.send(Some(CommandResult::done()))),
             Order::Shutdown(done) => drop(done.send(())),
+            Order::Command(command, reply) if !supervisor.daemon.is_stopping() => supervisor.daemon.command(command, reply),
             _ => {}
         }
     }
@@ -129,118 +151,215 @@ async fn wake_at(at: Option<Instant>) {
     }
 }
 
+/// The answer to a command that a newer one made moot.
+fn superseded(command: &Command) -> CommandResult {
+    CommandResult::failed("superseded", format!("a newer command for the session was carried out before this {}", command.kind.as_str()))
+}
+
 impl Supervisor {
+    /// A client runs, or will again after a backoff.
     fn is_active(&self) -> bool {
         self.client.is_some() || self.retry_at.is_some()
     }
 
+    /// Anything left that needs this task.
+    fn is_busy(&self) -> bool {
+        self.is_active() || !self.pairing_codes.is_empty()
+    }
+
     async fn obey(&mut self, order: Order) -> Flow {
-        let (command, reply) = match order {
-            Order::Command(command, reply) => (command, reply),
-            Order::Resume => {
-                if !self.is_active() {
-                    let _ = self.begin().await;
-                }
-                return Flow::Continue;
-            }
+        match order {
+            Order::Command(command, reply) => self.command(command, reply).await,
             Order::LeaseLost => {
-                tracing::warn!(session = %self.id, "another gateway took this session's lease; letting go");
-                self.drop_client().await;
-                self.retry_at = None;
-                return Flow::Continue;
+                tracing::warn!(session = %self.id, "this gateway lost the session's lease; letting go");
+                self.let_go().await;
+                let (daemon, id) = (&*self.daemon, self.id.as_str());
+                persist("forget a lost session", || daemon.is_stopping(), move || lease::forget(daemon, id)).await;
+                Flow::Continue
+            }
+            Order::Suspend => {
+                tracing::warn!(session = %self.id, "leases could not be renewed for a lease period; letting go until they can");
+                self.let_go().await;
+                Flow::Continue
             }
             Order::Shutdown(done) => {
                 self.pause_for_shutdown().await;
                 let _ = done.send(());
-                return Flow::Exit;
+                Flow::Exit
             }
+        }
+    }
+
+    async fn command(&mut self, command: Command, reply: Reply) -> Flow {
+        tracing::info!(session = %self.id, command = command.kind.as_str(), id = %command.id, seq = command.seq, "command");
+        // Unanswered when the daemon stops before Redis answers: the command stays pending.
+        let Some(row) = self.load().await else { return Flow::Exit };
+        let Some((row, control)) = row else {
+            // The row is gone: whatever the command, what is left is cleaning up after the delete.
+            self.remove_everything().await;
+            let _ = reply.send(Some(CommandResult::done()));
+            return Flow::Exit;
         };
-        tracing::info!(session = %self.id, command = command.kind.as_str(), id = %command.id, "command");
-        let for_the_holder = matches!(command.kind, CommandKind::Stop | CommandKind::Logout | CommandKind::Delete | CommandKind::Backfill);
-        if for_the_holder && !self.is_active() {
-            if let Some(holder) = self.holder_elsewhere().await {
-                let _ = reply.send(self.forward(&holder, &command).await);
-                return if command.kind == CommandKind::Delete { Flow::Exit } else { Flow::Continue };
+        if command.is_ordered() && command.seq <= control.applied {
+            tracing::info!(session = %self.id, seq = command.seq, applied = control.applied, "skipping a command older than the last one applied");
+            if command.kind == CommandKind::Backfill {
+                self.settle_backfill(&command, "superseded by a later command for the session").await;
+            }
+            let _ = reply.send(Some(superseded(&command)));
+            return Flow::Continue;
+        }
+        if command.kind == CommandKind::Delete {
+            self.remove_everything().await;
+            let _ = reply.send(Some(CommandResult::done()));
+            return Flow::Exit;
+        }
+        if self.fence.is_none() {
+            match self.take_lease(&command, row).await {
+                Ok(()) => {}
+                Err(Handled::Abandoned) => return Flow::Exit,
+                Err(Handled::Elsewhere(answer)) => {
+                    let _ = reply.send(answer);
+                    return Flow::Continue;
+                }
+                Err(Handled::Gone) => {
+                    self.remove_everything().await;
+                    let _ = reply.send(Some(CommandResult::done()));
+                    return Flow::Exit;
+                }
             }
         }
         let result = match command.kind {
-            CommandKind::Start if self.is_active() => Some(CommandResult::done()),
-            CommandKind::Start => self.begin_or_forward(&command).await,
+            CommandKind::Start if self.is_active() => CommandResult::done(),
+            CommandKind::Start => {
+                self.begin().await;
+                CommandResult::done()
+            }
+            CommandKind::Resume => {
+                if !self.is_active() && self.status.is_running() {
+                    tracing::info!(session = %self.id, status = self.status.as_str(), "resuming");
+                    self.begin().await;
+                }
+                CommandResult::done()
+            }
             CommandKind::Restart => {
                 self.drop_client().await;
                 self.retry_at = None;
-                self.begin_or_forward(&command).await
+                self.begin().await;
+                CommandResult::done()
             }
             CommandKind::Stop => {
                 self.halt(SessionStatus::Stopped, "stop_requested").await;
-                Some(CommandResult::done())
+                CommandResult::done()
             }
             CommandKind::Logout => {
                 self.logout().await;
-                Some(CommandResult::done())
+                CommandResult::done()
             }
-            CommandKind::Delete => {
-                self.drop_client().await;
-                if let Err(e) = self.daemon.backend.remove(&self.id).await {
-                    tracing::warn!(session = %self.id, "cannot remove the session's store: {e}");
-                }
-                self.release(true).await;
-                let _ = reply.send(Some(CommandResult::done()));
-                return Flow::Exit;
+            CommandKind::PairPhone => {
+                self.mark_applied(command.seq).await;
+                return self.request_pairing_code(command, reply).await;
             }
-            CommandKind::PairPhone => return self.request_pairing_code(command, reply).await,
             CommandKind::Backfill => {
                 self.backfill(&command).await;
-                Some(CommandResult::done())
+                CommandResult::done()
             }
+            CommandKind::Delete => unreachable!("handled above"),
         };
-        let _ = reply.send(result);
+        self.mark_applied(command.seq).await;
+        let _ = reply.send(Some(result));
         Flow::Continue
     }
 
-    /// Starts a client unless another live gateway runs the session, in which case the command
-    /// goes on to that gateway's stream (it answers the waiting function itself).
-    async fn begin_or_forward(&mut self, command: &Command) -> Option<CommandResult> {
-        match self.begin().await {
-            Ok(()) => Some(CommandResult::done()),
-            Err(holder) => self.forward(&holder, command).await,
-        }
+    /// The row as it is now, with what the scripts keep on it (`Some(None)` once it is deleted);
+    /// `None` when the daemon stopped before Redis answered.
+    async fn load(&self) -> Option<Option<(Session, Control)>> {
+        let (daemon, org, id) = (&*self.daemon, self.org.as_str(), self.id.as_str());
+        persist("read the session's row", || daemon.is_stopping(), move || store::get_with_control(&daemon.redis, org, id)).await
     }
 
-    /// Hands the command to the gateway that runs the session; that gateway answers the waiting
-    /// function (`None` here), unless the hand-over itself failed.
-    async fn forward(&self, holder: &str, command: &Command) -> Option<CommandResult> {
-        match store::enqueue(&self.daemon.redis, Some(holder), command).await {
-            Ok(()) => None,
-            Err(e) => Some(CommandResult::failed("backend", format!("cannot hand the command to {holder}: {e}"))),
-        }
-    }
-
-    /// The live gateway that runs the session, when it is not this one.
-    async fn holder_elsewhere(&self) -> Option<String> {
-        let holder = shared::redis::get_string(&self.daemon.redis, &shared::keys::session_lease(&self.id)).await.ok()??;
-        let alive = holder != self.daemon.gateway_id && lease::is_alive(&self.daemon, &holder).await.unwrap_or(false);
-        alive.then_some(holder)
-    }
-
-    /// Takes the lease, marks the row `starting` and connects. `Err(holder)` when another live
-    /// gateway runs the session.
-    async fn begin(&mut self) -> Result<(), String> {
-        match lease::acquire(&self.daemon, &self.id).await {
-            Ok(None) => {}
-            Ok(Some(holder)) => return Err(holder),
-            Err(e) => {
-                // Redis is down: the lease cannot be checked, but the session must not be left
-                // for dead. Run it; the heartbeat renews the lease once Redis is back.
-                tracing::warn!(session = %self.id, "cannot take the lease: {e}");
+    /// Takes the session's lease, taking the row as it stands for what is true. When another
+    /// gateway runs the session the command goes to it (it answers the waiting function); a
+    /// holder whose heartbeat is gone loses its lease within a lease period, so that is waited out.
+    async fn take_lease(&mut self, command: &Command, row: Session) -> Result<(), Handled> {
+        let deadline = Instant::now() + self.daemon.config.lease() * 2;
+        let daemon = self.daemon.clone();
+        loop {
+            let (org, id) = (self.org.as_str(), self.id.as_str());
+            let acquired = persist("take the session's lease", || daemon.is_stopping(), || lease::acquire(&daemon, org, id));
+            let holder = match acquired.await {
+                None => return Err(Handled::Abandoned),
+                Some(Acquired::Gone) => return Err(Handled::Gone),
+                Some(Acquired::Fence(fence)) => {
+                    self.fence = Some(fence);
+                    self.daemon.hold(&self.id, Held { org: self.org.clone(), fence });
+                    self.status = row.status;
+                    self.identity = row.wa_jid.clone().map(|jid| Identity {
+                        jid,
+                        lid: row.wa_lid.clone(),
+                        phone: row.phone_number.clone(),
+                        push_name: row.push_name.clone(),
+                    });
+                    return Ok(());
+                }
+                Some(Acquired::Busy(holder)) => holder,
+            };
+            if command.kind == CommandKind::Resume {
+                // The holder runs it already.
+                return Err(Handled::Elsewhere(Some(CommandResult::done())));
+            }
+            match store::forward(&self.daemon.redis, &holder, command).await {
+                Ok(true) => return Err(Handled::Elsewhere(None)),
+                Ok(false) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+                Ok(false) => return Err(Handled::Elsewhere(Some(CommandResult::failed("backend", format!("the session stays held by {holder}, whose heartbeat is gone"))))),
+                Err(e) => {
+                    tracing::warn!(session = %self.id, "cannot hand a command to {holder}, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
         }
+    }
+
+    /// Records that the command numbered `seq` was carried out, so no older one is.
+    async fn mark_applied(&mut self, seq: u64) {
+        if seq > 0 {
+            self.write(Update::default().set("_applied", seq)).await;
+        }
+    }
+
+    /// Releases the lease of a session that no longer runs here; the row then names no gateway.
+    async fn give_up_lease(&mut self) {
+        let Some(fence) = self.fence.take() else { return };
+        self.daemon.unhold(&self.id);
+        let (daemon, org, id) = (&*self.daemon, self.org.as_str(), self.id.as_str());
+        persist("release the session's lease", || daemon.is_stopping(), move || lease::release(daemon, org, id, fence)).await;
+    }
+
+    /// Stops driving the session without writing anything: another gateway may own it now.
+    async fn let_go(&mut self) {
+        self.fence = None;
+        self.daemon.unhold(&self.id);
+        self.drop_client().await;
+        self.retry_at = None;
+    }
+
+    /// The session is deleted: disconnect, wipe its store, forget it.
+    async fn remove_everything(&mut self) {
+        self.let_go().await;
+        if let Err(e) = self.daemon.backend.remove(&self.id).await {
+            tracing::warn!(session = %self.id, "cannot remove the session's store: {e}");
+        }
+        let (daemon, id) = (&*self.daemon, self.id.as_str());
+        persist("forget a deleted session", || daemon.is_stopping(), move || lease::forget(daemon, id)).await;
+    }
+
+    /// Marks the row `starting` and connects.
+    async fn begin(&mut self) {
         self.failures = 0;
         self.qr_rounds = 0;
         let update = self.status_change(SessionStatus::Starting, None);
-        self.write(update).await;
-        self.connect().await;
-        Ok(())
+        if self.write(update).await {
+            self.connect().await;
+        }
     }
 
     async fn connect(&mut self) {
@@ -256,6 +375,7 @@ impl Supervisor {
 
     async fn drop_client(&mut self) {
         self.events = None;
+        self.connected_at = None;
         self.pairing_codes.abort_all();
         if let Some(job) = self.backfill.take().filter(|job| !job.is_finished()) {
             job.abort();
@@ -267,9 +387,12 @@ impl Supervisor {
     }
 
     /// A status change with its `session.status` event (only when the status really changes or
-    /// there is a reason to tell).
+    /// there is a reason to tell). A status other than `scan_qr_code` has no live QR code.
     fn status_change(&mut self, status: SessionStatus, reason: Option<&str>) -> Update {
-        let update = Update::default().status(status);
+        let mut update = Update::default().status(status).set("statusReason", reason);
+        if status != SessionStatus::ScanQrCode {
+            update = update.qr(QrChange::Clear);
+        }
         let changed = status != self.status || reason.is_some();
         self.status = status;
         if !changed {
@@ -290,21 +413,41 @@ impl Supervisor {
         Event::new(kind, &self.org, &self.id, data)
     }
 
-    /// Writes the update with this gateway and the identity as known, in one atomic step.
-    async fn write(&self, update: Update) {
+    /// Writes the update, with this gateway and the identity as known, in one atomic step under
+    /// the lease; retried until it is written, the row is gone or the lease is lost. `false`
+    /// when it was not written (the task no longer drives the session).
+    async fn write(&mut self, update: Update) -> bool {
+        let Some(fence) = self.fence else { return false };
         let (jid, lid, phone) = self.identity_fields();
-        let mut update = update.set("gatewayId", self.daemon.gateway_id.as_str()).set("waJid", jid).set("waLid", lid).set("phoneNumber", phone);
+        let push_name = self.identity.as_ref().and_then(|i| i.push_name.clone());
+        let mut update = update
+            .set("gatewayId", self.daemon.gateway_id.as_str())
+            .set("waJid", jid)
+            .set("waLid", lid)
+            .set("phoneNumber", phone)
+            .set("pushName", push_name);
         update.retention = Some(self.daemon.config.retention());
-        match store::update(&self.daemon.redis, &self.org, &self.id, update).await {
-            Ok(Some(_)) => {}
-            Ok(None) => tracing::debug!(session = %self.id, "the row is gone; a delete command will follow"),
-            Err(e) => tracing::warn!(session = %self.id, "cannot write the session's state: {e}"),
-        }
-    }
-
-    async fn release(&self, forget: bool) {
-        if let Err(e) = lease::release(&self.daemon, &self.id, forget).await {
-            tracing::warn!(session = %self.id, "cannot release the lease: {e}");
+        update.fence = Some(fence);
+        let daemon = self.daemon.clone();
+        // Past a lease period without renewals, another daemon may have taken the session.
+        let (daemon, org, id, update) = (&*daemon, self.org.as_str(), self.id.as_str(), &update);
+        let written = persist("write the session's state", || daemon.leases_lapsed(), move || store::update(&daemon.redis, org, id, update.clone()));
+        match written.await {
+            Some(Written::Row(_)) => true,
+            Some(Written::Gone) => {
+                tracing::debug!(session = %self.id, "the row is gone; a delete command will follow");
+                self.let_go().await;
+                false
+            }
+            Some(Written::Fenced) => {
+                tracing::warn!(session = %self.id, "the row took a newer lease; letting go");
+                self.let_go().await;
+                false
+            }
+            None => {
+                self.let_go().await;
+                false
+            }
         }
     }
 
@@ -313,27 +456,31 @@ impl Supervisor {
     async fn halt(&mut self, status: SessionStatus, reason: &str) {
         self.drop_client().await;
         self.retry_at = None;
-        let update = self.status_change(status, Some(reason)).qr(QrChange::Clear);
+        let update = self.status_change(status, Some(reason));
         self.write(update).await;
-        self.release(true).await;
     }
 
+    /// The daemon stops: not working any more, and resumed when a daemon for this gateway
+    /// starts again within the lease period, which it keeps until then.
     async fn pause_for_shutdown(&mut self) {
         let was_active = self.is_active();
         self.drop_client().await;
         self.retry_at = None;
         if was_active {
-            // Not working any more, and resumed when a daemon for this gateway starts again.
-            let update = self.status_change(SessionStatus::Starting, Some("gateway_shutdown")).qr(QrChange::Clear);
+            let update = self.status_change(SessionStatus::Starting, Some("gateway_shutdown"));
             self.write(update).await;
-            self.release(false).await;
         }
     }
 
     /// The socket is gone: reconnect after a backoff, or give up as `failed` after too many
-    /// failures in a row.
+    /// failures in a row. A connection that dropped soon after it came up counts as a failure,
+    /// so a flapping number backs off instead of hammering WhatsApp.
     async fn connection_lost(&mut self, reason: String) {
+        let stable = self.connected_at.is_some_and(|at| at.elapsed() >= self.daemon.config.stable_connection());
         self.drop_client().await;
+        if stable {
+            self.failures = 0;
+        }
         self.failures += 1;
         let limit = self.daemon.config.max_connect_failures;
         if self.failures >= limit {
@@ -375,11 +522,11 @@ impl Supervisor {
                 self.write(Update::default().event(announce).qr(QrChange::Clear)).await;
             }
             BackendEvent::Connected(identity) => {
-                self.failures = 0;
+                self.connected_at = Some(Instant::now());
                 self.qr_rounds = 0;
                 self.identity = Some(identity);
                 let update = self.status_change(SessionStatus::Working, None).set("lastConnectedAt", now_millis());
-                self.write(update.qr(QrChange::Clear)).await;
+                self.write(update).await;
             }
             BackendEvent::Disconnected { reason } => self.connection_lost(reason).await,
             BackendEvent::LoggedOut { reason } => self.unpaired(&format!("logged_out: {reason}"), SessionStatus::Failed).await,
@@ -398,16 +545,27 @@ impl Supervisor {
     /// Runs the backfill job this command names on the live client, or fails it when the
     /// session is not connected here.
     async fn backfill(&mut self, command: &Command) {
-        let job = match shared::backfill::current(&self.daemon.redis, &self.org, &self.id).await {
-            Ok(Some(job)) if job.id == command.id && job.status == JobStatus::Running => job,
-            // Superseded, or already settled: nothing to run.
-            _ => return,
-        };
+        let Some(job) = self.running_job(command).await else { return };
         match &self.client {
             Some(client) if self.status == SessionStatus::Working && self.backfill.as_ref().is_none_or(|j| j.is_finished()) => {
                 self.backfill = Some(tokio::spawn(backfill::run(self.daemon.clone(), client.clone(), job)));
             }
             _ => backfill::finish(&self.daemon, job, Err("the session is not connected".to_owned())).await,
+        }
+    }
+
+    /// Fails the job a skipped backfill command started, so it does not stay `running`.
+    async fn settle_backfill(&self, command: &Command, reason: &str) {
+        if let Some(job) = self.running_job(command).await {
+            backfill::finish(&self.daemon, job, Err(reason.to_owned())).await;
+        }
+    }
+
+    /// The job the command names, while it is the session's current one and still running.
+    async fn running_job(&self, command: &Command) -> Option<shared::backfill::BackfillJob> {
+        match shared::backfill::current(&self.daemon.redis, &self.org, &self.id).await {
+            Ok(Some(job)) if job.id == command.id && job.status == JobStatus::Running => Some(job),
+            _ => None,
         }
     }
 
@@ -441,8 +599,7 @@ impl Supervisor {
             tracing::warn!(session = %self.id, "cannot clear the session's contacts and groups: {e:?}");
         }
         let update = self.status_change(status, Some(reason)).event(announce);
-        self.write(update.qr(QrChange::Clear)).await;
-        self.release(true).await;
+        self.write(update).await;
     }
 
     async fn request_pairing_code(&mut self, command: Command, reply: Reply) -> Flow {
@@ -451,10 +608,7 @@ impl Supervisor {
             return Flow::Continue;
         }
         if !self.is_active() {
-            if let Err(holder) = self.begin().await {
-                let _ = reply.send(self.forward(&holder, &command).await);
-                return Flow::Continue;
-            }
+            self.begin().await;
         }
         let (Some(client), Some(phone)) = (self.client.clone(), command.phone.clone()) else {
             let _ = reply.send(Some(CommandResult::failed("not_connected", "no connection to WhatsApp right now; retry shortly")));
@@ -482,4 +636,12 @@ impl Supervisor {
         };
         let _ = reply.send(Some(result));
     }
+}
+
+/// A command the lease holder elsewhere takes over (`None`: it answers the waiting function),
+/// one whose session is gone, or one left pending because the daemon stops.
+enum Handled {
+    Elsewhere(Option<CommandResult>),
+    Gone,
+    Abandoned,
 }

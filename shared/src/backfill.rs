@@ -5,6 +5,8 @@
 use crate::event::{Event, EventType};
 use crate::event_log::Retention;
 use crate::redis::{Redis, first};
+use crate::command::Command;
+use crate::session::Session;
 use crate::store::{self, decode, encode};
 use crate::time::now_millis;
 use crate::{ApiError, args, keys};
@@ -80,21 +82,14 @@ impl BackfillJob {
     }
 }
 
-/// Stores a new job unless one is running; returns the running one instead.
-const START: &str = r"
-local raw = redis.call('GET', KEYS[1])
-if raw and cjson.decode(raw)['status'] == 'running' then return raw end
-redis.call('SET', KEYS[1], ARGV[1])
-return false";
-
-/// Starts `job`; `Err` carries the job already running for the session.
-pub async fn start<R: Redis>(r: &R, job: &BackfillJob) -> Result<Result<(), BackfillJob>, ApiError> {
+/// Starts `job` and queues its command for the session, in one step; `Err` carries the job
+/// already running for the session.
+pub async fn start<R: Redis>(r: &R, session: &Session, job: &BackfillJob, command: &Command) -> Result<Result<(), BackfillJob>, ApiError> {
     let key = keys::session_backfill(&job.organization_id, &job.session_id);
-    let running = first(r, "EVAL", args![START, 1, key, encode(job)?]).await?;
-    Ok(match decode(running)? {
-        Some(running) => Err(running),
-        None => Ok(()),
-    })
+    match store::start_job(r, session, &key, job, command).await? {
+        Ok(()) => Ok(Ok(())),
+        Err(running) => serde_json::from_value(running).map(Err).map_err(|e| ApiError::internal(format!("stored data is unreadable: {e}"))),
+    }
 }
 
 /// The session's latest job. A job still `running` on a gateway that is gone is settled as
@@ -118,5 +113,5 @@ pub async fn current<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Opt
 /// Writes the job as it stands and logs its event, atomically.
 pub async fn record<R: Redis>(r: &R, job: &BackfillJob, retention: Retention) -> Result<(), ApiError> {
     let key = keys::session_backfill(&job.organization_id, &job.session_id);
-    store::put_logged(r, &job.organization_id, &key, job, &[job.event()], retention).await
+    store::put_logged(r, &job.organization_id, &job.session_id, &key, job, &[job.event()], retention).await
 }

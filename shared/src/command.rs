@@ -1,11 +1,20 @@
-//! Commands from the functions to the connector daemon, carried as Redis Stream entries.
+//! Commands from the functions to the connector daemon, carried as Redis Stream entries (one
+//! field, `command`, holding the JSON below).
 //!
 //! A command names its session and organization so the daemon never has to trust a stream
-//! position; `id` is a ULID so a daemon can tell a redelivered command from a new one.
+//! position; `id` is a ULID so a daemon can tell a redelivered command from a new one. `seq` is
+//! the session's command number, assigned by the script that queues the command (see
+//! [`crate::store`]) together with the intent it writes: a supervisor applies a command only
+//! when its number is above the last one applied to the session, so a command that reaches a
+//! daemon late (moved during an adoption, forwarded, redelivered) never undoes a newer one.
 
-use crate::redis::Arg;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The stream entry's one field.
+pub const ENTRY_FIELD: &str = "command";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     /// Connect; begin pairing if the session is unpaired.
     Start,
@@ -21,6 +30,9 @@ pub enum CommandKind {
     PairPhone,
     /// Run the backfill job whose id is this command's id.
     Backfill,
+    /// The gateway that ran the session died: run it again if its row says it runs. Queued by
+    /// the daemon that adopts the dead gateway's work, outside the session's order (`seq` 0).
+    Resume,
 }
 
 impl CommandKind {
@@ -33,31 +45,26 @@ impl CommandKind {
             CommandKind::Delete => "delete",
             CommandKind::PairPhone => "pair_phone",
             CommandKind::Backfill => "backfill",
+            CommandKind::Resume => "resume",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "start" => CommandKind::Start,
-            "stop" => CommandKind::Stop,
-            "restart" => CommandKind::Restart,
-            "logout" => CommandKind::Logout,
-            "delete" => CommandKind::Delete,
-            "pair_phone" => CommandKind::PairPhone,
-            "backfill" => CommandKind::Backfill,
-            _ => return None,
-        })
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Command {
     pub id: String,
+    #[serde(rename = "type")]
     pub kind: CommandKind,
     pub session_id: String,
     pub organization_id: String,
+    /// When the API accepted it (Unix ms).
     pub issued_at: i64,
+    /// The session's command number; 0 for a command outside the order ([`CommandKind::Resume`]).
+    #[serde(default)]
+    pub seq: u64,
     /// The phone number a `pair_phone` command pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
 }
 
@@ -69,6 +76,7 @@ impl Command {
             session_id: session_id.to_owned(),
             organization_id: organization_id.to_owned(),
             issued_at: crate::time::now_millis(),
+            seq: 0,
             phone: None,
         }
     }
@@ -77,32 +85,19 @@ impl Command {
         Command { phone: Some(phone.to_owned()), ..Command::new(CommandKind::PairPhone, session_id, organization_id) }
     }
 
-    /// The entry's field/value pairs, in `XADD` argument order.
-    pub fn to_fields(&self) -> Vec<Arg> {
-        let mut fields = crate::args![
-            "id", &self.id,
-            "type", self.kind.as_str(),
-            "sessionId", &self.session_id,
-            "organizationId", &self.organization_id,
-            "issuedAt", self.issued_at,
-        ];
-        if let Some(phone) = &self.phone {
-            fields.extend(crate::args!["phone", phone]);
-        }
-        fields
+    /// The entry's `command` field.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Reads an entry's flattened field/value pairs back; `None` for an entry this build does not know.
-    pub fn from_fields(pairs: &[(String, String)]) -> Option<Self> {
-        let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        Some(Command {
-            id: field("id")?,
-            kind: CommandKind::parse(&field("type")?)?,
-            session_id: field("sessionId")?,
-            organization_id: field("organizationId")?,
-            issued_at: field("issuedAt")?.parse().ok()?,
-            phone: field("phone"),
-        })
+    /// Reads an entry's `command` field back; `None` for an entry this build does not know.
+    pub fn from_json(json: &str) -> Option<Self> {
+        serde_json::from_str(json).ok()
+    }
+
+    /// Whether the supervisor orders this command among the session's others.
+    pub fn is_ordered(&self) -> bool {
+        self.seq > 0
     }
 }
 
@@ -120,7 +115,7 @@ pub struct CommandResult {
 /// Why a command could not take effect, in terms a function can answer with.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CommandError {
-    /// `already_paired`, `not_connected` or `backend`.
+    /// `already_paired`, `not_connected`, `superseded` or `backend`.
     pub kind: String,
     pub message: String,
 }
@@ -144,15 +139,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_through_stream_fields() {
-        let text = |a: &Arg| match a {
-            Arg::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
-            Arg::Int(i) => i.to_string(),
-        };
+    fn round_trips_through_the_entry_field() {
         for cmd in [Command::new(CommandKind::Delete, "01J", "acme"), Command::pair_phone("01J", "acme", "628123456789")] {
-            let fields = cmd.to_fields();
-            let pairs: Vec<_> = fields.chunks(2).map(|p| (text(&p[0]), text(&p[1]))).collect();
-            assert_eq!(Command::from_fields(&pairs), Some(cmd));
+            assert_eq!(Command::from_json(&cmd.to_json()), Some(cmd));
         }
+        let json = Command::new(CommandKind::PairPhone, "01J", "acme").to_json();
+        assert!(json.contains(r#""type":"pair_phone""#), "{json}");
+    }
+
+    #[test]
+    fn reads_what_the_queueing_script_writes() {
+        // Lua's cjson escapes slashes and writes the sequence it assigned.
+        let json = r#"{"id":"01K","type":"start","sessionId":"01J","organizationId":"a\/b","issuedAt":1732252800000,"seq":7}"#;
+        let cmd = Command::from_json(json).unwrap();
+        assert_eq!((cmd.seq, cmd.organization_id.as_str(), cmd.kind), (7, "a/b", CommandKind::Start));
+        assert_eq!(Command::from_json(r#"{"id":"x","type":"explode"}"#), None);
     }
 }

@@ -70,8 +70,10 @@ pub struct Group {
 
 /// Writes documents (ARGV: JID, JSON pairs after the merge flag in ARGV[1]). Merging keeps what
 /// a document already says where the new one says `null`: a push-name update must not erase the
-/// address-book name.
+/// address-book name. Nothing is written once the session's row (KEYS[3]) is gone: a late update
+/// must not recreate what a delete removed.
 const PUT: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 for i = 2, #ARGV, 2 do
   local doc = ARGV[i + 1]
   local old = ARGV[1] == '1' and redis.call('HGET', KEYS[1], ARGV[i])
@@ -141,7 +143,7 @@ async fn put<R: Redis, T: Serialize>(
         return Ok(());
     }
     let [data, index] = keys_of(org, session_id, kind);
-    let mut argv: Vec<Arg> = args![PUT, 2, data, index, if merge { "1" } else { "0" }];
+    let mut argv: Vec<Arg> = args![PUT, 3, data, index, keys::session(org, session_id), if merge { "1" } else { "0" }];
     for doc in docs {
         argv.extend(args![jid(doc), encode(doc)?]);
     }

@@ -102,9 +102,11 @@ pub fn gateway_sessions(gateway_id: &str) -> String {
     format!("{PREFIX}:gateway:{gateway_id}:sessions")
 }
 
-/// The gateway that runs the session; expires unless its daemon renews it.
-pub fn session_lease(session_id: &str) -> String {
-    format!("{PREFIX}:session-lease:{session_id}")
+/// `<gatewayId> <fence>`: the gateway that runs the session and the fencing token it acquired
+/// the lease with; expires unless its daemon renews it. In the row's slot, so taking the lease
+/// and recording its token on the row are one script.
+pub fn session_lease(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:lease")
 }
 
 /// The simulator backend's remote control: tests and demos append phone-side actions here.
@@ -115,6 +117,18 @@ pub fn simulator_control() -> String {
 /// The simulated WhatsApp server's linked devices (device id → phone number).
 pub fn simulator_linked_devices() -> String {
     format!("{PREFIX}:simulator:linked-devices")
+}
+
+/// The client a simulated device is logged in with right now; expires unless that client
+/// refreshes it (a killed daemon's clients go offline within a second).
+pub fn simulator_online(device_id: &str) -> String {
+    format!("{PREFIX}:simulator:online:{device_id}")
+}
+
+/// Every time the simulated server saw a second live client of one device (which replaces the
+/// first): one JSON record each, newest first. A correct gateway never causes one.
+pub fn simulator_replacements() -> String {
+    format!("{PREFIX}:simulator:replacements")
 }
 
 /// An api-key's record, found by the SHA-256 of the key itself: the key is never stored.
@@ -151,6 +165,7 @@ mod tests {
         assert_eq!(tag(&org_sessions("acme")), tag(&session_qr("acme", "01J")));
         assert_eq!(tag(&org_sessions("acme")), tag(&session_backfill("acme", "01J")));
         assert_eq!(tag(&org_sessions("acme")), tag(&session_directory_index("acme", "01J", "groups")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_lease("acme", "01J")));
         assert_ne!(session("acme", "01J"), session("globex", "01J"));
     }
 }

@@ -9,7 +9,7 @@ use crate::command::{Command, CommandKind, CommandResult};
 use crate::event::{Event, EventType};
 use crate::redis::{Redis, first};
 use crate::session::{Session, SessionStatus};
-use crate::store::{self, Update};
+use crate::store;
 use crate::{ApiError, args, keys};
 
 /// The status a queued command puts the row in at once, and the statuses it does so from.
@@ -18,31 +18,36 @@ fn intent(kind: CommandKind) -> Option<(SessionStatus, &'static [SessionStatus])
     match kind {
         CommandKind::Start | CommandKind::PairPhone => Some((SessionStatus::Starting, IDLE)),
         CommandKind::Restart => Some((SessionStatus::Starting, &[])),
-        CommandKind::Stop | CommandKind::Logout | CommandKind::Delete | CommandKind::Backfill => None,
+        CommandKind::Stop | CommandKind::Logout | CommandKind::Delete | CommandKind::Backfill | CommandKind::Resume => None,
     }
 }
 
-/// Records the command's intent and queues it: to the stream of the gateway that holds the
-/// session while that gateway is alive, otherwise to the placement stream any daemon reads.
-/// Returns the row as the intent left it.
+/// Records the command's intent and queues it, in one step: to the stream of the gateway that
+/// holds the session while that gateway is alive, otherwise to the placement stream any daemon
+/// reads. Returns the row as the intent left it.
 pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Result<Session, ApiError> {
-    let mut row = session.clone();
-    if let Some((status, from)) = intent(command.kind) {
-        let announce = Event::new(
-            EventType::SessionStatus,
-            &session.organization_id,
-            &session.id,
-            crate::event::status_data(status, session.phone_number.as_deref(), session.wa_jid.as_deref(), session.wa_lid.as_deref(), None),
-        );
-        let update = Update { only_from: from.to_vec(), ..Update::default() }.status(status).event(announce);
-        row = store::update(r, &session.organization_id, &session.id, update).await?.ok_or_else(ApiError::session_not_found)?;
+    let intent = intent(command.kind).map(|(status, from)| (status, from, announce(session, status)));
+    store::enqueue(r, session, command, intent).await
+}
+
+/// Stores a new session; with `start`, queues its start in the same step, the row `starting`
+/// from the first moment. Returns the row as stored.
+pub async fn create<R: Redis>(r: &R, mut session: Session, start: bool) -> Result<Session, ApiError> {
+    if !start {
+        store::create(r, &session, None).await?;
+        return Ok(session);
     }
-    let holder = match &session.gateway_id {
-        Some(gateway) if store::gateway_is_alive(r, gateway).await? => Some(gateway.as_str()),
-        _ => None,
-    };
-    store::enqueue(r, holder, command).await?;
-    Ok(row)
+    let command = Command::new(CommandKind::Start, &session.id, &session.organization_id);
+    session.status = SessionStatus::Starting;
+    let event = announce(&session, SessionStatus::Starting);
+    store::create(r, &session, Some((&command, &[event]))).await?;
+    Ok(session)
+}
+
+/// The `session.status` event a function's intent writes.
+fn announce(session: &Session, status: SessionStatus) -> Event {
+    let data = crate::event::status_data(status, session.phone_number.as_deref(), session.wa_jid.as_deref(), session.wa_lid.as_deref(), None);
+    Event::new(EventType::SessionStatus, &session.organization_id, &session.id, data)
 }
 
 /// The daemon's answer to a command, once it has written one.

@@ -30,6 +30,12 @@ impl SessionStatus {
 }
 
 /// Field names and order follow the API reference; unknown values are `null`, never omitted.
+/// `statusReason` and `pushName` are added fields: why the session is in its status (a
+/// `failed` session says what failed), and the number's WhatsApp display name.
+///
+/// The stored row also carries fields the API never shows ([`Control`]); deserializing a
+/// `Session` drops them, and the row scripts patch the stored JSON rather than replace it, so
+/// they survive every write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
@@ -50,6 +56,25 @@ pub struct Session {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_connected_at: Option<i64>,
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub push_name: Option<String>,
+}
+
+/// What the scripts keep on a stored row beside the API's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub struct Control {
+    /// The fencing token of the latest lease acquisition: the row refuses a daemon's write that
+    /// carries another one.
+    #[serde(rename = "_fence", default)]
+    pub fence: i64,
+    /// The number given to the session's latest queued command.
+    #[serde(rename = "_seq", default)]
+    pub seq: u64,
+    /// The number of the latest command a daemon carried out.
+    #[serde(rename = "_applied", default)]
+    pub applied: u64,
 }
 
 impl Session {
@@ -72,8 +97,8 @@ pub struct NewSession {
 }
 
 impl NewSession {
-    /// The row as first stored: `stopped`. A `start` is then queued like any other (see
-    /// `lifecycle::send`), which moves it to `starting` and announces that.
+    /// The row, `stopped`. Created with `start`, it is stored `starting` in the same step that
+    /// queues the start (see `lifecycle::create`).
     pub fn into_session(self, organization_id: &str, created_by: Option<String>, now: i64) -> Session {
         Session {
             id: ulid::Ulid::new().to_string(),
@@ -93,6 +118,8 @@ impl NewSession {
             created_at: now,
             updated_at: now,
             last_connected_at: None,
+            status_reason: None,
+            push_name: None,
         }
     }
 }
@@ -119,8 +146,8 @@ mod tests {
             fields,
             [
                 "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession",
-                "label", "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping",
-                "ratePerHour", "ratePerMin", "status", "updatedAt", "waJid", "waLid"
+                "label", "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "pushName",
+                "ratePerHour", "ratePerMin", "status", "statusReason", "updatedAt", "waJid", "waLid"
             ]
         );
         assert_eq!(json["status"], "stopped");

@@ -1,47 +1,18 @@
-//! Session rows in Redis: create, read, list and delete, scoped to one organization.
+//! Session rows in Redis: create, read, list and delete, scoped to one organization; the
+//! daemon's fenced row writes; and queueing commands.
+//!
+//! Every write that queues a command is one script: what the function writes (the new row, the
+//! intent on the row, the deleted row, the backfill job) and the `XADD` of its command happen
+//! together or not at all, and the same script gives the command the session's next number
+//! (`_seq` on the row, see [`crate::session::Control`]).
 
 use crate::command::Command;
 use crate::event::Event;
 use crate::event_log::Retention;
 use crate::redis::{Arg, Redis, RedisError, Reply, first};
-use crate::session::{Session, SessionStatus};
+use crate::session::{Control, Session, SessionStatus};
 use crate::{ApiError, args, keys};
 use serde_json::{Map, Value};
-
-/// Writes the row and its index entry together, refusing to overwrite an existing row. The
-/// index is scored by a per-organization counter, so listing order is exact creation order
-/// even for sessions created within the same millisecond.
-const CREATE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
-  return 1
-end
-return 0";
-
-/// Removes the row, its index entry and everything kept for the session (KEYS[3..]) together,
-/// returning the row so the caller knows who held it.
-const DELETE: &str = r"
-local row = redis.call('GET', KEYS[1])
-if row then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  for i = 1, #KEYS do
-    if i ~= 2 then redis.call('DEL', KEYS[i]) end
-  end
-end
-return row";
-
-/// The organization's rows in index order, in one round trip. Row keys are built from the
-/// prefix in ARGV[1]; they share KEYS[1]'s hash tag, so they live on its cluster slot.
-/// MGET goes in chunks to stay under Lua's `unpack` limit.
-const LIST: &str = r"
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-local rows = {}
-for first = 1, #ids, 1000 do
-  local keys = {}
-  for i = first, math.min(first + 999, #ids) do keys[#keys + 1] = ARGV[1] .. ids[i] end
-  for _, row in ipairs(redis.call('MGET', unpack(keys))) do rows[#rows + 1] = row end
-end
-return rows";
 
 /// A Lua function for the scripts below: appends `ARGV[first..]` (event JSONs) to the log
 /// `log` and announces each on `channel` as `<log entry id> <event JSON>`. With a retention
@@ -69,15 +40,140 @@ end
     };
 }
 
+/// Lua functions for the scripts that queue a command. `holder_of` is the gateway a row names
+/// (`''` for none). `queue_command` numbers the command as the session's next (on the row,
+/// which the caller then stores) and appends it to the stream of the gateway holding the
+/// session while that gateway's heartbeat lives (`KEYS[at + 1]`, heartbeat `KEYS[at + 2]`),
+/// else to the placement stream (`KEYS[at]`). Callers routed for the holder they last saw and
+/// refuse (`moved`) when the row names another one, so the keys they declared are the ones used.
+macro_rules! queue_command_lua {
+    () => {
+        r"
+local function holder_of(row)
+  local holder = row['gatewayId']
+  if type(holder) ~= 'string' then return '' end
+  return holder
+end
+local function queue_command(row, at, command_json)
+  local seq = (tonumber(row['_seq']) or 0) + 1
+  row['_seq'] = seq
+  local command = cjson.decode(command_json)
+  command['seq'] = seq
+  local stream = KEYS[at]
+  if holder_of(row) ~= '' and redis.call('EXISTS', KEYS[at + 2]) == 1 then stream = KEYS[at + 1] end
+  redis.call('XADD', stream, '*', 'command', cjson.encode(command))
+end
+"
+    };
+}
+
+/// Writes a new row (ARGV[1]) and its index entry, refusing to overwrite an existing row; with a
+/// command (ARGV[3]) queues it and logs the events that announce the row's first status. The
+/// index is scored by a per-organization counter, so listing order is exact creation order even
+/// for sessions created within the same millisecond.
+const CREATE: &str = concat!(
+    log_events_lua!(),
+    queue_command_lua!(),
+    r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local row = cjson.decode(ARGV[1])
+if ARGV[3] ~= '' then queue_command(row, 5, ARGV[3]) end
+redis.call('SET', KEYS[1], cjson.encode(row))
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
+log_events(KEYS[4], ARGV[5], 8, tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+return 1"
+);
+
+/// Queues a command (ARGV[2]) for the session, first writing its intent: the status ARGV[3]
+/// when the row is in one of ARGV[4] (`,a,b,`; empty: any), announced by the events
+/// ARGV[9..]. Returns the row as it now stands.
+const ENQUEUE: &str = concat!(
+    log_events_lua!(),
+    queue_command_lua!(),
+    r"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local row = cjson.decode(raw)
+if holder_of(row) ~= ARGV[1] then return redis.status_reply('moved') end
+local intent = ARGV[3] ~= '' and (ARGV[4] == '' or string.find(ARGV[4], ',' .. row['status'] .. ',', 1, true))
+if intent then
+  row['status'] = ARGV[3]
+  row['statusReason'] = cjson.null
+  row['updatedAt'] = tonumber(ARGV[5])
+end
+queue_command(row, 3, ARGV[2])
+raw = cjson.encode(row)
+redis.call('SET', KEYS[1], raw)
+if intent then log_events(KEYS[2], ARGV[6], 9, tonumber(ARGV[5]), tonumber(ARGV[7]), tonumber(ARGV[8])) end
+return raw"
+);
+
+/// Removes the row, its index entry and everything kept for the session (KEYS[6..]) and queues
+/// the cleanup command (ARGV[3]) for whoever holds it, returning the row as it was.
+const DELETE: &str = concat!(
+    queue_command_lua!(),
+    r"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local row = cjson.decode(raw)
+if holder_of(row) ~= ARGV[2] then return redis.status_reply('moved') end
+queue_command(row, 3, ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1])
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+return raw"
+);
+
+/// Stores a new job document (KEYS[1], ARGV[1]) and queues its command unless a job is running
+/// (returned instead). `gone` when the session's row is gone.
+const START_JOB: &str = concat!(
+    queue_command_lua!(),
+    r"
+local job = redis.call('GET', KEYS[1])
+if job and cjson.decode(job)['status'] == 'running' then return job end
+local raw = redis.call('GET', KEYS[2])
+if not raw then return redis.status_reply('gone') end
+local row = cjson.decode(raw)
+if holder_of(row) ~= ARGV[2] then return redis.status_reply('moved') end
+queue_command(row, 3, ARGV[3])
+redis.call('SET', KEYS[2], cjson.encode(row))
+redis.call('SET', KEYS[1], ARGV[1])
+return false"
+);
+
+/// Queues a command on a gateway's own stream while its heartbeat lives (a daemon handing a
+/// command to the holder); 0 when the gateway is gone, so the command is not left on a stream
+/// nobody will read.
+const FORWARD: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[1], '*', 'command', ARGV[1])
+return 1";
+
+/// The organization's rows in index order, in one round trip. Row keys are built from the
+/// prefix in ARGV[1]; they share KEYS[1]'s hash tag, so they live on its cluster slot.
+/// MGET goes in chunks to stay under Lua's `unpack` limit.
+const LIST: &str = r"
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local rows = {}
+for first = 1, #ids, 1000 do
+  local keys = {}
+  for i = first, math.min(first + 999, #ids) do keys[#keys + 1] = ARGV[1] .. ids[i] end
+  for _, row in ipairs(redis.call('MGET', unpack(keys))) do rows[#rows + 1] = row end
+end
+return rows";
+
 /// Patches a row and appends the events that announce the change, in one atomic step, so no
 /// reader ever sees a status without its event or an event without its status. A row that is
-/// gone stays gone (the daemon must not resurrect a deleted session).
+/// gone stays gone (the daemon must not resurrect a deleted session), and a write carrying a
+/// fencing token (ARGV[6]) other than the row's is refused (`fenced`): its daemon no longer
+/// holds the session.
 const UPDATE: &str = concat!(
     log_events_lua!(),
     r"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local row = cjson.decode(raw)
+if ARGV[6] ~= '' and tonumber(row['_fence']) ~= tonumber(ARGV[6]) then return redis.status_reply('fenced') end
 if ARGV[3] ~= '' and not string.find(ARGV[3], ',' .. row['status'] .. ',', 1, true) then return raw end
 for k, v in pairs(cjson.decode(ARGV[1])) do row[k] = v end
 row['updatedAt'] = tonumber(ARGV[2])
@@ -88,14 +184,16 @@ if ARGV[4] == '-' then
 elseif ARGV[4] ~= '' then
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 end
-log_events(KEYS[3], ARGV[6], 9, tonumber(ARGV[2]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+log_events(KEYS[3], ARGV[7], 10, tonumber(ARGV[2]), tonumber(ARGV[8]), tonumber(ARGV[9]))
 return raw"
 );
 
-/// Writes a document and logs the events that announce it, atomically (see [`put_logged`]).
+/// Writes a document and logs the events that announce it, atomically (see [`put_logged`]),
+/// unless the session's row (KEYS[3]) is gone.
 const PUT_LOGGED: &str = concat!(
     log_events_lua!(),
     r"
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 log_events(KEYS[2], ARGV[3], 6, tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5]))
 return 1"
@@ -112,9 +210,9 @@ pub enum QrChange {
 }
 
 /// A change to one session row: fields to overwrite (camelCase, as the API shows them), the
-/// statuses it applies from (empty: any), the QR change, the events that announce it, and the
-/// log retention to enforce while appending them. The daemon, which writes nearly every event,
-/// enforces the configured retention; a function's occasional intent event leaves trimming to it.
+/// statuses it applies from (empty: any), the QR change, the events that announce it, the log
+/// retention to enforce while appending them, and the fencing token of the lease it is written
+/// under.
 #[derive(Debug, Clone, Default)]
 pub struct Update {
     pub patch: Map<String, Value>,
@@ -122,6 +220,7 @@ pub struct Update {
     pub qr: QrChange,
     pub events: Vec<Event>,
     pub retention: Option<Retention>,
+    pub fence: Option<i64>,
 }
 
 impl Update {
@@ -145,8 +244,18 @@ impl Update {
     }
 }
 
-/// Applies an [`Update`]; `None` when the row no longer exists.
-pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update) -> Result<Option<Session>, ApiError> {
+/// What became of an [`Update`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Row(Session),
+    /// The row no longer exists.
+    Gone,
+    /// Another lease was taken since the writer's: the writer no longer holds the session.
+    Fenced,
+}
+
+/// Applies an [`Update`].
+pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update) -> Result<Written, ApiError> {
     let only_from = if update.only_from.is_empty() {
         String::new()
     } else {
@@ -161,32 +270,40 @@ pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update
             (serde_json::json!({ "code": code, "expiresAt": expires_at }).to_string(), (expires_at - now).max(1))
         }
     };
+    let fence = update.fence.map(|f| f.to_string()).unwrap_or_default();
     let mut argv: Vec<Arg> = args![
         UPDATE, 3,
         keys::session(org, session_id), keys::session_qr(org, session_id), keys::org_events(org),
-        encode(&update.patch)?, now, only_from, qr, qr_ttl,
+        encode(&update.patch)?, now, only_from, qr, qr_ttl, fence,
     ];
     argv.extend(log_events_args(org, update.retention, &update.events)?);
-    decode(first(r, "EVAL", argv).await?)
+    match first(r, "EVAL", argv).await? {
+        Reply::Status(s) if s == "fenced" => Ok(Written::Fenced),
+        reply => Ok(decode(reply)?.map_or(Written::Gone, Written::Row)),
+    }
 }
 
-/// Stores `document` under `key` (a key of the organization) and logs `events` with it, in one
-/// atomic step: a reader of the document never misses the event announcing it.
+/// Stores `document` under `key` (a key of the session) and logs `events` with it, in one
+/// atomic step: a reader of the document never misses the event announcing it. Nothing is
+/// written once the session is deleted.
 pub async fn put_logged<R: Redis>(
     r: &R,
     org: &str,
+    session_id: &str,
     key: &str,
     document: &impl serde::Serialize,
     events: &[Event],
     retention: Retention,
 ) -> Result<(), ApiError> {
-    let mut argv: Vec<Arg> = args![PUT_LOGGED, 2, key, keys::org_events(org), encode(document)?, crate::time::now_millis()];
+    let mut argv: Vec<Arg> = args![
+        PUT_LOGGED, 3, key, keys::org_events(org), keys::session(org, session_id), encode(document)?, crate::time::now_millis(),
+    ];
     argv.extend(log_events_args(org, Some(retention), events)?);
     r.execute("EVAL", argv).await?;
     Ok(())
 }
 
-/// The trailing arguments of `log_events` in both scripts: the announcement channel, the
+/// The trailing arguments of `log_events` in the scripts: the announcement channel, the
 /// retention (`0 0` for none), then the events.
 fn log_events_args(org: &str, retention: Option<Retention>, events: &[Event]) -> Result<Vec<Arg>, ApiError> {
     let Retention { count, max_age_ms } = retention.unwrap_or(Retention { count: 0, max_age_ms: 0 });
@@ -221,29 +338,153 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(reply: Reply) -> Result<Opt
     }
 }
 
-pub async fn create<R: Redis>(r: &R, session: &Session) -> Result<(), ApiError> {
-    let json = encode(session)?;
+/// The three keys every queueing script ends its routing with: the placement stream, then the
+/// stream and heartbeat of `holder` (the placement stream again when there is none).
+fn route_keys(holder: Option<&str>) -> Vec<Arg> {
+    let unplaced = keys::unplaced_commands();
+    match holder {
+        Some(gateway) => args![unplaced, keys::gateway_commands(gateway), keys::gateway_alive(gateway)],
+        None => args![unplaced.clone(), unplaced.clone(), unplaced],
+    }
+}
+
+/// What a queueing script answered: its result, or that the row names another holder than the
+/// one the command was routed for.
+enum Routed {
+    Done(Reply),
+    Moved,
+}
+
+impl From<Reply> for Routed {
+    fn from(reply: Reply) -> Self {
+        match reply {
+            Reply::Status(s) if s == "moved" => Routed::Moved,
+            other => Routed::Done(other),
+        }
+    }
+}
+
+/// Runs a queueing script routed for the holder the caller saw; when the session changed hands
+/// in between, routes again for the holder the row names now.
+async fn routed<R: Redis>(
+    r: &R,
+    org: &str,
+    session_id: &str,
+    mut holder: Option<String>,
+    mut script: impl AsyncFnMut(Option<&str>) -> Result<Routed, ApiError>,
+) -> Result<Reply, ApiError> {
+    for _ in 0..8 {
+        match script(holder.as_deref()).await? {
+            Routed::Done(reply) => return Ok(reply),
+            Routed::Moved => holder = get(r, org, session_id).await?.gateway_id,
+        }
+    }
+    Err(ApiError::new(crate::ErrorCode::Unavailable, "the session is changing hands; retry shortly"))
+}
+
+/// Creates the row; with `start`, queues that command and logs the events that announce the
+/// row's first status, in the same step.
+pub async fn create<R: Redis>(r: &R, session: &Session, start: Option<(&Command, &[Event])>) -> Result<(), ApiError> {
     let org = &session.organization_id;
-    let created = first(
-        r,
-        "EVAL",
-        args![CREATE, 3, keys::session(org, &session.id), keys::org_sessions(org), keys::org_session_counter(org), json, &session.id],
-    )
-    .await?;
-    if created.as_int() != Some(1) {
+    // The platform-wide owner index lives outside the organization's slot: written first, so
+    // whoever finds the row can always find its organization.
+    r.execute("SET", args![keys::session_owner(&session.id), org]).await?;
+    let (command, events) = match start {
+        Some((command, events)) => (command.to_json(), events),
+        None => (String::new(), &[][..]),
+    };
+    let mut argv = args![
+        CREATE, 7,
+        keys::session(org, &session.id), keys::org_sessions(org), keys::org_session_counter(org), keys::org_events(org),
+    ];
+    argv.extend(route_keys(None));
+    argv.extend(args![encode(session)?, &session.id, command, crate::time::now_millis()]);
+    argv.extend(log_events_args(org, None, events)?);
+    if first(r, "EVAL", argv).await?.as_int() != Some(1) {
         return Err(ApiError::internal("session id collision"));
     }
-    // Platform-wide owner index lives outside the organization's slot, so it is a second write.
-    r.execute("SET", args![keys::session_owner(&session.id), org]).await?;
     Ok(())
+}
+
+/// Queues `command` for the session, with the intent `(status, from, event)` it writes on the
+/// row first: `status` when the row is in one of `from` (empty: any). Returns the row as it
+/// then stands.
+pub async fn enqueue<R: Redis>(
+    r: &R,
+    session: &Session,
+    command: &Command,
+    intent: Option<(SessionStatus, &[SessionStatus], Event)>,
+) -> Result<Session, ApiError> {
+    let org = &session.organization_id;
+    let (status, from, events) = match intent {
+        Some((status, from, event)) => {
+            let names: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+            let from = if names.is_empty() { String::new() } else { format!(",{},", names.join(",")) };
+            (status.as_str(), from, vec![event])
+        }
+        None => ("", String::new(), vec![]),
+    };
+    let json = command.to_json();
+    let reply = routed(r, org, &session.id, session.gateway_id.clone(), async |holder| {
+        let mut argv = args![ENQUEUE, 5, keys::session(org, &session.id), keys::org_events(org)];
+        argv.extend(route_keys(holder));
+        argv.extend(args![holder.unwrap_or(""), json.as_str(), status, from.as_str(), crate::time::now_millis()]);
+        argv.extend(log_events_args(org, None, &events)?);
+        Ok(first(r, "EVAL", argv).await?.into())
+    })
+    .await?;
+    decode(reply)?.ok_or_else(ApiError::session_not_found)
+}
+
+/// Stores a new job document under `key` and queues its command, unless a job is running there:
+/// `Err` carries that job's document.
+pub async fn start_job<R: Redis>(
+    r: &R,
+    session: &Session,
+    key: &str,
+    job: &impl serde::Serialize,
+    command: &Command,
+) -> Result<Result<(), Value>, ApiError> {
+    let org = &session.organization_id;
+    let (job, json) = (encode(job)?, command.to_json());
+    let reply = routed(r, org, &session.id, session.gateway_id.clone(), async |holder| {
+        let mut argv = args![START_JOB, 5, key, keys::session(org, &session.id)];
+        argv.extend(route_keys(holder));
+        argv.extend(args![job.as_str(), holder.unwrap_or(""), json.as_str()]);
+        Ok(first(r, "EVAL", argv).await?.into())
+    })
+    .await?;
+    match reply {
+        Reply::Status(s) if s == "gone" => Err(ApiError::session_not_found()),
+        reply => Ok(decode(reply)?.map_or(Ok(()), Err)),
+    }
+}
+
+/// Queues a command on the stream of `gateway` while that gateway is alive; `false` when it is
+/// not (the command was not queued).
+pub async fn forward<R: Redis>(r: &R, gateway: &str, command: &Command) -> Result<bool, RedisError> {
+    let argv = args![FORWARD, 2, keys::gateway_commands(gateway), keys::gateway_alive(gateway), command.to_json()];
+    Ok(first(r, "EVAL", argv).await?.as_int() == Some(1))
+}
+
+/// Queues a command, keeping its number, on the placement stream any daemon reads.
+pub async fn requeue<R: Redis>(r: &R, command: &Command) -> Result<(), RedisError> {
+    r.execute("XADD", args![keys::unplaced_commands(), "*", crate::command::ENTRY_FIELD, command.to_json()]).await.map(drop)
 }
 
 /// The caller's session, or 404: another organization's id resolves to a key that does not exist.
 pub async fn get<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Session, ApiError> {
+    get_with_control(r, org, session_id).await?.map(|(session, _)| session).ok_or_else(ApiError::session_not_found)
+}
+
+/// The row with what the scripts keep on it; `None` when it does not exist.
+pub async fn get_with_control<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Option<(Session, Control)>, ApiError> {
     if !crate::validate::is_safe_id(session_id) {
-        return Err(ApiError::session_not_found());
+        return Ok(None);
     }
-    decode(first(r, "GET", args![keys::session(org, session_id)]).await?)?.ok_or_else(ApiError::session_not_found)
+    let Some(raw) = first(r, "GET", args![keys::session(org, session_id)]).await?.into_string() else { return Ok(None) };
+    let unreadable = |e: serde_json::Error| ApiError::internal(format!("stored data is unreadable: {e}"));
+    Ok(Some((serde_json::from_str(&raw).map_err(unreadable)?, serde_json::from_str(&raw).map_err(unreadable)?)))
 }
 
 /// The organization a session belongs to, for platform-wide callers (super_admin, daemon).
@@ -265,31 +506,61 @@ pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> 
     Ok(sessions)
 }
 
-/// Deletes the row and returns it; 404 when the caller's organization has no such session.
-pub async fn delete<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Session, ApiError> {
-    if !crate::validate::is_safe_id(session_id) {
-        return Err(ApiError::session_not_found());
+/// Why a session is reported as not running where its row says it runs.
+pub const GATEWAY_UNAVAILABLE: &str = "gateway_unavailable";
+
+/// Makes rows say what is true now: a row's status is what its gateway last wrote, so a session
+/// whose gateway's heartbeat is gone (the daemon died) is reported `starting`, held by no
+/// gateway, until a daemon runs it again. One heartbeat read per gateway named.
+pub async fn observe<R: Redis>(r: &R, sessions: &mut [Session]) -> Result<(), ApiError> {
+    let mut dead: Vec<String> = Vec::new();
+    let mut alive: Vec<String> = Vec::new();
+    for session in sessions.iter_mut() {
+        let Some(gateway) = session.gateway_id.clone() else { continue };
+        if !session.status.is_running() || alive.contains(&gateway) {
+            continue;
+        }
+        if !dead.contains(&gateway) {
+            if gateway_is_alive(r, &gateway).await? {
+                alive.push(gateway);
+                continue;
+            }
+            dead.push(gateway);
+        }
+        session.status = SessionStatus::Starting;
+        session.gateway_id = None;
+        session.status_reason = Some(GATEWAY_UNAVAILABLE.to_owned());
     }
-    let mut kept = vec![
-        keys::session(org, session_id),
-        keys::org_sessions(org),
-        keys::session_qr(org, session_id),
-        keys::session_backfill(org, session_id),
-    ];
-    kept.extend(crate::directory::all_keys(org, session_id));
-    let mut argv = args![DELETE, kept.len() as i64];
-    argv.extend(kept.into_iter().map(Arg::from));
-    argv.push(Arg::from(session_id));
-    let row = first(r, "EVAL", argv).await?;
-    let session = decode(row)?.ok_or_else(ApiError::session_not_found)?;
-    r.execute("DEL", args![keys::session_owner(session_id)]).await?;
+    Ok(())
+}
+
+/// [`get`], as [`observe`] reports it.
+pub async fn get_observed<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Session, ApiError> {
+    let mut session = get(r, org, session_id).await?;
+    observe(r, std::slice::from_mut(&mut session)).await?;
     Ok(session)
 }
 
-/// Queues a command for the daemon holding the session, or for any daemon when none holds it.
-pub async fn enqueue<R: Redis>(r: &R, gateway_id: Option<&str>, command: &Command) -> Result<(), RedisError> {
-    let stream = gateway_id.map_or_else(keys::unplaced_commands, keys::gateway_commands);
-    let mut args = args![stream, "*"];
-    args.extend(command.to_fields());
-    r.execute("XADD", args).await.map(drop)
+/// Deletes the row with everything kept for the session and queues the cleanup `command` for
+/// its holder, in one step; returns the row. 404 when the organization has no such session.
+pub async fn delete<R: Redis>(r: &R, org: &str, session_id: &str, command: &Command) -> Result<Session, ApiError> {
+    let session = get(r, org, session_id).await?;
+    let mut kept = vec![
+        keys::session_qr(org, session_id),
+        keys::session_backfill(org, session_id),
+        keys::session_lease(org, session_id),
+    ];
+    kept.extend(crate::directory::all_keys(org, session_id));
+    let json = command.to_json();
+    let row = routed(r, org, session_id, session.gateway_id, async |holder| {
+        let mut argv = args![DELETE, 5 + kept.len() as i64, keys::session(org, session_id), keys::org_sessions(org)];
+        argv.extend(route_keys(holder));
+        argv.extend(kept.iter().map(Arg::from));
+        argv.extend(args![session_id, holder.unwrap_or(""), json.as_str()]);
+        Ok(first(r, "EVAL", argv).await?.into())
+    })
+    .await?;
+    let session = decode(row)?.ok_or_else(ApiError::session_not_found)?;
+    r.execute("DEL", args![keys::session_owner(session_id)]).await?;
+    Ok(session)
 }

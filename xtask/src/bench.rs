@@ -127,7 +127,7 @@ impl Stats {
 async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
     for i in 0..SESSIONS {
         let new = shared::validate::new_session(format!(r#"{{"label":"bench {i}"}}"#).as_bytes())?;
-        shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis())).await?;
+        shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis()), None).await?;
     }
     let key = shared::apikey::mint();
     shared::apikey::create(redis, &key, org, vec![Capability::Manage], Some("bench".into())).await?;
@@ -135,13 +135,22 @@ async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
 }
 
 async fn cleanup(redis: &ConnectionManager, org: &str) -> Result {
-    for session in shared::store::list(redis, org).await? {
-        shared::store::delete(redis, org, &session.id).await?;
+    // Removed directly rather than through `store::delete`, which would queue cleanup commands
+    // for a daemon: the bench's sessions never ran anywhere.
+    let mut redis = redis.clone();
+    for session in shared::store::list(&redis, org).await? {
+        redis.del::<_, ()>(shared::keys::session_owner(&session.id)).await?;
     }
-    for key in shared::apikey::list(redis, org).await? {
-        shared::apikey::revoke(redis, org, &key.id).await?;
+    for key in shared::apikey::list(&redis, org).await? {
+        shared::apikey::revoke(&redis, org, &key.id).await?;
     }
-    redis.clone().del::<_, ()>(shared::keys::org_events(org)).await?;
+    let mut org_keys: Vec<String> = Vec::new();
+    let mut found = redis.scan_match::<_, String>(shared::keys::session(org, "*").replace(":session:*", ":*")).await?;
+    while let Some(key) = found.next_item().await {
+        org_keys.push(key);
+    }
+    drop(found);
+    redis.del::<_, ()>(org_keys).await?;
     Ok(())
 }
 

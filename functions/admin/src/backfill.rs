@@ -7,7 +7,7 @@ use shared::backfill::{self, BackfillJob};
 use shared::command::{Command, CommandKind};
 use shared::session::{Session, SessionStatus};
 use shared::spin::Context;
-use shared::{ApiError, ErrorCode, lifecycle, store};
+use shared::{ApiError, ErrorCode, store};
 
 /// Any organization's session: super_admins address sessions platform-wide.
 async fn session(ctx: &Context, session_id: &str) -> Result<Session, ApiError> {
@@ -38,10 +38,9 @@ pub async fn start(ctx: &Context, session_id: &str) -> Result<Answer, ApiError> 
     }
     let command = Command::new(CommandKind::Backfill, &session.id, org);
     let job = BackfillJob::new(&command.id, org, &session.id, session.gateway_id.as_deref());
-    if let Err(running) = backfill::start(&ctx.redis, &job).await? {
+    if let Err(running) = backfill::start(&ctx.redis, &session, &job, &command).await? {
         return Err(already_running(&running));
     }
-    lifecycle::send(&ctx.redis, &session, &command).await?;
     Ok(Answer::accepted(&job))
 }
 

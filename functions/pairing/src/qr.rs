@@ -4,15 +4,19 @@
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandKind};
+use shared::session::SessionStatus;
 use shared::spin::Context;
 use shared::{ApiError, ErrorCode, lifecycle, store, validate};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
-    let session = store::get(&ctx.redis, org, session_id).await?;
+    let session = store::get_observed(&ctx.redis, org, session_id).await?;
     validate::unpaired(&session)?;
-    if let Some(qr) = store::qr(&ctx.redis, org, session_id).await? {
-        return Ok(Answer::ok(&qr));
+    // Only a code that a live client shows: a dead gateway's last code scans into nothing.
+    if session.status == SessionStatus::ScanQrCode {
+        if let Some(qr) = store::qr(&ctx.redis, org, session_id).await? {
+            return Ok(Answer::ok(&qr));
+        }
     }
     if !session.status.is_running() {
         lifecycle::send(&ctx.redis, &session, &Command::new(CommandKind::Start, &session.id, org)).await?;

@@ -12,14 +12,14 @@ use shared::{ApiError, lifecycle, store};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, kind: CommandKind) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
-    let session = store::get(&ctx.redis, org, session_id).await?;
+    let session = store::get_observed(&ctx.redis, org, session_id).await?;
     if changes_nothing(kind, &session) {
         return Ok(Answer::ok(&session));
     }
     let command = Command::new(kind, &session.id, org);
     lifecycle::send(&ctx.redis, &session, &command).await?;
     ctx.wait_for_result(org, &command.id, Wait::Command).await?;
-    Ok(Answer::ok(&store::get(&ctx.redis, org, session_id).await?))
+    Ok(Answer::ok(&store::get_observed(&ctx.redis, org, session_id).await?))
 }
 
 /// Stopping a stopped session, or logging out one with no number attached and no client

@@ -4,20 +4,14 @@
 
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
-use shared::command::{Command, CommandKind};
 use shared::spin::Context;
-use shared::{ApiError, lifecycle, store, time, validate};
+use shared::{ApiError, lifecycle, time, validate};
 
 pub async fn apply(ctx: &Context, caller: &Caller, body: &[u8]) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
     let new = validate::new_session(body)?;
     let start = new.start;
     let session = new.into_session(org, Some(caller.user_id.clone()), time::now_millis());
-    store::create(&ctx.redis, &session).await?;
-    if !start {
-        return Ok(Answer::created(&session));
-    }
-    // No gateway holds a new session yet: the command goes to the placement stream.
-    let started = lifecycle::send(&ctx.redis, &session, &Command::new(CommandKind::Start, &session.id, org)).await?;
-    Ok(Answer::created(&started))
+    // No gateway holds a new session yet: a start goes to the placement stream.
+    Ok(Answer::created(&lifecycle::create(&ctx.redis, session, start).await?))
 }

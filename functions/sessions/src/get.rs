@@ -7,5 +7,5 @@ use shared::{ApiError, store};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
-    Ok(Answer::ok(&store::get(&ctx.redis, org, session_id).await?))
+    Ok(Answer::ok(&store::get_observed(&ctx.redis, org, session_id).await?))
 }

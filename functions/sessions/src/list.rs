@@ -7,7 +7,8 @@ use shared::{ApiError, store};
 
 pub async fn apply(ctx: &Context, caller: &Caller) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
-    let sessions = store::list(&ctx.redis, org).await?;
+    let mut sessions = store::list(&ctx.redis, org).await?;
+    store::observe(&ctx.redis, &mut sessions).await?;
     // `nextCursor` is always null: the reference keeps it for forward compatibility.
     Ok(Answer::ok(&Page { data: sessions, next_cursor: None }))
 }
