@@ -196,7 +196,7 @@ async fn only_a_platform_super_admin_may_backfill() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_fails_when_its_connection_or_its_gateway_goes() {
-    let mut stack = stack();
+    let stack = stack();
     let org = new_org();
     let key = stack.key(&org).await;
     let (id, _) = stack.paired_session(&key, "6284444444444").await;

@@ -210,7 +210,7 @@ async fn deleting_a_working_session_stops_it_and_removes_its_store() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemon_killed_during_pairing_resumes_and_keeps_paired_numbers() {
-    let mut stack = Stack::start();
+    let stack = Stack::start();
     let key = stack.key(&new_org()).await;
     let pairing = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
     let (paired, _) = stack.paired_session(&key, "4915112345678").await;
@@ -230,7 +230,7 @@ async fn a_daemon_killed_during_pairing_resumes_and_keeps_paired_numbers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_sent_while_no_daemon_runs_is_carried_out_when_one_starts() {
-    let mut stack = Stack::start();
+    let stack = Stack::start();
     stack.daemon.kill();
     let key = stack.key(&new_org()).await;
     let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
@@ -318,7 +318,7 @@ async fn the_whatsapp_backend_reports_an_unreachable_endpoint_as_failed() {
 /// peer daemon (with a data directory of its own, so an adoption would lose the pairing) runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_pauses_sessions_truthfully_and_a_quick_restart_resumes_them_with_peers_running() {
-    let mut stack = Stack::start_with(&[("BACKEND", "simulator"), ("LEASE_MS", "6000")]);
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("LEASE_MS", "6000")]);
     let org = new_org();
     let key = stack.key(&org).await;
     let (id, _) = stack.paired_session(&key, "628777000111").await;
@@ -349,7 +349,7 @@ async fn sigterm_pauses_sessions_truthfully_and_a_quick_restart_resumes_them_wit
 /// by a live daemon and carried out.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_daemon_claims_the_commands_a_dead_one_left_pending() {
-    let mut stack = Stack::start();
+    let stack = Stack::start();
     stack.daemon.kill();
     let key = stack.key(&new_org()).await;
     let id = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
@@ -381,8 +381,8 @@ async fn a_live_daemon_claims_the_commands_a_dead_one_left_pending() {
 /// once the dead one's heartbeat lapses, and it is back to `working` without a scan.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_daemon_adopts_the_sessions_of_a_dead_gateway() {
-    let mut stack = Stack::start();
-    let mut second = stack.daemon.start_beside();
+    let stack = Stack::start();
+    let second = stack.daemon.start_beside();
     let key = stack.key(&new_org()).await;
     let (id, row) = stack.paired_session(&key, "5511999990000").await;
     let holder = row["gatewayId"].as_str().unwrap().to_owned();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 async fn redis_down_is_503_and_service_resumes_when_it_returns() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let mut redis = RedisServer::start_on(port);
+    let redis = RedisServer::start_on(port);
     let gateway = Gateway::start(&url, &[]);
     let client = Client::default();
     let list = gateway.url("/api/v1/sessions");

@@ -237,15 +237,25 @@ impl SimClient {
         self.state().socket_up = true;
         if let Some(device) = read_device(&self.device_file) {
             let mut redis = self.redis.clone();
-            let linked: bool = redis.hexists(keys::simulator_linked_devices(), &device.device_id).await.unwrap_or(false);
+            // The simulated server's state lives in Redis: without it the server is unreachable,
+            // which is a failed connection, not an unlinked device.
+            let linked: redis::RedisResult<bool> = redis.hexists(keys::simulator_linked_devices(), &device.device_id).await;
             let mut state = self.state();
-            if linked {
-                if self.logged_in(&state, &device) {
-                    tokio::spawn(self.clone().stay_online(device.device_id.clone()));
-                    state.device = Some(device);
+            match linked {
+                Ok(true) => {
+                    if self.logged_in(&state, &device) {
+                        tokio::spawn(self.clone().stay_online(device.device_id.clone()));
+                        state.device = Some(device);
+                    }
                 }
-            } else {
-                self.emit_if_open(&state, BackendEvent::LoggedOut { reason: "the device was unlinked from the phone".into() });
+                Ok(false) => {
+                    self.emit_if_open(&state, BackendEvent::LoggedOut { reason: "the device was unlinked from the phone".into() });
+                }
+                Err(e) => {
+                    self.emit_if_open(&state, BackendEvent::Disconnected { reason: format!("the simulated server is unreachable: {e}") });
+                }
+            }
+            if state.device.is_none() {
                 state.closed = true;
             }
             return;

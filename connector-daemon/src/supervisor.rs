@@ -20,6 +20,7 @@ use shared::event::{Event, EventType, status_data};
 use shared::session::{Control, Session, SessionStatus};
 use shared::store::{self, QrChange, Update, Written};
 use shared::time::now_millis;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -70,6 +71,17 @@ struct Supervisor {
     pairing_codes: JoinSet<PairingCodeOutcome>,
     /// The backfill job running on the current client.
     backfill: Option<tokio::task::JoinHandle<()>>,
+    /// The number of the last command applied to the session (the row's `_applied`).
+    applied: u64,
+    /// Commands that came before an earlier one of the session, by number.
+    parked: BTreeMap<u64, Parked>,
+}
+
+/// A command waiting for the session's earlier ones, until `until`.
+struct Parked {
+    command: Command,
+    reply: Reply,
+    until: Instant,
 }
 
 pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut inbox: mpsc::UnboundedReceiver<Order>) {
@@ -88,6 +100,8 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
         retry_at: None,
         pairing_codes: JoinSet::new(),
         backfill: None,
+        applied: 0,
+        parked: BTreeMap::new(),
     };
     loop {
         let flow = tokio::select! {
@@ -107,6 +121,7 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
                 supervisor.connect().await;
                 Flow::Continue
             }
+            () = wake_at(supervisor.parked.values().map(|p| p.until).min()) => supervisor.apply_parked().await,
             Some(done) = supervisor.pairing_codes.join_next(), if !supervisor.pairing_codes.is_empty() => {
                 if let Ok(outcome) = done {
                     supervisor.on_pairing_code(outcome).await;
@@ -164,7 +179,7 @@ impl Supervisor {
 
     /// Anything left that needs this task.
     fn is_busy(&self) -> bool {
-        self.is_active() || !self.pairing_codes.is_empty()
+        self.is_active() || !self.pairing_codes.is_empty() || !self.parked.is_empty()
     }
 
     async fn obey(&mut self, order: Order) -> Flow {
@@ -214,6 +229,7 @@ impl Supervisor {
             return Flow::Exit;
         }
         if self.fence.is_none() {
+            self.applied = control.applied;
             match self.take_lease(&command, row).await {
                 Ok(()) => {}
                 Err(Handled::Abandoned) => return Flow::Exit,
@@ -228,6 +244,42 @@ impl Supervisor {
                 }
             }
         }
+        if command.is_ordered() && command.seq > self.applied + 1 {
+            // An earlier command of the session is still on its way (on a dead gateway's
+            // stream, being adopted or handed on): it goes first, if it arrives in time.
+            tracing::info!(session = %self.id, seq = command.seq, applied = self.applied, "waiting for the session's earlier commands");
+            let until = Instant::now() + self.daemon.config.lease() * 2;
+            self.parked.insert(command.seq, Parked { command, reply, until });
+            return Flow::Continue;
+        }
+        match self.apply(command, reply).await {
+            Flow::Continue => self.apply_parked().await,
+            exit => exit,
+        }
+    }
+
+    /// Applies the parked commands that are next in order, or whose wait ran out.
+    async fn apply_parked(&mut self) -> Flow {
+        while let Some(entry) = self.parked.first_entry() {
+            let due = *entry.key() <= self.applied + 1 || entry.get().until <= Instant::now();
+            if !due {
+                break;
+            }
+            let Parked { command, reply, .. } = entry.remove();
+            if command.seq <= self.applied {
+                let _ = reply.send(Some(superseded(&command)));
+            } else if self.fence.is_none() {
+                // The lease went meanwhile: routed again, to whoever holds the session now.
+                self.daemon.command(command, reply);
+            } else if self.apply(command, reply).await == Flow::Exit {
+                return Flow::Exit;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Carries a command out under the lease this task holds.
+    async fn apply(&mut self, command: Command, reply: Reply) -> Flow {
         let result = match command.kind {
             CommandKind::Start if self.is_active() => CommandResult::done(),
             CommandKind::Start => {
@@ -322,6 +374,7 @@ impl Supervisor {
     /// Records that the command numbered `seq` was carried out, so no older one is.
     async fn mark_applied(&mut self, seq: u64) {
         if seq > 0 {
+            self.applied = seq;
             self.write(Update::default().set("_applied", seq)).await;
         }
     }
@@ -335,7 +388,11 @@ impl Supervisor {
     }
 
     /// Stops driving the session without writing anything: another gateway may own it now.
+    /// Commands waiting for their turn are routed again, to whoever holds the session.
     async fn let_go(&mut self) {
+        for (_, Parked { command, reply, .. }) in std::mem::take(&mut self.parked) {
+            self.daemon.command(command, reply);
+        }
         self.fence = None;
         self.daemon.unhold(&self.id);
         self.drop_client().await;

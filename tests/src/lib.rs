@@ -120,7 +120,11 @@ pub fn free_port() -> u16 {
 /// A redis-server of the test's own, stopped when dropped (also when the test fails).
 pub struct RedisServer {
     pub url: String,
-    child: Child,
+    port: u16,
+    /// Where a durable server keeps its append-only file; `None` for one that keeps nothing.
+    dir: Option<PathBuf>,
+    /// Behind a lock so a test can kill and restart the server while requests use the stack.
+    child: Mutex<Option<Child>>,
 }
 
 impl RedisServer {
@@ -129,29 +133,53 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
+        let server = RedisServer { url: format!("redis://127.0.0.1:{port}"), port, dir: None, child: Mutex::default() };
+        server.restart();
+        server
+    }
+
+    /// A server that writes every command to its append-only file before answering, so a
+    /// `kill -9` and [`RedisServer::restart`] lose nothing, as a production Redis with AOF.
+    pub fn start_durable() -> RedisServer {
+        let port = free_port();
+        let dir = root().join("target/e2e").join(format!("redis-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = RedisServer { url: format!("redis://127.0.0.1:{port}"), port, dir: Some(dir), child: Mutex::default() };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again, after [`RedisServer::stop`]) on the same port, with its data.
+    pub fn restart(&self) {
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &self.dir {
+            Some(dir) => command.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        *self.child.lock().unwrap() = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server"));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        RedisServer { url: format!("redis://127.0.0.1:{port}"), child }
     }
 
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// `kill -9`: whatever was not written to disk is lost (nothing, for a durable server).
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -163,7 +191,8 @@ pub struct Daemon {
     redis_url: String,
     /// Settings on top of the test defaults, as environment variables.
     settings: Vec<(String, String)>,
-    child: Option<Child>,
+    /// Behind a lock so a test can kill and restart the daemon while requests use the stack.
+    child: Mutex<Option<Child>>,
 }
 
 impl Daemon {
@@ -176,7 +205,7 @@ impl Daemon {
         let gateway_id = format!("e2e-{}", ulid::Ulid::new().to_string().to_lowercase());
         let data_dir = root().join("target/e2e").join(&gateway_id);
         let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut daemon = Daemon { gateway_id, data_dir, redis_url: redis_url.to_owned(), settings, child: None };
+        let daemon = Daemon { gateway_id, data_dir, redis_url: redis_url.to_owned(), settings, child: Mutex::default() };
         daemon.restart();
         daemon
     }
@@ -184,19 +213,19 @@ impl Daemon {
     /// A second daemon (its own gateway id) sharing this one's Redis and data directory, as
     /// two daemons on one machine or on a shared volume would.
     pub fn start_beside(&self) -> Daemon {
-        let mut daemon = Daemon {
+        let daemon = Daemon {
             gateway_id: format!("e2e-{}", ulid::Ulid::new().to_string().to_lowercase()),
             data_dir: self.data_dir.clone(),
             redis_url: self.redis_url.clone(),
             settings: self.settings.clone(),
-            child: None,
+            child: Mutex::default(),
         };
         daemon.restart();
         daemon
     }
 
     /// Starts the daemon again (after [`Daemon::kill`]), with the same gateway id and data.
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         let mut child = Command::new(root().join("target/release/connector-daemon"))
             .arg("--stop-on-stdin-close")
             .arg("--gateway-id").arg(&self.gateway_id)
@@ -218,12 +247,12 @@ impl Daemon {
         let ready = format!("connector-daemon {} running", self.gateway_id);
         assert!(lines.any(|line| line.is_ok_and(|l| l == ready)), "connector-daemon did not start");
         std::thread::spawn(move || lines.for_each(drop));
-        self.child = Some(child);
+        *self.child.lock().unwrap() = Some(child);
     }
 
     /// SIGTERM, then waits for the daemon to exit; returns how long that took.
-    pub fn terminate(&mut self) -> Duration {
-        let mut child = self.child.take().expect("a running daemon");
+    pub fn terminate(&self) -> Duration {
+        let mut child = self.child.lock().unwrap().take().expect("a running daemon");
         let started = Instant::now();
         let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
@@ -232,9 +261,13 @@ impl Daemon {
         started.elapsed()
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.lock().unwrap().is_some()
+    }
+
     /// `kill -9`: no shutdown, no cleanup, commands left as they were.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -438,7 +471,11 @@ impl Stack {
 
     /// A stack whose daemon and host run with these settings. The host accepts login JWTs.
     pub fn start_configured(daemon_settings: &[(&str, &str)], host_variables: &[(&'static str, &str)]) -> Stack {
-        let redis = RedisServer::start();
+        Stack::on(RedisServer::start(), daemon_settings, host_variables)
+    }
+
+    /// A stack on a Redis of the caller's (a durable one, say).
+    pub fn on(redis: RedisServer, daemon_settings: &[(&str, &str)], host_variables: &[(&'static str, &str)]) -> Stack {
         let mut variables = login_variables();
         variables.push(("pairing_code_wait_ms", "10000".to_owned()));
         variables.extend(host_variables.iter().map(|(k, v)| (*k, v.to_string())));

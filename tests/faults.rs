@@ -1,0 +1,493 @@
+//! Sessions under faults: daemons killed (`kill -9`) or stopped (SIGTERM) in the middle of
+//! commands, Redis restarted under load, daemons racing for the same sessions, leases taken away,
+//! old commands delivered late. Everything through the real host, real daemons with the
+//! simulator, and Redis servers the tests start and kill.
+//!
+//! The bar: nothing accepted is lost, nothing is done twice (the simulated server records every
+//! time two clients of one device were live at once), what the API reports is true, and the
+//! command streams stay bounded.
+
+use e2e::{RedisServer, Stack, new_org};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const SOON: Duration = Duration::from_secs(10);
+/// The tests' lease period (`LEASE_MS` in the harness).
+const LEASE: Duration = Duration::from_millis(3000);
+
+/// A small deterministic generator, seeded and printed per test, so a failing run can be
+/// replayed with `FAULTS_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(test: &str) -> Rng {
+        let seed = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| shared::time::now_millis() as u64);
+        println!("{test}: FAULTS_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a session's last accepted command leaves it as, once the gateway has settled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Expected {
+    last: &'static str,
+    paired: bool,
+}
+
+impl Expected {
+    fn after(self, action: &'static str) -> Expected {
+        Expected { last: action, paired: self.paired && action != "logout" }
+    }
+
+    fn holds_for(&self, row: &Value) -> bool {
+        let status = row["status"].as_str().unwrap_or_default();
+        let paired = !row["waJid"].is_null();
+        let wanted = match (self.last, self.paired) {
+            ("start" | "restart", true) => "working",
+            ("start" | "restart", false) => "scan_qr_code",
+            _ => "stopped",
+        };
+        status == wanted && paired == self.paired
+    }
+}
+
+/// `POST :action` until the gateway accepts it. A 503 (Redis down) may or may not have queued
+/// the command, so it is sent again: every lifecycle action is idempotent.
+async fn act(stack: &Stack, key: &str, id: &str, action: &str) {
+    let url = stack.session_url(id, &format!(":{action}"));
+    for _ in 0..200 {
+        let reply = stack.client.post(&url, key, "").await;
+        match reply.status {
+            200 => return,
+            503 | 504 => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => panic!("{action} on {id}: {} {}", reply.status, reply.body),
+        }
+    }
+    panic!("{action} on {id} was never accepted");
+}
+
+/// Polls every session until each is as expected, failing with the rows that are not.
+async fn settled(stack: &Stack, key: &str, expected: &HashMap<String, Expected>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut wrong = Vec::new();
+        for (id, want) in expected {
+            let reply = stack.client.get(&stack.session_url(id, ""), key).await;
+            if reply.status != 200 || !want.holds_for(&reply.body) {
+                wrong.push(format!("{id}: want {want:?}, got {} {}", reply.status, reply.body));
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "sessions did not settle:\n{}", wrong.join("\n"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the simulated server saw: every time a second client of one device logged in while
+/// the first was still live.
+async fn double_logins(stack: &Stack) -> Vec<String> {
+    redis::AsyncCommands::lrange(&mut stack.redis().await, shared::keys::simulator_replacements(), 0, -1).await.unwrap()
+}
+
+/// Every command stream and what is still pending on it.
+async fn command_streams(stack: &Stack) -> Vec<(String, usize, usize)> {
+    let mut redis = stack.redis().await;
+    let mut streams: Vec<String> = redis::AsyncCommands::keys(&mut redis, "gw:commands:*").await.unwrap();
+    streams.sort();
+    let mut out = Vec::new();
+    for stream in streams {
+        let len: usize = redis::AsyncCommands::xlen(&mut redis, &stream).await.unwrap();
+        let pending: redis::RedisResult<redis::streams::StreamPendingReply> =
+            redis::AsyncCommands::xpending(&mut redis, &stream, shared::keys::COMMAND_GROUP).await;
+        out.push((stream, len, pending.map(|p| p.count()).unwrap_or(0)));
+    }
+    out
+}
+
+/// Once settled, every command stream is (nearly) empty: done commands are deleted.
+async fn assert_streams_bounded(stack: &Stack, at_most: usize) {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let streams = command_streams(stack).await;
+        if streams.iter().all(|(_, len, pending)| *len <= at_most && *pending == 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "command streams hold more than {at_most} entries or pending ones: {streams:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `paired` new sessions, paired at once by scanning, each as its own phone number.
+async fn paired_sessions(stack: &Stack, key: &str, count: usize, prefix: &str) -> Vec<String> {
+    let phones: Vec<String> = (0..count).map(|i| format!("{prefix}{i:04}")).collect();
+    let pairing = phones.iter().map(|phone| stack.paired_session(key, phone));
+    futures::future::join_all(pairing).await.into_iter().map(|(id, _)| id).collect()
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_gateways_sessions_stop_reading_as_working_within_a_lease_period() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628100000001").await;
+    let me = stack.client.get(&stack.session_url(&id, "/me"), &key).await.body;
+    assert_eq!((&me["connected"], &me["pushName"]), (&true.into(), &"Simulated 628100000001".into()), "{me}");
+    let pairing = stack.create(&key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+    stack.qr_until(&key, &pairing, None, SOON).await;
+
+    blocking(|| stack.daemon.kill());
+    let killed = Instant::now();
+    loop {
+        let row = stack.client.get(&stack.session_url(&id, ""), &key).await.body;
+        if row["status"] != "working" {
+            assert_eq!((&row["status"], &row["gatewayId"]), (&"starting".into(), &Value::Null), "{row}");
+            assert_eq!(row["statusReason"], "gateway_unavailable");
+            break;
+        }
+        assert!(killed.elapsed() < LEASE + Duration::from_millis(1500), "still reported working after a lease period: {row}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = stack.client.get(&stack.gateway.url("/api/v1/sessions"), &key).await.body;
+    for row in list["data"].as_array().unwrap() {
+        assert_eq!((&row["status"], &row["gatewayId"]), (&"starting".into(), &Value::Null), "{row}");
+    }
+    let me = stack.client.get(&stack.session_url(&id, "/me"), &key).await.body;
+    assert_eq!((&me["connected"], &me["status"]), (&false.into(), &"starting".into()), "{me}");
+    // The dead gateway's last QR code scans into nothing: it is not handed out.
+    stack.client.get(&stack.session_url(&pairing, "/qr"), &key).await.expect_error(404, "not_found");
+
+    blocking(|| stack.daemon.restart());
+    let row = stack.status_until(&key, &id, "working", SOON).await;
+    assert_eq!((&row["gatewayId"], &row["statusReason"]), (&stack.daemon.gateway_id.as_str().into(), &Value::Null), "{row}");
+    assert_eq!(stack.client.get(&stack.session_url(&id, "/me"), &key).await.body["connected"], true);
+    stack.qr_until(&key, &pairing, None, SOON).await;
+}
+
+/// One session per command kind, all held by the first daemon, which is killed while the
+/// commands are under way (connecting takes a second). The second daemon adopts them, or the
+/// first comes back, and every session ends as its command says, each carried out once.
+async fn kill_9_in_the_middle_of_each_command_kind(killed_one_returns: bool) {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_CONNECT_MS", "1000")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let ids = paired_sessions(&stack, &key, 5, if killed_one_returns { "4470001" } else { "4470002" }).await;
+    let [to_start, to_stop, to_restart, to_log_out, to_delete] = [0, 1, 2, 3, 4].map(|i| ids[i].clone());
+    act(&stack, &key, &to_start, "stop").await;
+    stack.status_until(&key, &to_start, "stopped", SOON).await;
+    let connected_at = stack.client.get(&stack.session_url(&to_restart, ""), &key).await.body["lastConnectedAt"].as_i64();
+    let _peer = blocking(|| stack.daemon.start_beside());
+
+    let commands = async {
+        futures::join!(
+            act(&stack, &key, &to_start, "start"),
+            act(&stack, &key, &to_stop, "stop"),
+            act(&stack, &key, &to_restart, "restart"),
+            act(&stack, &key, &to_log_out, "logout"),
+            async { assert_eq!(stack.client.delete(&stack.session_url(&to_delete, ""), &key).await.status, 204) },
+        )
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        blocking(|| stack.daemon.kill());
+    };
+    futures::join!(commands, kill);
+    if killed_one_returns {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        blocking(|| stack.daemon.restart());
+    }
+
+    let expected: HashMap<String, Expected> = [
+        (to_start.clone(), Expected { last: "start", paired: true }),
+        (to_stop.clone(), Expected { last: "stop", paired: true }),
+        (to_restart.clone(), Expected { last: "restart", paired: true }),
+        (to_log_out.clone(), Expected { last: "logout", paired: false }),
+    ]
+    .into();
+    settled(&stack, &key, &expected, Duration::from_secs(30)).await;
+    let restarted = stack.client.get(&stack.session_url(&to_restart, ""), &key).await.body;
+    assert!(restarted["lastConnectedAt"].as_i64() > connected_at, "the restart reconnected: {restarted}");
+    stack.client.get(&stack.session_url(&to_delete, ""), &key).await.expect_error(404, "not_found");
+    let deadline = Instant::now() + SOON;
+    while stack.daemon.session_dir(&to_delete).exists() || stack.daemon.session_dir(&to_log_out).exists() {
+        assert!(Instant::now() < deadline, "the deleted and the logged-out sessions' stores were not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(double_logins(&stack).await, Vec::<String>::new(), "no session ran twice");
+    assert_streams_bounded(&stack, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_the_middle_of_each_command_kind_the_survivor_adopts() {
+    kill_9_in_the_middle_of_each_command_kind(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_the_middle_of_each_command_kind_the_killed_daemon_returns() {
+    kill_9_in_the_middle_of_each_command_kind(true).await;
+}
+
+/// Redis is killed and restarted (with its append-only file) twice while commands flow: once
+/// briefly, once for longer than a lease period. Requests meanwhile answer 503 and are sent
+/// again; once Redis is back every session ends as its last command says.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restart_in_the_middle_of_commands_loses_nothing() {
+    let stack = Stack::on(RedisServer::start_durable(), &[("BACKEND", "simulator")], &[]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let ids = paired_sessions(&stack, &key, 4, "4915200").await;
+    let mut rng = Rng::seeded("redis_restart");
+    let plans: Vec<Vec<&'static str>> =
+        ids.iter().map(|_| (0..12).map(|_| ["start", "stop", "restart"][rng.below(3) as usize]).collect()).collect();
+
+    let commands = futures::future::join_all(ids.iter().zip(&plans).map(|(id, plan)| {
+        let (stack, key) = (&stack, &key);
+        async move {
+            for action in plan {
+                act(stack, key, id, action).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    }));
+    let outages = async {
+        for down_for in [Duration::from_millis(1500), LEASE + Duration::from_millis(1500)] {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            blocking(|| stack.redis.stop());
+            tokio::time::sleep(down_for).await;
+            blocking(|| stack.redis.restart());
+        }
+    };
+    futures::join!(commands, outages);
+
+    let expected = ids.iter().zip(&plans).map(|(id, plan)| (id.clone(), Expected { last: plan.last().unwrap(), paired: true })).collect();
+    settled(&stack, &key, &expected, Duration::from_secs(40)).await;
+    assert_eq!(double_logins(&stack).await, Vec::<String>::new(), "no session ran twice");
+    assert_streams_bounded(&stack, 0).await;
+}
+
+/// One step of a session's random plan: sometimes a burst of commands sent at once (so daemons
+/// race for the session), then always one command on its own, whose outcome the step expects.
+struct Step {
+    burst: Vec<&'static str>,
+    then: &'static str,
+}
+
+/// Three daemons sharing one data directory take a thousand random lifecycle commands over
+/// twenty sessions while they are killed (`kill -9`) and stopped (SIGTERM) at random. At the
+/// end every row says what its last command implies, no session ever had two live clients, and
+/// the command streams are empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_daemons_a_thousand_random_commands_and_random_kills() {
+    const SESSIONS: usize = 20;
+    const COMMANDS_EACH: usize = 50;
+    // Unpaired sessions (after a logout) keep showing codes until the end of the test.
+    let settings = [("BACKEND", "simulator"), ("SIM_FIRST_QR_MS", "60000"), ("SIM_QR_COUNT", "20")];
+    let stack = Stack::start_with(&settings);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let ids = paired_sessions(&stack, &key, SESSIONS, "5511900").await;
+    let others = blocking(|| [stack.daemon.start_beside(), stack.daemon.start_beside()]);
+    let mut rng = Rng::seeded("three_daemons");
+    let mut plan = |rng: &mut Rng| {
+        let mut steps: Vec<Step> = Vec::new();
+        while steps.iter().map(|s| s.burst.len() + 1).sum::<usize>() < COMMANDS_EACH {
+            // Bursts leave no single last command, so they hold no logout (the one that unpairs).
+            let burst = match rng.below(4) {
+                0 => (0..2).map(|_| ["start", "stop", "restart"][rng.below(3) as usize]).collect(),
+                _ => vec![],
+            };
+            steps.push(Step { burst, then: ["start", "start", "stop", "stop", "restart", "logout"][rng.below(6) as usize] });
+        }
+        steps
+    };
+    let plans: Vec<Vec<Step>> = ids.iter().map(|_| plan(&mut rng)).collect();
+    let sent = plans.iter().flatten().map(|s| s.burst.len() + 1).sum::<usize>();
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let commands = async {
+        futures::future::join_all(ids.iter().zip(&plans).enumerate().map(|(i, (id, plan))| {
+            let (stack, key) = (&stack, &key);
+            async move {
+                // About half a minute of commands, so the faults land among them.
+                for (n, step) in plan.iter().enumerate() {
+                    futures::future::join_all(step.burst.iter().map(|action| act(stack, key, id, action))).await;
+                    act(stack, key, id, step.then).await;
+                    tokio::time::sleep(Duration::from_millis(300 + ((i * 37 + n * 131) % 600) as u64)).await;
+                }
+            }
+        }))
+        .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let chaos = async {
+        let mut faults = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && faults < 40 {
+            tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+            let which = rng.below(3) as usize;
+            let daemon = if which == 0 { &stack.daemon } else { &others[which - 1] };
+            if rng.below(2) == 0 {
+                blocking(|| daemon.kill());
+                // Back before its lease lapses, or after, when the others have adopted its work.
+                // (The simulated server, like WhatsApp, notices a dead client within a second.)
+                let away = if rng.below(2) == 0 { 1200 } else { 4000 };
+                tokio::time::sleep(Duration::from_millis(away)).await;
+            } else {
+                blocking(|| daemon.terminate());
+            }
+            blocking(|| daemon.restart());
+            faults += 1;
+        }
+        faults
+    };
+    let (_, faults) = futures::join!(commands, chaos);
+    println!("{faults} daemon faults during {sent} commands");
+    assert!(faults >= 8, "the daemons were hardly disturbed");
+
+    let expected: HashMap<String, Expected> = ids
+        .iter()
+        .zip(&plans)
+        .map(|(id, plan)| (id.clone(), plan.iter().fold(Expected { last: "start", paired: true }, |e, step| e.after(step.then))))
+        .collect();
+    settled(&stack, &key, &expected, Duration::from_secs(60)).await;
+    assert_eq!(double_logins(&stack).await, Vec::<String>::new(), "no session ever had two live clients");
+    assert_streams_bounded(&stack, 0).await;
+}
+
+/// The row's fencing token moves on (as when another daemon takes the session): the old holder's
+/// next write is refused, it lets go of its client, and nothing it does changes the row again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_whose_lease_was_taken_lets_go_and_cannot_write() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, row) = stack.paired_session(&key, "33612345678").await;
+    let mut redis = stack.redis().await;
+    let lease: String = redis::AsyncCommands::get(&mut redis, shared::keys::session_lease(&org, &id)).await.unwrap();
+    let fence: i64 = lease.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(lease.starts_with(row["gatewayId"].as_str().unwrap()), "{lease}");
+
+    // Another gateway takes the session: a newer lease, its token on the row.
+    let taken = format!("gw-intruder {}", fence + 1);
+    let bump = r"
+local row = cjson.decode(redis.call('GET', KEYS[2]))
+row['_fence'] = tonumber(ARGV[2])
+redis.call('SET', KEYS[2], cjson.encode(row))
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000)
+return 1";
+    let _: i64 = redis::cmd("EVAL")
+        .arg(bump).arg(2).arg(shared::keys::session_lease(&org, &id)).arg(shared::keys::session(&org, &id)).arg(&taken).arg(fence + 1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let events_before = stack.events(&org).await.len();
+    let row_before = stack.client.get(&stack.session_url(&id, ""), &key).await.body;
+
+    // Its renewal fails within a third of a lease: the client goes offline on the server.
+    let devices: HashMap<String, String> = redis::AsyncCommands::hgetall(&mut redis, shared::keys::simulator_linked_devices()).await.unwrap();
+    let device = devices.iter().find(|(_, phone)| *phone == "33612345678").unwrap().0.clone();
+    let deadline = Instant::now() + LEASE;
+    loop {
+        let online: bool = redis::AsyncCommands::exists(&mut redis, shared::keys::simulator_online(&device)).await.unwrap();
+        if !online {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old holder kept its client after losing the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Phone-side events reach nobody, and the old holder writes nothing more.
+    stack.phone("drop", &[("session", &id)]).await;
+    tokio::time::sleep(LEASE).await;
+    let row_after = stack.client.get(&stack.session_url(&id, ""), &key).await.body;
+    assert_eq!(row_after["updatedAt"], row_before["updatedAt"], "{row_after}");
+    assert_eq!(stack.events(&org).await.len(), events_before, "no event from a daemon without the lease");
+    let resumable: bool =
+        redis::AsyncCommands::sismember(&mut redis, shared::keys::gateway_sessions(&stack.daemon.gateway_id), &id).await.unwrap();
+    assert!(!resumable, "a lost session is not resumed by the gateway that lost it");
+}
+
+/// A command older than the last one applied is skipped, however it arrives: moved late, or
+/// replayed after the consumer group was created again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_command_delivered_late_changes_nothing() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "81312345678").await;
+    act(&stack, &key, &id, "stop").await;
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    let mut redis = stack.redis().await;
+    let raw: String = redis::AsyncCommands::get(&mut redis, shared::keys::session(&org, &id)).await.unwrap();
+    let applied = serde_json::from_str::<Value>(&raw).unwrap()["_applied"].as_u64().unwrap();
+    assert!(applied >= 2, "the start and the stop were numbered: {raw}");
+
+    let mut old = shared::command::Command::new(shared::command::CommandKind::Start, &id, &org);
+    old.seq = applied - 1;
+    let queue = |redis: &mut redis::aio::MultiplexedConnection| {
+        let json = old.to_json();
+        let mut redis = redis.clone();
+        async move {
+            let _: String = redis::AsyncCommands::xadd(&mut redis, shared::keys::unplaced_commands(), "*", &[("command", json)]).await.unwrap();
+        }
+    };
+    queue(&mut redis).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.client.get(&stack.session_url(&id, ""), &key).await.body["status"], "stopped");
+    assert_streams_bounded(&stack, 0).await;
+
+    // The group goes missing and is created again while an old command waits in the stream.
+    blocking(|| stack.daemon.kill());
+    let _: () = redis::cmd("XGROUP").arg("DESTROY").arg(shared::keys::unplaced_commands()).arg(shared::keys::COMMAND_GROUP)
+        .query_async(&mut redis).await.unwrap();
+    queue(&mut redis).await;
+    blocking(|| stack.daemon.restart());
+    assert_streams_bounded(&stack, 0).await;
+    assert_eq!(stack.client.get(&stack.session_url(&id, ""), &key).await.body["status"], "stopped");
+
+    // A new command is numbered after them and carried out.
+    act(&stack, &key, &id, "start").await;
+    stack.status_until(&key, &id, "working", SOON).await;
+}
+
+/// A connection that drops right after it came up counts as a failure: the backoff grows and
+/// the session ends `failed`, its reason on the row, instead of reconnecting forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_connection_backs_off_and_fails_with_its_reason_on_the_row() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("MAX_CONNECT_FAILURES", "3"), ("STABLE_CONNECTION_MS", "60000")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, row) = stack.paired_session(&key, "61412345678").await;
+    let mut connected_at = row["lastConnectedAt"].as_i64();
+    for _ in 0..2 {
+        stack.phone("drop", &[("session", &id)]).await;
+        let row = stack.row_until(&key, &id, SOON, |row| row["status"] == "working" && row["lastConnectedAt"].as_i64() > connected_at).await;
+        connected_at = row["lastConnectedAt"].as_i64();
+    }
+    stack.phone("drop", &[("session", &id)]).await;
+    let failed = stack.status_until(&key, &id, "failed", SOON).await;
+    assert!(failed["statusReason"].as_str().unwrap().starts_with("connection_failed: 3 attempts"), "{failed}");
+    assert_eq!(failed["gatewayId"], Value::Null, "no gateway holds a failed session");
+
+    // A ban is a failure with its reason on the row too.
+    act(&stack, &key, &id, "start").await;
+    stack.status_until(&key, &id, "working", SOON).await;
+    stack.phone("ban", &[("session", &id)]).await;
+    let banned = stack.status_until(&key, &id, "failed", SOON).await;
+    assert!(banned["statusReason"].as_str().unwrap().starts_with("temporary_ban"), "{banned}");
+}
