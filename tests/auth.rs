@@ -105,7 +105,7 @@ async fn rotated_keys_are_refetched_at_most_once_per_interval() {
     let jwks = JwksServer::start();
     let gateway = Gateway::start(
         &redis_url(),
-        &[("jwt_issuer", ISSUER), ("jwt_audience", AUDIENCE), ("jwks_url", &jwks.url), ("jwks_refetch_secs", "3600")],
+        &[("jwt_issuer", ISSUER), ("jwt_audience", AUDIENCE), ("jwks_url", &jwks.url), ("jwks_refetch_secs", "3600"), ("jwks_allow_http", "true")],
     );
     let client = Client::default();
     let list = gateway.url("/api/v1/sessions");

@@ -61,7 +61,7 @@ async fn narrowed_outbound_hosts_are_enforced() {
     let gateway = Gateway::start_with_manifest(
         &only_redis,
         &redis,
-        &[("jwt_issuer", ISSUER), ("jwt_audience", AUDIENCE), ("jwks_url", &jwks.url)],
+        &[("jwt_issuer", ISSUER), ("jwt_audience", AUDIENCE), ("jwks_url", &jwks.url), ("jwks_allow_http", "true")],
     );
     let client = Client::default();
     let list = gateway.url("/api/v1/sessions");

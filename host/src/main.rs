@@ -30,6 +30,17 @@ struct Options {
     reuse: runtime::Reuse,
     /// Stop when standard input closes: a supervisor (or a test) that dies takes the host with it.
     stop_on_stdin_close: bool,
+    limits: server::Limits,
+    /// Component instances alive at once (Spin's pooling default is 1,000).
+    max_instances: u32,
+}
+
+/// A whole number of at least 1 from the environment, or `default`.
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(value) => value.parse().ok().filter(|n| *n >= 1).with_context(|| format!("{name}={value}: expected a whole number of at least 1")),
+        Err(_) => Ok(default),
+    }
 }
 
 fn options() -> Result<Options> {
@@ -39,6 +50,11 @@ fn options() -> Result<Options> {
         cache_dir: PathBuf::from(".gateway/cache"),
         reuse: runtime::Reuse::default(),
         stop_on_stdin_close: false,
+        max_instances: env_number("GATEWAY_MAX_INSTANCES", 1_000)?.min(u32::MAX as u64) as u32,
+        limits: server::Limits {
+            max_connections: env_number("GATEWAY_MAX_CONNECTIONS", 10_000)? as usize,
+            header_read_timeout: Duration::from_millis(env_number("GATEWAY_HEADER_READ_TIMEOUT_MS", 10_000)?),
+        },
     };
     if let Ok(count) = std::env::var("GATEWAY_MAX_INSTANCE_REUSE_COUNT") {
         options.reuse.max_requests = count.parse().ok().filter(|n| *n >= 1)
@@ -97,12 +113,12 @@ async fn run() -> Result<()> {
     let options = options()?;
     let manifest = manifest::Manifest::load(&options.manifest)?;
     let base_dir = options.manifest.parent().map(PathBuf::from).unwrap_or_default();
-    let engine = runtime::engine()?;
+    let engine = runtime::engine(options.max_instances)?;
     let started = std::time::Instant::now();
     let components = runtime::load_application(&engine, &manifest, &base_dir, &options.cache_dir, options.reuse)?;
     tracing::info!(components = components.len(), millis = started.elapsed().as_millis() as u64, "components ready");
     let router = router::Router::new(manifest.trigger.http.iter().map(|t| (t.route.as_str(), t.component.as_str())));
-    let app = Arc::new(server::App { engine, router, components, response_timeout: Duration::from_secs(30) });
+    let app = Arc::new(server::App { engine, router, components, response_timeout: Duration::from_secs(30), limits: options.limits });
     let listener = tokio::net::TcpListener::bind(&options.listen).await.with_context(|| format!("binding {}", options.listen))?;
     // Scripts wait for this exact line to know the host is ready.
     println!("gateway-host listening on http://{}", listener.local_addr()?);

@@ -133,13 +133,15 @@ impl ComponentRuntime {
     }
 }
 
-pub fn engine() -> Result<Engine> {
+/// The engine, its pooling allocator sized for `instances` component instances at once (each
+/// open request or event stream holds one; past that a request is answered 503).
+pub fn engine(instances: u32) -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(1_000)
-        .total_core_instances(4_000)
-        .total_memories(2_000)
-        .total_tables(4_000)
-        .total_stacks(1_000)
+    pool.total_component_instances(instances)
+        .total_core_instances(4 * instances)
+        .total_memories(2 * instances)
+        .total_tables(4 * instances)
+        .total_stacks(instances)
         .max_memory_size(256 << 20)
         // Reset a reused slot by zeroing it in place rather than returning its pages with
         // madvise: every madvise flushes TLBs on all cores, which capped throughput at a

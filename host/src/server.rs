@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shared::{ApiError, ErrorCode};
 use std::collections::HashMap;
@@ -31,12 +31,28 @@ pub struct App {
     pub components: HashMap<String, Arc<ComponentRuntime>>,
     /// How long a guest may take to produce response headers (not to finish streaming).
     pub response_timeout: Duration,
+    pub limits: Limits,
+}
+
+/// What one client may hold of the host: open connections beyond `max_connections` are
+/// answered 503 and closed; a client gets `header_read_timeout` to send a request's headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// The answer when the host has no room for a request (connections or instances): 503 in the
+/// envelope, with `Retry-After`.
+fn at_capacity(what: &str) -> hyper::Response<HostBody> {
+    envelope(&ApiError::new(ErrorCode::Unavailable, format!("the gateway is at capacity ({what}); retry shortly")).with_detail("retryAfter", 1))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and gives open requests a grace period.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let reaper = tokio::spawn(drop_idle_instances(app.clone()));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(app.limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -51,17 +67,28 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         };
         // Without TCP_NODELAY, small keep-alive responses wait ~40 ms on Nagle + delayed ACK.
         let _ = stream.set_nodelay(true);
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(app.limits.header_read_timeout);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the cap: one answer saying so, then the connection closes.
+            tracing::warn!(%peer, "refusing a connection: {} are open", app.limits.max_connections);
+            let refuse = service_fn(|_req| async { Ok::<_, Infallible>(at_capacity("connections")) });
+            let connection = http.keep_alive(false).serve_connection(TokioIo::new(stream), refuse);
+            tokio::spawn(connection);
+            continue;
+        };
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
         });
-        let connection = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+        let connection = http.keep_alive(true).serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("connection from {peer} ended: {e}");
             }
+            drop(permit);
         });
     }
     tracing::info!("shutting down: no new connections; waiting for open requests");
@@ -173,7 +200,15 @@ async fn run_guest(
     req: hyper::Request<Incoming>,
     response_tx: oneshot::Sender<hyper::Response<HostBody>>,
 ) -> wasmtime::Result<()> {
-    let mut warm = component.checkout(engine).await?;
+    let mut warm = match component.checkout(engine).await {
+        Ok(warm) => warm,
+        Err(e) => {
+            // The instance pool is exhausted (or memory is): the request can be retried.
+            tracing::warn!(component = component.id, "no instance for a request: {e:#}");
+            let _ = response_tx.send(at_capacity("instances"));
+            return Ok(());
+        }
+    };
     let (request, _request_io) = wasmtime_wasi_http::p3::Request::from_http(&mut warm.store.data_mut().hooks, req);
     let service = &warm.service;
     let reusable = warm
@@ -301,9 +336,9 @@ fn full(bytes: Bytes) -> HostBody {
 
 /// A host-made response in the API's error envelope (for failures before or outside a guest).
 pub fn envelope(error: &ApiError) -> hyper::Response<HostBody> {
-    hyper::Response::builder()
-        .status(error.status())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full(Bytes::from(error.to_json().to_string())))
-        .unwrap_or_else(|_| hyper::Response::new(full(Bytes::new())))
+    let mut response = hyper::Response::builder().status(error.status()).header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(seconds) = error.retry_after() {
+        response = response.header(http::header::RETRY_AFTER, seconds);
+    }
+    response.body(full(Bytes::from(error.to_json().to_string()))).unwrap_or_else(|_| hyper::Response::new(full(Bytes::new())))
 }

@@ -66,6 +66,15 @@ pub async fn list<R: Redis>(r: &R, organization_id: &str) -> Result<Vec<ApiKeyRe
     Ok(records)
 }
 
+/// Whether the organization's key `key_id` exists and is not revoked.
+pub async fn is_active<R: Redis>(r: &R, organization_id: &str, key_id: &str) -> Result<bool, RedisError> {
+    let Some(hash) = crate::redis::first(r, "HGET", args![keys::org_api_keys(organization_id), key_id]).await?.into_string() else {
+        return Ok(false);
+    };
+    let record = crate::redis::get_string(r, &keys::api_key(&hash)).await?.and_then(|j| serde_json::from_str::<ApiKeyRecord>(&j).ok());
+    Ok(record.is_some_and(|r| !r.revoked))
+}
+
 /// Marks a key revoked (kept, so the audit trail survives); `false` when the organization has no such key.
 pub async fn revoke<R: Redis>(r: &R, organization_id: &str, key_id: &str) -> Result<bool, RedisError> {
     let Some(hash) = crate::redis::first(r, "HGET", args![keys::org_api_keys(organization_id), key_id])

@@ -43,12 +43,17 @@ impl Capability {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Credential {
-    LoginJwt,
+    /// A login JWT, valid until `expiresAt` (Unix ms, leeway included).
+    #[serde(rename_all = "camelCase")]
+    LoginJwt { expires_at: i64 },
     ApiKey { id: String },
-    /// A single-use event-stream token ([`crate::stream_token`]).
-    StreamToken,
+    /// A single-use event-stream token ([`crate::stream_token`]), standing for the credential
+    /// that minted it: the stream holds only as long as that one does.
+    #[serde(rename_all = "camelCase")]
+    StreamToken { minted_by: Box<Credential> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -87,10 +92,29 @@ impl Caller {
     }
 }
 
-/// Outbound HTTP for fetching a JWKS: Spin's `wasi:http` in a component.
+/// Outbound HTTP for fetching a JWKS: Spin's `wasi:http` in a component. A fetch gives up
+/// after `timeout_ms` and refuses a body over `max_bytes`.
 #[allow(async_fn_in_trait)]
 pub trait Fetch {
-    async fn get_text(&self, url: &str) -> Result<String, String>;
+    async fn get_text(&self, url: &str, max_bytes: usize, timeout_ms: u64) -> Result<String, String>;
+}
+
+/// Whether the caller's credential still holds: an api-key not revoked, a login JWT not
+/// expired; a stream token holds while the credential that minted it does. An open event
+/// stream asks this periodically.
+pub async fn still_valid<R: Redis>(redis: &R, caller: &Caller) -> Result<bool, ApiError> {
+    let credential = match &caller.credential {
+        Credential::StreamToken { minted_by } => minted_by.as_ref(),
+        other => other,
+    };
+    match credential {
+        Credential::LoginJwt { expires_at } => Ok(crate::time::now_millis() < *expires_at),
+        Credential::ApiKey { id } => match &caller.organization_id {
+            Some(org) => Ok(apikey::is_active(redis, org, id).await?),
+            None => Ok(false),
+        },
+        Credential::StreamToken { .. } => Ok(false),
+    }
 }
 
 /// `vars` is read only for login JWTs, so api-key requests cost no settings lookups.
@@ -102,7 +126,7 @@ pub async fn authenticate<R: Redis, F: Fetch, V: Variables>(
 ) -> Result<Caller, ApiError> {
     let token = bearer_token(authorization)?;
     if token.split('.').count() == 3 {
-        verify_login_jwt(redis, fetch, JwtSettings::load(vars).await.as_ref(), token).await
+        verify_login_jwt(redis, fetch, JwtSettings::load(vars).await?.as_ref(), token).await
     } else {
         verify_api_key(redis, token).await
     }
@@ -154,6 +178,7 @@ async fn verify_login_jwt<R: Redis, F: Fetch>(
     validation.set_audience(&[&settings.audience]);
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     validation.validate_nbf = true;
+    validation.leeway = settings.leeway_secs;
     let claims = decode::<Map<String, Value>>(token, &key, &validation)
         .map_err(|e| ApiError::unauthorized(format!("login token rejected: {e}")))?
         .claims;
@@ -166,12 +191,14 @@ async fn verify_login_jwt<R: Redis, F: Fetch>(
         return Err(ApiError::unauthorized("login token's organization claim is malformed"));
     }
     let role = text(&settings.claims.org_role).unwrap_or_default();
+    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    let expires_at = exp.saturating_add(settings.leeway_secs as i64).saturating_mul(1000);
     Ok(Caller {
         user_id,
         organization_id,
         capabilities: Capability::for_org_role(&role),
         super_admin: text(&settings.claims.platform_role).as_deref() == Some("super_admin"),
-        credential: Credential::LoginJwt,
+        credential: Credential::LoginJwt { expires_at },
     })
 }
 
@@ -208,8 +235,19 @@ fn parse_jwks(json: &str) -> Result<JwkSet, ApiError> {
     serde_json::from_str(json).map_err(|_| ApiError::new(ErrorCode::Unavailable, "the configured JWKS is not valid"))
 }
 
+/// A fetched JWKS as cached in Redis: kept `jwks_cache_secs`, then refetched; while refetches
+/// fail it keeps serving for `jwks_stale_secs` more, so an issuer's outage does not lock every
+/// user out at once.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CachedJwks {
+    fetched_at: i64,
+    document: String,
+}
+
 /// Finds the token's key: inline JWKS, else the Redis-cached copy of the JWKS URL, else a fetch.
-/// A `kid` the cached set lacks (the issuer rotated keys) refetches at most once per interval.
+/// A stale copy, or a `kid` the cached set lacks (the issuer rotated keys), refetches at most
+/// once per `jwks_refetch_secs`.
 async fn find_key<R: Redis, F: Fetch>(
     redis: &R,
     fetch: &F,
@@ -222,23 +260,39 @@ async fn find_key<R: Redis, F: Fetch>(
         return select(&parse_jwks(inline)?, kid, alg).ok_or_else(unknown);
     }
     let Some(url) = &settings.jwks_url else { return Err(unknown()) };
-    let cache_key = keys::jwks_cache(url);
-    if let Some(cached) = get_string(redis, &cache_key).await? {
-        if let Some(jwk) = select(&parse_jwks(&cached)?, kid, alg) {
-            return Ok(jwk);
-        }
-        let guard = first(redis, "SET", args![keys::jwks_refetch_guard(url), "1", "NX", "EX", settings.jwks_refetch_secs as i64]).await?;
-        if guard == crate::redis::Reply::Nil {
-            return Err(unknown());
-        }
+    let cached: Option<CachedJwks> = get_string(redis, &keys::jwks_cache(url)).await?.and_then(|json| serde_json::from_str(&json).ok());
+    let Some(cached) = cached else {
+        return select(&fetch_jwks(redis, fetch, settings, url).await?, kid, alg).ok_or_else(unknown);
+    };
+    let set = parse_jwks(&cached.document)?;
+    let fresh = crate::time::now_millis() - cached.fetched_at < settings.jwks_cache_secs as i64 * 1000;
+    let found = select(&set, kid, alg);
+    if fresh && found.is_some() {
+        return found.ok_or_else(unknown);
     }
+    let guard = first(redis, "SET", args![keys::jwks_refetch_guard(url), "1", "NX", "EX", settings.jwks_refetch_secs.max(1) as i64]).await?;
+    if guard == crate::redis::Reply::Nil {
+        return found.ok_or_else(unknown);
+    }
+    match fetch_jwks(redis, fetch, settings, url).await {
+        Ok(fetched) => select(&fetched, kid, alg).ok_or_else(unknown),
+        // The issuer is unreachable: the cached keys serve until they expire.
+        Err(e) => found.ok_or(e),
+    }
+}
+
+/// Fetches the JWKS (bounded in time and size) and caches it.
+async fn fetch_jwks<R: Redis, F: Fetch>(redis: &R, fetch: &F, settings: &JwtSettings, url: &str) -> Result<JwkSet, ApiError> {
     let fetched = fetch
-        .get_text(url)
+        .get_text(url, settings.jwks_max_bytes, settings.jwks_fetch_timeout_ms)
         .await
         .map_err(|e| ApiError::new(ErrorCode::Unavailable, "cannot fetch the JWKS to verify login tokens").with_detail("reason", e))?;
     let set = parse_jwks(&fetched)?;
-    redis.execute("SET", args![cache_key, fetched, "EX", settings.jwks_cache_secs as i64]).await?;
-    select(&set, kid, alg).ok_or_else(unknown)
+    let cached = CachedJwks { fetched_at: crate::time::now_millis(), document: fetched };
+    let json = serde_json::to_string(&cached).map_err(|e| ApiError::internal(e.to_string()))?;
+    let keep = settings.jwks_cache_secs.saturating_add(settings.jwks_stale_secs).max(1);
+    redis.execute("SET", args![keys::jwks_cache(url), json, "EX", keep as i64]).await?;
+    Ok(set)
 }
 
 #[cfg(test)]

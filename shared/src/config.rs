@@ -52,6 +52,45 @@ pub async fn stream_token_ttl_secs<V: Variables>(vars: &V) -> u64 {
     number(vars, "stream_token_ttl_secs", 60).await.max(1)
 }
 
+/// How many event streams may be open at once: per caller (api-key or user), per
+/// organization, and in the whole deployment. The one past a cap is refused with 429.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamLimits {
+    pub per_caller: u64,
+    pub per_org: u64,
+    pub total: u64,
+}
+
+pub async fn stream_limits<V: Variables>(vars: &V) -> StreamLimits {
+    StreamLimits {
+        per_caller: number(vars, "event_streams_per_caller", 10).await.max(1),
+        per_org: number(vars, "event_streams_per_org", 50).await.max(1),
+        total: number(vars, "event_streams_total", 200).await.max(1),
+    }
+}
+
+/// How long one event stream lasts before the gateway ends it (the client resumes with
+/// `Last-Event-ID`), so no stream holds its slot and its credential's grant forever.
+pub async fn event_stream_max_secs<V: Variables>(vars: &V) -> u64 {
+    number(vars, "event_stream_max_secs", 3_600).await.max(1)
+}
+
+/// How often an open stream checks that its credential still holds (at most every minute).
+pub async fn event_recheck_secs<V: Variables>(vars: &V) -> u64 {
+    number(vars, "event_recheck_secs", 60).await.clamp(1, 60)
+}
+
+/// Phone pairing codes WhatsApp may be asked for in an hour: per session, and per phone number
+/// across the deployment (each one makes WhatsApp prompt that phone).
+pub async fn pairing_codes_per_hour<V: Variables>(vars: &V) -> (u64, u64) {
+    (number(vars, "pairing_codes_per_session_per_hour", 5).await, number(vars, "pairing_codes_per_phone_per_hour", 3).await)
+}
+
+/// Sessions one organization may have.
+pub async fn max_sessions_per_org<V: Variables>(vars: &V) -> u64 {
+    number(vars, "max_sessions_per_org", 100).await
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimNames {
     pub user: String,
@@ -74,16 +113,39 @@ pub struct JwtSettings {
     pub jwks_cache_secs: u64,
     /// How often at most an unknown `kid` may trigger a refetch.
     pub jwks_refetch_secs: u64,
+    /// How long past `jwks_cache_secs` a cached JWKS keeps serving while refetches fail.
+    pub jwks_stale_secs: u64,
+    /// A JWKS fetch gives up after this long, and refuses a document larger than `jwks_max_bytes`.
+    pub jwks_fetch_timeout_ms: u64,
+    pub jwks_max_bytes: usize,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Keys fetched in the clear can be swapped by anyone on the path: `jwks_url` must be https
+    /// unless the operator opts in (a JWKS on a trusted local network).
+    pub allow_http: bool,
 }
 
 impl JwtSettings {
-    pub async fn load<V: Variables>(vars: &V) -> Option<JwtSettings> {
+    /// The settings, `None` when login JWTs are not configured; an error when `jwks_url` is
+    /// plain http without the operator's opt-in.
+    pub async fn load<V: Variables>(vars: &V) -> Result<Option<JwtSettings>, crate::ApiError> {
+        Ok(match JwtSettings::read(vars).await {
+            Some(settings) if settings.jwks_url.as_deref().is_some_and(|url| !url.starts_with("https://")) && !settings.allow_http => {
+                return Err(crate::ApiError::new(crate::ErrorCode::Unavailable, "login tokens cannot be checked: jwks_url must be https (or set jwks_allow_http)")
+                    .with_detail("reason", "insecure_jwks_url"));
+            }
+            settings => settings,
+        })
+    }
+
+    async fn read<V: Variables>(vars: &V) -> Option<JwtSettings> {
         let claim = async |name: &str, default: &str| setting(vars, name).await.unwrap_or_else(|| default.to_owned());
         let jwks = setting(vars, "jwks").await;
         let jwks_url = setting(vars, "jwks_url").await;
         if jwks.is_none() && jwks_url.is_none() {
             return None;
         }
+
         Some(JwtSettings {
             issuer: setting(vars, "jwt_issuer").await?,
             audience: setting(vars, "jwt_audience").await?,
@@ -97,6 +159,11 @@ impl JwtSettings {
             },
             jwks_cache_secs: number(vars, "jwks_cache_secs", 300).await,
             jwks_refetch_secs: number(vars, "jwks_refetch_secs", 30).await,
+            jwks_stale_secs: number(vars, "jwks_stale_secs", 3_600).await,
+            jwks_fetch_timeout_ms: number(vars, "jwks_fetch_timeout_ms", 5_000).await.max(1),
+            jwks_max_bytes: number(vars, "jwks_max_bytes", 64 * 1024).await as usize,
+            leeway_secs: number(vars, "jwt_leeway_secs", 60).await.min(300),
+            allow_http: setting(vars, "jwks_allow_http").await.is_some_and(|v| v == "true"),
         })
     }
 }

@@ -13,6 +13,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    /// Past a limit on what a caller may hold or do; `details.retryAfter` (seconds) says when
+    /// to try again, and travels as the `Retry-After` header too.
+    RateLimited,
     Internal,
     NotImplemented,
     Unavailable,
@@ -29,6 +32,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Unavailable => "unavailable",
@@ -45,6 +49,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::NotImplemented => 501,
             ErrorCode::Unavailable => 503,
@@ -101,6 +106,19 @@ impl ApiError {
 
     pub fn unavailable() -> Self {
         ApiError::new(ErrorCode::Unavailable, "the gateway's storage is unreachable; retry shortly")
+    }
+
+    /// 429: the caller is past `limit` for `scope`; it may try again after `retry_after_secs`.
+    pub fn rate_limited(message: impl Into<String>, scope: &str, limit: u64, retry_after_secs: u64) -> Self {
+        ApiError::new(ErrorCode::RateLimited, message)
+            .with_detail("scope", scope)
+            .with_detail("limit", limit)
+            .with_detail("retryAfter", retry_after_secs.max(1))
+    }
+
+    /// The `Retry-After` header this error travels with, in seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.details.get("retryAfter").and_then(serde_json::Value::as_u64)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

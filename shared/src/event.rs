@@ -123,6 +123,22 @@ impl Event {
     }
 }
 
+/// The event (JSON, of type `kind`) as a caller without `manage` may see it: the live QR or
+/// pairing code of `auth.qr` and `auth.pairing_code` removed (`code: null`, `redacted: true`),
+/// so a viewer cannot link their own phone to the organization's number. The event itself
+/// still shows that pairing is under way.
+pub fn redact_pairing_secret<'a>(kind: &str, json: &'a str) -> std::borrow::Cow<'a, str> {
+    if kind != EventType::AuthQr.as_str() && kind != EventType::AuthPairingCode.as_str() {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let Ok(mut event) = serde_json::from_str::<Value>(json) else { return std::borrow::Cow::Borrowed("{}") };
+    if let Some(data) = event.get_mut("data").and_then(Value::as_object_mut) {
+        data.insert("code".to_owned(), Value::Null);
+        data.insert("redacted".to_owned(), Value::Bool(true));
+    }
+    std::borrow::Cow::Owned(event.to_string())
+}
+
 /// A `session.status` event's data: the new status, the identity as far as it is known (phone
 /// number and LID both), and why, when the change has a reason.
 pub fn status_data(
@@ -172,6 +188,16 @@ mod tests {
             assert_eq!(e.details["field"], "types", "{bad}");
         }
         assert!(filter.session("../x").is_err());
+    }
+
+    #[test]
+    fn pairing_secrets_are_removed_for_viewers() {
+        let qr = Event::new(EventType::AuthQr, "acme", "01J", serde_json::json!({"code": "2@secret", "expiresAt": 5}));
+        let json = serde_json::to_string(&qr).unwrap();
+        let seen: Value = serde_json::from_str(&redact_pairing_secret("auth.qr", &json)).unwrap();
+        assert_eq!((&seen["data"]["code"], &seen["data"]["redacted"], &seen["data"]["expiresAt"]), (&Value::Null, &Value::Bool(true), &5.into()));
+        assert!(!redact_pairing_secret("auth.pairing_code", r#"{"data":{"code":"ABCD-1234"}}"#).contains("ABCD"));
+        assert_eq!(redact_pairing_secret("session.status", r#"{"data":{"code":"x"}}"#), r#"{"data":{"code":"x"}}"#);
     }
 
     #[test]

@@ -74,6 +74,26 @@ pub fn org_events_channel(org: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:events:live")
 }
 
+/// The organization's open event streams: stream id → when its slot lapses unless renewed.
+pub fn org_streams(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:streams")
+}
+
+/// One caller's open event streams (the caller as the SHA-256 of its user id), as [`org_streams`].
+pub fn caller_streams(org: &str, caller_hash: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:streams:caller:{caller_hash}")
+}
+
+/// Every open event stream of the deployment, as [`org_streams`].
+pub fn all_streams() -> String {
+    format!("{PREFIX}:streams")
+}
+
+/// A fixed-window counter (`scope`, its subject, the window's number), expiring with the window.
+pub fn rate_window(scope: &str, subject: &str, window: u64) -> String {
+    format!("{PREFIX}:rate:{scope}:{subject}:{window}")
+}
+
 /// A stream token's grant, found by the token's SHA-256; deleted by its one use.
 pub fn stream_token(token_hash: &str) -> String {
     format!("{PREFIX}:stream-token:{token_hash}")

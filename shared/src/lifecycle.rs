@@ -30,17 +30,17 @@ pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Resu
     store::enqueue(r, session, command, intent).await
 }
 
-/// Stores a new session; with `start`, queues its start in the same step, the row `starting`
-/// from the first moment. Returns the row as stored.
-pub async fn create<R: Redis>(r: &R, mut session: Session, start: bool) -> Result<Session, ApiError> {
+/// Stores a new session within the organization's `quota`; with `start`, queues its start in
+/// the same step, the row `starting` from the first moment. Returns the row as stored.
+pub async fn create<R: Redis>(r: &R, mut session: Session, quota: u64, start: bool) -> Result<Session, ApiError> {
     if !start {
-        store::create(r, &session, None).await?;
+        store::create(r, &session, quota, None).await?;
         return Ok(session);
     }
     let command = Command::new(CommandKind::Start, &session.id, &session.organization_id);
     session.status = SessionStatus::Starting;
     let event = announce(&session, SessionStatus::Starting);
-    store::create(r, &session, Some((&command, &[event]))).await?;
+    store::create(r, &session, quota, Some((&command, &[event]))).await?;
     Ok(session)
 }
 

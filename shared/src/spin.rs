@@ -15,7 +15,6 @@ use crate::{ApiError, ErrorCode};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use spin_sdk::http::Request;
-use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
 pub type Response = http::Response<Full<Bytes>>;
@@ -51,13 +50,29 @@ impl Variables for SpinVariables {
 struct SpinHttp;
 
 impl Fetch for SpinHttp {
-    async fn get_text(&self, url: &str) -> Result<String, String> {
-        let response = spin_sdk::http::get(url).await.map_err(|e| format!("{e:?}"))?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
+    async fn get_text(&self, url: &str, max_bytes: usize, timeout_ms: u64) -> Result<String, String> {
+        let fetch = async {
+            let response = spin_sdk::http::get(url).await.map_err(|e| format!("{e:?}"))?;
+            if !response.status().is_success() {
+                return Err(format!("status {}", response.status()));
+            }
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Some(chunk) = frame.map_err(|e| format!("{e:?}"))?.data_ref() {
+                    if bytes.len() + chunk.len() > max_bytes {
+                        return Err(format!("the document exceeds {max_bytes} bytes"));
+                    }
+                    bytes.extend_from_slice(chunk);
+                }
+            }
+            String::from_utf8(bytes).map_err(|e| e.to_string())
+        };
+        let timeout = spin_sdk::time::sleep(Duration::from_millis(timeout_ms));
+        match futures::future::select(std::pin::pin!(fetch), std::pin::pin!(timeout)).await {
+            futures::future::Either::Left((fetched, _)) => fetched,
+            futures::future::Either::Right(_) => Err(format!("no answer within {timeout_ms} ms")),
         }
-        let body = response.into_body().bytes().await.map_err(|e| format!("{e:?}"))?;
-        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
     }
 }
 
@@ -145,19 +160,22 @@ impl Context {
 
 /// Turns an endpoint's outcome into the HTTP response; errors always travel in the envelope.
 pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
-    let (status, body, allow) = match outcome {
-        Ok(Answer::Json(status, body)) => (status, Some(body), None),
-        Ok(Answer::NoContent) => (204, None, None),
+    let (status, body, allow, retry_after) = match outcome {
+        Ok(Answer::Json(status, body)) => (status, Some(body), None, None),
+        Ok(Answer::NoContent) => (204, None, None, None),
         Err(error) => {
             let allow = error.details.get("allowed").filter(|_| error.code == ErrorCode::MethodNotAllowed).map(|a| {
                 a.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
             });
-            (error.status(), Some(serde_json::to_vec(&error.to_json()).unwrap_or_default()), allow)
+            (error.status(), Some(serde_json::to_vec(&error.to_json()).unwrap_or_default()), allow, error.retry_after())
         }
     };
     let mut builder = http::Response::builder().status(status).header(http::header::CACHE_CONTROL, "no-store");
     if let Some(allow) = allow {
         builder = builder.header(http::header::ALLOW, allow);
+    }
+    if let Some(seconds) = retry_after {
+        builder = builder.header(http::header::RETRY_AFTER, seconds);
     }
     let body = match body {
         Some(json) => {

@@ -67,20 +67,22 @@ end
     };
 }
 
-/// Writes a new row (ARGV[1]) and its index entry, refusing to overwrite an existing row; with a
-/// command (ARGV[3]) queues it and logs the events that announce the row's first status. The
-/// index is scored by a per-organization counter, so listing order is exact creation order even
-/// for sessions created within the same millisecond.
+/// Writes a new row (ARGV[1]) and its index entry, refusing to overwrite an existing row (0) or
+/// to go past the organization's quota of ARGV[8] sessions (-1); with a command (ARGV[3])
+/// queues it and logs the events that announce the row's first status. The index is scored by
+/// a per-organization counter, so listing order is exact creation order even for sessions
+/// created within the same millisecond.
 const CREATE: &str = concat!(
     log_events_lua!(),
     queue_command_lua!(),
     r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[8]) then return -1 end
 local row = cjson.decode(ARGV[1])
 if ARGV[3] ~= '' then queue_command(row, 5, ARGV[3]) end
 redis.call('SET', KEYS[1], cjson.encode(row))
 redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
-log_events(KEYS[4], ARGV[5], 8, tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+log_events(KEYS[4], ARGV[5], 9, tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 return 1"
 );
 
@@ -149,18 +151,24 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('XADD', KEYS[1], '*', 'command', ARGV[1])
 return 1";
 
-/// The organization's rows in index order, in one round trip. Row keys are built from the
-/// prefix in ARGV[1]; they share KEYS[1]'s hash tag, so they live on its cluster slot.
-/// MGET goes in chunks to stay under Lua's `unpack` limit.
-const LIST: &str = r"
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-local rows = {}
-for first = 1, #ids, 1000 do
-  local keys = {}
-  for i = first, math.min(first + 999, #ids) do keys[#keys + 1] = ARGV[1] .. ids[i] end
-  for _, row in ipairs(redis.call('MGET', unpack(keys))) do rows[#rows + 1] = row end
+/// One page of the organization's rows in index order: up to ARGV[3] entries scored after
+/// ARGV[2], each as its score then its row. Row keys are built from the prefix in ARGV[1]; they
+/// share KEYS[1]'s hash tag, so they live on its cluster slot.
+const LIST_PAGE: &str = r"
+local ids = redis.call('ZRANGE', KEYS[1], '(' .. ARGV[2], '+inf', 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]), 'WITHSCORES')
+if #ids == 0 then return {} end
+local keys = {}
+for i = 1, #ids, 2 do keys[#keys + 1] = ARGV[1] .. ids[i] end
+local rows = redis.call('MGET', unpack(keys))
+local out = {}
+for i = 1, #rows do
+  out[#out + 1] = ids[2 * i]
+  out[#out + 1] = rows[i]
 end
-return rows";
+return out";
+
+/// Rows read per script call when listing: each call is short, whatever the organization's size.
+const LIST_PAGE_SIZE: i64 = 200;
 
 /// Patches a row and appends the events that announce the change, in one atomic step, so no
 /// reader ever sees a status without its event or an event without its status. A row that is
@@ -382,9 +390,10 @@ async fn routed<R: Redis>(
     Err(ApiError::new(crate::ErrorCode::Unavailable, "the session is changing hands; retry shortly"))
 }
 
-/// Creates the row; with `start`, queues that command and logs the events that announce the
-/// row's first status, in the same step.
-pub async fn create<R: Redis>(r: &R, session: &Session, start: Option<(&Command, &[Event])>) -> Result<(), ApiError> {
+/// Creates the row, unless the organization already has `quota` sessions (409); with `start`,
+/// queues that command and logs the events that announce the row's first status, in the same
+/// step.
+pub async fn create<R: Redis>(r: &R, session: &Session, quota: u64, start: Option<(&Command, &[Event])>) -> Result<(), ApiError> {
     let org = &session.organization_id;
     // The platform-wide owner index lives outside the organization's slot: written first, so
     // whoever finds the row can always find its organization.
@@ -399,11 +408,19 @@ pub async fn create<R: Redis>(r: &R, session: &Session, start: Option<(&Command,
     ];
     argv.extend(route_keys(None));
     argv.extend(args![encode(session)?, &session.id, command, crate::time::now_millis()]);
-    argv.extend(log_events_args(org, None, events)?);
-    if first(r, "EVAL", argv).await?.as_int() != Some(1) {
-        return Err(ApiError::internal("session id collision"));
+    let [channel, keep, max_age] = <[Arg; 3]>::try_from(log_events_args(org, None, &[])?).map_err(|_| ApiError::internal("log arguments"))?;
+    argv.extend([channel, keep, max_age, Arg::Int(quota.min(i64::MAX as u64) as i64)]);
+    argv.extend(events.iter().map(|e| encode(e).map(Arg::from)).collect::<Result<Vec<_>, _>>()?);
+    match first(r, "EVAL", argv).await?.as_int() {
+        Some(1) => Ok(()),
+        Some(-1) => {
+            r.execute("DEL", args![keys::session_owner(&session.id)]).await?;
+            Err(ApiError::new(crate::ErrorCode::Conflict, format!("the organization has reached its quota of {quota} sessions; delete one first"))
+                .with_detail("reason", "session_quota")
+                .with_detail("limit", quota))
+        }
+        _ => Err(ApiError::internal("session id collision")),
     }
-    Ok(())
 }
 
 /// Queues `command` for the session, with the intent `(status, from, event)` it writes on the
@@ -495,15 +512,24 @@ pub async fn owner<R: Redis>(r: &R, session_id: &str) -> Result<Option<String>, 
     crate::redis::get_string(r, &keys::session_owner(session_id)).await
 }
 
-/// All of the organization's sessions, oldest first.
+/// All of the organization's sessions, oldest first, read a page per round trip so Redis never
+/// runs one long script for a large organization.
 pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> {
-    let rows = r.execute("EVAL", args![LIST, 1, keys::org_sessions(org), keys::session(org, "")]).await?;
-    let mut sessions = Vec::with_capacity(rows.len());
-    for row in rows {
-        // An index entry whose row is gone (an interrupted write) is skipped, not an error.
-        sessions.extend(decode::<Session>(row)?);
+    let mut sessions = Vec::new();
+    let mut after = "-inf".to_owned();
+    loop {
+        let page = r.execute("EVAL", args![LIST_PAGE, 1, keys::org_sessions(org), keys::session(org, ""), after.as_str(), LIST_PAGE_SIZE]).await?;
+        let entries = page.len() / 2;
+        let mut pairs = page.into_iter();
+        while let (Some(score), Some(row)) = (pairs.next(), pairs.next()) {
+            after = score.into_string().unwrap_or_default();
+            // An index entry whose row is gone (an interrupted write) is skipped, not an error.
+            sessions.extend(decode::<Session>(row)?);
+        }
+        if entries < LIST_PAGE_SIZE as usize {
+            return Ok(sessions);
+        }
     }
-    Ok(sessions)
 }
 
 /// Why a session is reported as not running where its row says it runs.

@@ -20,6 +20,8 @@ struct Grant {
     user_id: String,
     organization_id: String,
     capabilities: Vec<Capability>,
+    /// The credential that minted the token: the stream it opens holds while that one does.
+    minted_by: Credential,
 }
 
 /// Mints a token for the caller's organization; returns it with its expiry (Unix ms).
@@ -29,6 +31,7 @@ pub async fn mint<R: Redis>(r: &R, caller: &Caller, org: &str, ttl_secs: u64) ->
         user_id: caller.user_id.clone(),
         organization_id: org.to_owned(),
         capabilities: caller.capabilities.clone(),
+        minted_by: caller.credential.clone(),
     };
     let json = serde_json::to_string(&grant).map_err(|e| ApiError::internal(e.to_string()))?;
     r.execute("SET", args![keys::stream_token(&sha256_hex(&token)), json, "EX", ttl_secs as i64]).await?;
@@ -45,6 +48,6 @@ pub async fn redeem<R: Redis>(r: &R, token: &str) -> Result<Caller, ApiError> {
         organization_id: Some(grant.organization_id),
         capabilities: grant.capabilities,
         super_admin: false,
-        credential: Credential::StreamToken,
+        credential: Credential::StreamToken { minted_by: Box::new(grant.minted_by) },
     })
 }

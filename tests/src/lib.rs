@@ -29,20 +29,25 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(root().join("tests/fixtures").join(name)).unwrap()
 }
 
-/// A JWKS endpoint whose document a test may change, counting how often it was fetched.
+/// A JWKS endpoint whose document a test may change, counting how often it was fetched. A
+/// test may also make it fail (`status`, e.g. 500) or answer only after `delay_ms`.
 pub struct JwksServer {
     pub url: String,
     pub document: Arc<Mutex<String>>,
     pub fetches: Arc<AtomicUsize>,
+    pub status: Arc<AtomicUsize>,
+    pub delay_ms: Arc<AtomicUsize>,
 }
 
 impl JwksServer {
     pub fn start() -> JwksServer {
         let document = Arc::new(Mutex::new(String::from_utf8(fixture("jwks.json")).unwrap()));
         let fetches = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicUsize::new(200));
+        let delay_ms = Arc::new(AtomicUsize::new(0));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-        let (doc, count) = (document.clone(), fetches.clone());
+        let (doc, count, code, delay) = (document.clone(), fetches.clone(), status.clone(), delay_ms.clone());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
@@ -50,17 +55,23 @@ impl JwksServer {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
                     let Ok((stream, _)) = listener.accept().await else { continue };
-                    let (doc, count) = (doc.clone(), count.clone());
+                    let (doc, count, code, delay) = (doc.clone(), count.clone(), code.clone(), delay.clone());
                     let service = hyper::service::service_fn(move |_req| {
                         count.fetch_add(1, Ordering::SeqCst);
                         let body = doc.lock().unwrap().clone();
-                        async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)))) }
+                        let (code, delay) = (code.load(Ordering::SeqCst) as u16, delay.load(Ordering::SeqCst) as u64);
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                            let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                            *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
                     });
                     tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
                 }
             });
         });
-        JwksServer { url, document, fetches }
+        JwksServer { url, document, fetches, status, delay_ms }
     }
 }
 
@@ -78,6 +89,11 @@ impl Gateway {
 
     /// The same, serving another manifest (for example an operator's narrowed copy).
     pub fn start_with_manifest(manifest: &Path, redis_url: &str, variables: &[(&str, &str)]) -> Gateway {
+        Gateway::start_full(manifest, redis_url, variables, &[])
+    }
+
+    /// A host with settings of its own too (`GATEWAY_*` environment variables).
+    pub fn start_full(manifest: &Path, redis_url: &str, variables: &[(&str, &str)], env: &[(&str, &str)]) -> Gateway {
         let root = root();
         let mut command = Command::new(root.join("target/release/gateway-host"));
         command
@@ -92,6 +108,7 @@ impl Gateway {
         for (name, value) in variables {
             command.env(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase()), value);
         }
+        command.envs(env.iter().copied());
         let mut child = command.spawn().expect("gateway-host binary (run through `cargo xtask test`)");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = lines
@@ -301,10 +318,12 @@ pub fn login_variables() -> Vec<(&'static str, String)> {
         ("jwt_audience", AUDIENCE.to_owned()),
         ("jwks_url", jwks().url.clone()),
         ("jwks_refetch_secs", "3600".to_owned()),
+        // The tests' JWKS server speaks plain http on loopback.
+        ("jwks_allow_http", "true".to_owned()),
     ]
 }
 
-fn borrowed<'a>(variables: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+pub fn borrowed<'a>(variables: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     variables.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 

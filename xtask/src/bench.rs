@@ -127,7 +127,7 @@ impl Stats {
 async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
     for i in 0..SESSIONS {
         let new = shared::validate::new_session(format!(r#"{{"label":"bench {i}"}}"#).as_bytes())?;
-        shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis()), None).await?;
+        shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis()), u64::MAX, None).await?;
     }
     let key = shared::apikey::mint();
     shared::apikey::create(redis, &key, org, vec![Capability::Manage], Some("bench".into())).await?;
@@ -163,7 +163,7 @@ async fn free_addr() -> Result<String> {
 struct ApiKeysOnly;
 
 impl Fetch for ApiKeysOnly {
-    async fn get_text(&self, _url: &str) -> std::result::Result<String, String> {
+    async fn get_text(&self, _url: &str, _max_bytes: usize, _timeout_ms: u64) -> std::result::Result<String, String> {
         Err("the native baseline serves api-keys only".into())
     }
 }

@@ -50,7 +50,7 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
 }
 
 fn require_super_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.super_admin && caller.credential == Credential::LoginJwt {
+    if caller.super_admin && matches!(caller.credential, Credential::LoginJwt { .. }) {
         Ok(())
     } else {
         Err(ApiError::forbidden("this endpoint needs the platform super_admin role, from a login token")

@@ -10,16 +10,22 @@
 //!   idle stream sends a keep-alive comment every `event_keepalive_ms`.
 //! - Credentials: the Authorization header, or `?token=` holding a stream token (and nothing
 //!   else: an api-key or login JWT is never accepted from a URL).
+//! - Bounds: a stream holds a slot ([`shared::stream_slots`]) capped per caller, organization
+//!   and deployment (429 past a cap); it ends after `event_stream_max_secs`, and as soon as a
+//!   periodic check finds its credential no longer holds (a revoked api-key, an expired login
+//!   token, or the same for a stream token's minter).
+//! - A caller without `manage` sees `auth.qr` and `auth.pairing_code` without their codes.
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::{self, Stream};
 use http_body_util::StreamBody;
 use serde::Deserialize;
-use shared::auth::Capability;
-use shared::event::EventFilter;
+use shared::auth::{self, Caller, Capability};
+use shared::event::{EventFilter, redact_pairing_secret};
 use shared::event_log::{self, Entry};
 use shared::spin::{Context, SpinVariables};
+use shared::stream_slots::Slot;
 use shared::{ApiError, config, stream_token, validate};
 use spin_sdk::http::Request;
 use std::borrow::Cow;
@@ -62,6 +68,7 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
         None => ctx.authenticate(req).await?,
     };
     let org = caller.org_with_any(&[Capability::Read, Capability::Manage])?.to_owned();
+    let keepalive = Duration::from_millis(config::event_keepalive_ms(&SpinVariables).await);
 
     let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let resume = header.or(query.last_event_id).filter(|id| !id.trim().is_empty());
@@ -81,8 +88,27 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
         None => event_log::last_id(&ctx.redis, &org).await?,
     };
 
-    let keepalive = Duration::from_millis(config::event_keepalive_ms(&SpinVariables).await);
-    let subscription = Subscription { ctx, org, filter: query.filter, position, keepalive, last_write: Instant::now() };
+    // The slot outlives two keep-alive intervals, in which the stream renews it at least once.
+    let slot_ttl = keepalive * 2 + Duration::from_secs(5);
+    let limits = config::stream_limits(&SpinVariables).await;
+    let slot = Slot::take(&ctx.redis, &org, &caller.user_id, limits, slot_ttl.as_millis() as u64).await?;
+    let now = Instant::now();
+    let subscription = Subscription {
+        ctx,
+        org,
+        filter: query.filter,
+        position,
+        keepalive,
+        last_write: now,
+        redact: !caller.capabilities.contains(&Capability::Manage),
+        caller,
+        slot,
+        renewed: now,
+        recheck: Duration::from_secs(config::event_recheck_secs(&SpinVariables).await),
+        checked: now,
+        ends: now + Duration::from_secs(config::event_stream_max_secs(&SpinVariables).await),
+        ended: false,
+    };
     let first = stream::once(async move { Ok(http_body::Frame::data(Bytes::from(preface))) });
     let rest = stream::unfold(subscription, |mut subscription| async move {
         let chunk = subscription.next_chunk().await?;
@@ -107,18 +133,44 @@ struct Subscription {
     position: String,
     keepalive: Duration,
     last_write: Instant,
+    /// The caller lacks `manage`: pairing codes are removed.
+    redact: bool,
+    caller: Caller,
+    slot: Slot,
+    renewed: Instant,
+    /// How often the credential is checked again, and when it last was.
+    recheck: Duration,
+    checked: Instant,
+    /// When the stream ends at the latest.
+    ends: Instant,
+    ended: bool,
 }
 
 impl Subscription {
     /// The next bytes to send: events the filter admits, or a keep-alive once the stream has
-    /// been quiet for the interval. `None` ends the stream (Redis failed; the client resumes).
+    /// been quiet for the interval. `None` ends the stream (its time is up, its credential no
+    /// longer holds, or Redis failed; the client resumes with `Last-Event-ID`).
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
         loop {
+            if let Some(farewell) = self.end_reason().await {
+                self.ended = true;
+                let _ = self.slot.release(&self.ctx.redis).await;
+                return Some(Bytes::from(format!(": {farewell}\n\n")));
+            }
+            if self.renewed.elapsed() >= self.keepalive {
+                self.slot.renew(&self.ctx.redis).await.ok()?;
+                self.renewed = Instant::now();
+            }
             let quiet_for = self.last_write.elapsed();
             if quiet_for >= self.keepalive {
                 return Some(self.wrote(": keep-alive\n\n".to_owned()));
             }
-            let wait_ms = (self.keepalive - quiet_for).as_millis().max(1) as u64;
+            let until_check = self.recheck.saturating_sub(self.checked.elapsed());
+            let until_end = self.ends.saturating_duration_since(Instant::now());
+            let wait_ms = (self.keepalive - quiet_for).min(until_check).min(until_end).as_millis().max(1) as u64;
             let entries = event_log::read_after(&self.ctx.redis, &self.org, &self.position, BATCH, Some(wait_ms)).await.ok()?;
             let Some(last) = entries.last() else { continue };
             self.position = last.id.clone();
@@ -127,6 +179,20 @@ impl Subscription {
                 return Some(self.wrote(frames));
             }
         }
+    }
+
+    /// Why the stream must end now, if it must.
+    async fn end_reason(&mut self) -> Option<&'static str> {
+        if Instant::now() >= self.ends {
+            return Some("this stream reached its maximum lifetime; reconnect with Last-Event-ID");
+        }
+        if self.checked.elapsed() >= self.recheck {
+            self.checked = Instant::now();
+            if !auth::still_valid(&self.ctx.redis, &self.caller).await.unwrap_or(true) {
+                return Some("the stream's credential no longer holds; stream ended");
+            }
+        }
+        None
     }
 
     fn wrote(&mut self, text: String) -> Bytes {
@@ -148,7 +214,8 @@ impl Subscription {
         if !self.filter.admits(&head.kind, &head.session_id) {
             return None;
         }
-        let data: String = entry.event.lines().map(|line| format!("data: {line}\n")).collect();
+        let event = if self.redact { redact_pairing_secret(&head.kind, &entry.event) } else { Cow::Borrowed(entry.event.as_str()) };
+        let data: String = event.lines().map(|line| format!("data: {line}\n")).collect();
         Some(format!("id: {}\nevent: {}\n{data}\n", entry.id, head.kind))
     }
 }

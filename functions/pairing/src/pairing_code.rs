@@ -1,17 +1,25 @@
 //! `POST /api/v1/sessions/{session}/pairing-code` `{"phone": "628123456789"}`: asks WhatsApp for
 //! a code to type on that phone instead of scanning a QR, waiting a bounded time for it.
+//! Each request makes WhatsApp prompt that phone, so requests are limited per session and per
+//! phone number (`pairing_codes_per_session_per_hour`, `pairing_codes_per_phone_per_hour`).
 
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandResult};
-use shared::spin::{Context, Wait};
-use shared::{ApiError, ErrorCode, lifecycle, store, validate};
+use shared::spin::{Context, SpinVariables, Wait};
+use shared::{ApiError, ErrorCode, config, lifecycle, rate_limit, store, validate};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, body: &[u8]) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
     let session = store::get(&ctx.redis, org, session_id).await?;
     let phone = validate::pairing_phone(body)?;
     validate::unpaired(&session)?;
+    const HOUR: u64 = 3_600;
+    let (per_session, per_phone) = config::pairing_codes_per_hour(&SpinVariables).await;
+    let too_many = "too many pairing codes were requested for this session; wait for the window to pass";
+    rate_limit::hit(&ctx.redis, "pairing_code_session", &session.id, per_session, HOUR, too_many).await?;
+    let too_many = "too many pairing codes were requested for this phone number; wait for the window to pass";
+    rate_limit::hit(&ctx.redis, "pairing_code_phone", &phone, per_phone, HOUR, too_many).await?;
     let command = Command::pair_phone(&session.id, org, &phone);
     lifecycle::send(&ctx.redis, &session, &command).await?;
     match ctx.wait_for_result(org, &command.id, Wait::PairingCode).await? {
