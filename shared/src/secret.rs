@@ -5,8 +5,8 @@
 use rand::distr::{Alphanumeric, SampleString};
 use sha2::{Digest, Sha256};
 
-pub fn sha256_hex(input: &str) -> String {
-    hex::encode(Sha256::digest(input.as_bytes()))
+pub fn sha256_hex(input: impl AsRef<[u8]>) -> String {
+    hex::encode(Sha256::digest(input.as_ref()))
 }
 
 /// A fresh secret: `prefix` (so a leaked one is recognisable to secret scanners) and 40

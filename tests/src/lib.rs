@@ -79,6 +79,8 @@ impl JwksServer {
 pub struct Gateway {
     pub url: String,
     child: Child,
+    /// Spin's state directory, when the host is Spin.
+    spin_state: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -92,8 +94,12 @@ impl Gateway {
         Gateway::start_full(manifest, redis_url, variables, &[])
     }
 
-    /// A host with settings of its own too (`GATEWAY_*` environment variables).
+    /// A host with settings of its own too (`GATEWAY_*` environment variables, which only the
+    /// embedded host reads). Under `E2E_HOST=spin` the host is a real `spin up` instead.
     pub fn start_full(manifest: &Path, redis_url: &str, variables: &[(&str, &str)], env: &[(&str, &str)]) -> Gateway {
+        if host_is_spin() {
+            return Gateway::start_spin(manifest, redis_url, variables);
+        }
         let root = root();
         let mut command = Command::new(root.join("target/release/gateway-host"));
         command
@@ -115,7 +121,36 @@ impl Gateway {
             .find_map(|line| line.ok()?.strip_prefix("gateway-host listening on ").map(str::to_owned))
             .expect("gateway-host did not start");
         std::thread::spawn(move || lines.for_each(drop));
-        Gateway { url, child }
+        Gateway { url, child, spin_state: None }
+    }
+
+    /// Real Spin (`target/spin`, unpacked by `cargo xtask test`) serving the same manifest.
+    fn start_spin(manifest: &Path, redis_url: &str, variables: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let state = root().join("target/e2e").join(format!("spin-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        // Spin has no stop-on-stdin-close: a shell runs it and stops it when its standard input
+        // closes, so a test process that dies takes its Spin with it.
+        let mut command = Command::new("sh");
+        command
+            .arg("-c").arg(r#""$0" "$@" & spin=$!; cat > /dev/null; kill $spin; wait $spin"#)
+            .arg(root().join("target/spin"))
+            .arg("up").arg("--from").arg(manifest)
+            .arg("--listen").arg(format!("127.0.0.1:{port}"))
+            .arg("--state-dir").arg(&state)
+            .env("SPIN_VARIABLE_REDIS_URL", redis_url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, value) in variables {
+            command.env(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase()), value);
+        }
+        let child = command.spawn().expect("target/spin (run through `cargo xtask test`)");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "spin did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gateway { url: format!("http://127.0.0.1:{port}"), child, spin_state: Some(state) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -123,10 +158,23 @@ impl Gateway {
     }
 }
 
+/// Whether the tests run against real Spin (`E2E_HOST=spin`) rather than the embedded host.
+pub fn host_is_spin() -> bool {
+    std::env::var("E2E_HOST").is_ok_and(|host| host == "spin")
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if host_is_spin() {
+            // Closing its input stops Spin (see `start_spin`).
+            drop(self.child.stdin.take());
+        } else {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
+        if let Some(state) = &self.spin_state {
+            let _ = std::fs::remove_dir_all(state);
+        }
     }
 }
 

@@ -65,18 +65,46 @@ async fn up() -> Result {
     Ok(())
 }
 
+/// The suites that run a second time with real Spin as the host, and the tests among them that
+/// are about the embedded host's own limits (Spin has its own).
+const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits"];
+const EMBEDDED_HOST_ONLY: &[&str] = &["the_host_answers_503_in_the_envelope_when_out_of_instances_or_connections"];
+
+/// Every test of the workspace with the embedded host, then the HTTP suites again with real
+/// Spin serving the same spin.toml. `cargo xtask test <args>` passes the arguments to the first
+/// run only; `cargo xtask test --spin <args>` runs only the Spin pass, with them.
 async fn test(extra: &[String]) -> Result {
     // The tests' own database (15 unless TEST_REDIS_URL says otherwise): what they leave behind,
     // sessions with starts still queued among it, must not reach the deployment `up` serves.
     let redis_url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned());
     prereq::ensure_redis(&redis_url).await?;
     prereq::build()?;
-    let status = std::process::Command::new(env!("CARGO"))
+    let cargo_test = |args: &[String], spin: bool| -> Result {
+        let mut command = std::process::Command::new(env!("CARGO"));
         // The default members: every native crate; the components were built for wasm above.
-        .args(["test", "--release"])
-        .args(extra)
-        .env("REDIS_URL", &redis_url)
-        .current_dir(prereq::root())
-        .status()?;
-    if status.success() { Ok(()) } else { Err("tests failed".into()) }
+        command.args(["test", "--release"]).args(args).env("REDIS_URL", &redis_url).current_dir(prereq::root());
+        if spin {
+            command.env("E2E_HOST", "spin");
+        }
+        if command.status()?.success() { Ok(()) } else { Err(format!("tests failed{}", if spin { " on Spin" } else { "" }).into()) }
+    };
+    let spin_only = extra.first().is_some_and(|a| a == "--spin");
+    if !spin_only {
+        cargo_test(extra, false)?;
+        if !extra.is_empty() {
+            return Ok(());
+        }
+    }
+    prereq::spin(&redis_url).await?;
+    let mut args: Vec<String> = if spin_only && extra.len() > 1 {
+        extra[1..].to_vec()
+    } else {
+        SPIN_SUITES.iter().flat_map(|suite| ["--test".to_owned(), suite.to_string()]).collect()
+    };
+    if !args.iter().any(|a| a == "--") {
+        args.push("--".to_owned());
+    }
+    args.extend(EMBEDDED_HOST_ONLY.iter().flat_map(|t| ["--skip".to_owned(), t.to_string()]));
+    println!("xtask: the HTTP suites again, served by real Spin");
+    cargo_test(&args, true)
 }

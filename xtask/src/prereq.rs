@@ -132,6 +132,39 @@ pub fn daemon_command(redis_url: &str) -> Command {
     command
 }
 
+/// Real Spin 4.1 (`../shared/tools/`), unpacked to `target/spin` when missing, then started
+/// once on the application so its compilation cache is warm before tests start many at once.
+pub async fn spin(redis_url: &str) -> Result {
+    const SHA256: &str = "4d3f3d1001cc27dfd6fb7f5df3816e8057ea4533ab0f0624fb1f510e6aa5f03b";
+    let binary = root().join("target/spin");
+    let unpacked = std::fs::read(&binary).is_ok_and(|bytes| shared::secret::sha256_hex(&bytes) == SHA256);
+    if !unpacked {
+        let packed = root().join("../shared/tools/spin-4.1.0-pre0-x86_64-linux.xz");
+        println!("xtask: unpacking Spin from {}", packed.display());
+        let output = Command::new("xz").arg("-dc").arg(&packed).output().map_err(|e| format!("cannot run xz: {e}"))?;
+        if !output.status.success() || shared::secret::sha256_hex(&output.stdout) != SHA256 {
+            return Err(format!("cannot unpack {} (xz: {})", packed.display(), String::from_utf8_lossy(&output.stderr)).into());
+        }
+        std::fs::write(&binary, &output.stdout)?;
+        let mut permissions = std::fs::metadata(&binary)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&binary, permissions)?;
+    }
+    let listen = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    let state = root().join("target/spin-state");
+    let mut warm = Command::new(&binary)
+        .args(["up", "--from"]).arg(root().join("spin.toml"))
+        .args(["--listen", &listen, "--state-dir"]).arg(&state)
+        .env("SPIN_VARIABLE_REDIS_URL", redis_url)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let ready = wait_for_port(&listen).await;
+    // SIGTERM, not SIGKILL: `spin up` runs the trigger as a child process and stops it on TERM.
+    Command::new("kill").args(["-TERM", &warm.id().to_string()]).status()?;
+    warm.wait()?;
+    ready
+}
+
 pub async fn wait_for_port(addr: &str) -> Result {
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
