@@ -305,7 +305,7 @@ async fn three_daemons_a_thousand_random_commands_and_random_kills() {
     let ids = paired_sessions(&stack, &key, SESSIONS, "5511900").await;
     let others = blocking(|| [stack.daemon.start_beside(), stack.daemon.start_beside()]);
     let mut rng = Rng::seeded("three_daemons");
-    let mut plan = |rng: &mut Rng| {
+    let plan = |rng: &mut Rng| {
         let mut steps: Vec<Step> = Vec::new();
         while steps.iter().map(|s| s.burst.len() + 1).sum::<usize>() < COMMANDS_EACH {
             // Bursts leave no single last command, so they hold no logout (the one that unpairs).
@@ -490,4 +490,114 @@ async fn a_flapping_connection_backs_off_and_fails_with_its_reason_on_the_row() 
     stack.phone("ban", &[("session", &id)]).await;
     let banned = stack.status_until(&key, &id, "failed", SOON).await;
     assert!(banned["statusReason"].as_str().unwrap().starts_with("temporary_ban"), "{banned}");
+}
+
+/// Whether the simulated WhatsApp server still has a device linked for `phone`.
+async fn linked_on_whatsapp(stack: &Stack, phone: &str) -> bool {
+    let devices: HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut stack.redis().await, shared::keys::simulator_linked_devices()).await.unwrap();
+    devices.values().any(|p| p == phone)
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `:logout` unlinks the device on WhatsApp's side whether the session is stopped, failed or
+/// waiting to reconnect: the daemon connects with the stored device just to send the unlink.
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_unlinks_the_device_whatever_the_sessions_state() {
+    // A long reconnect delay keeps a dropped session waiting in its backoff.
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("RECONNECT_BASE_MS", "20000")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let ids = paired_sessions(&stack, &key, 3, "4930100").await;
+    let phone_of: Vec<String> = futures::future::join_all(ids.iter().map(|id| async {
+        stack.client.get(&stack.session_url(id, ""), &key).await.body["phoneNumber"].as_str().unwrap().to_owned()
+    }))
+    .await;
+    act(&stack, &key, &ids[0], "stop").await;
+    stack.status_until(&key, &ids[0], "stopped", SOON).await;
+    stack.phone("ban", &[("session", &ids[1])]).await;
+    stack.status_until(&key, &ids[1], "failed", SOON).await;
+    stack.phone("drop", &[("session", &ids[2])]).await;
+    stack.row_until(&key, &ids[2], SOON, |row| row["statusReason"].as_str().is_some_and(|r| r.starts_with("reconnecting"))).await;
+
+    for (id, phone) in ids.iter().zip(&phone_of) {
+        assert!(linked_on_whatsapp(&stack, phone).await);
+        let out = stack.client.post(&stack.session_url(id, ":logout"), &key, "").await;
+        assert_eq!(out.status, 200, "{}", out.body);
+        let row = stack.row_until(&key, id, SOON, |row| row["waJid"].is_null()).await;
+        assert_eq!(row["status"], "stopped", "{row}");
+        wait_for(&format!("{phone} unlinked on WhatsApp's side"), SOON, async || !linked_on_whatsapp(&stack, phone).await).await;
+        assert!(!stack.daemon.session_dir(id).exists(), "the store is wiped");
+    }
+    let logged_out: Vec<Value> = stack.events(&org).await.into_iter().filter(|e| e["type"] == "session.logged_out").collect();
+    assert_eq!(logged_out.len(), 3);
+    assert!(logged_out.iter().all(|e| e["data"]["unlinked"] == true), "{logged_out:?}");
+}
+
+/// WhatsApp cannot be reached when the logout comes: the session is unpaired for the API at
+/// once (a wipe alone leaves the device linked on the server), and the unlink is retried until
+/// it is sent, then announced. The session pairs from scratch meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logout_that_cannot_reach_whatsapp_unpairs_now_and_unlinks_later() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("UNLINK_RETRY_MS", "500")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let phone = "34600100200";
+    let (id, _) = stack.paired_session(&key, phone).await;
+    act(&stack, &key, &id, "stop").await;
+    stack.status_until(&key, &id, "stopped", SOON).await;
+
+    let mut redis = stack.redis().await;
+    let _: () = redis::AsyncCommands::set(&mut redis, shared::keys::simulator_outage(), "1").await.unwrap();
+    let out = stack.client.post(&stack.session_url(&id, ":logout"), &key, "").await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    stack.row_until(&key, &id, Duration::from_secs(40), |row| row["waJid"].is_null() && row["status"] == "stopped").await;
+    let logged_out = stack.events(&org).await.into_iter().find(|e| e["type"] == "session.logged_out").unwrap();
+    assert_eq!(logged_out["data"]["unlinked"], false, "{logged_out}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(linked_on_whatsapp(&stack, phone).await, "still linked while WhatsApp is unreachable");
+    assert!(!stack.daemon.session_dir(&id).exists(), "the session itself holds no pairing any more");
+
+    let _: () = redis::AsyncCommands::del(&mut redis, shared::keys::simulator_outage()).await.unwrap();
+    wait_for("the unlink was retried and sent", SOON, async || !linked_on_whatsapp(&stack, phone).await).await;
+    wait_for("the unlink was announced", SOON, async || stack.events(&org).await.iter().any(|e| e["type"] == "session.unlinked")).await;
+    let unlinks = stack.daemon.data_dir.join("unlinks");
+    wait_for("the set-aside store is gone", SOON, async || std::fs::read_dir(&unlinks).map_or(true, |d| d.count() == 0)).await;
+
+    // Started again, it pairs from scratch.
+    act(&stack, &key, &id, "start").await;
+    stack.qr_until(&key, &id, None, SOON).await;
+}
+
+/// A session is deleted while the gateway that ran it is down, and another gateway (with a data
+/// directory of its own) adopts its work meanwhile: when the first comes back it unlinks the
+/// device and removes the store it kept, and nothing of the session is left in Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_while_the_gateway_is_down_is_cleaned_up_when_it_returns() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let phone = "819011112222";
+    let (id, _) = stack.paired_session(&key, phone).await;
+    let _other = blocking(|| e2e::Daemon::start_with(&stack.redis.url, &[("BACKEND", "simulator")]));
+
+    blocking(|| stack.daemon.kill());
+    assert_eq!(stack.client.delete(&stack.session_url(&id, ""), &key).await.status, 204);
+    // Long enough for the other gateway to adopt the dead one's work.
+    tokio::time::sleep(LEASE + Duration::from_secs(2)).await;
+    assert!(stack.daemon.session_dir(&id).exists(), "the store is on the down gateway's disk");
+
+    blocking(|| stack.daemon.restart());
+    wait_for("the returning gateway removed the store", SOON, async || !stack.daemon.session_dir(&id).exists()).await;
+    wait_for("and unlinked the device", SOON, async || !linked_on_whatsapp(&stack, phone).await).await;
+    let left: Vec<String> = redis::AsyncCommands::keys(&mut stack.redis().await, format!("*{id}*")).await.unwrap();
+    assert_eq!(left, Vec::<String>::new(), "nothing of the deleted session is left");
+    assert_streams_bounded(&stack, 0).await;
 }

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use shared::directory::{Contact, Group};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -43,14 +44,14 @@ pub enum BackendEvent {
 
 pub type Events = mpsc::UnboundedSender<BackendEvent>;
 
+/// What a backend is given to work with. A session's store is plain files in a directory, so
+/// wiping it is removing the directory: the backend has no say in it, as WhatsApp has none in
+/// what a client deletes locally (the device stays linked on WhatsApp's side until unlinked).
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Starts a client for the session from its stored pairing (or to pair, with none). It
-    /// connects in the background and reports on `events`.
-    async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String>;
-
-    /// Removes the session's stored pairing, for logout and delete when no client is connected.
-    async fn remove(&self, session_id: &str) -> Result<(), String>;
+    /// Starts a client for the session from the pairing stored in `store` (or to pair, with
+    /// none). It connects in the background and reports on `events`.
+    async fn connect(&self, session_id: &str, store: &Path, events: Events) -> Result<Arc<dyn Client>, String>;
 }
 
 #[async_trait]
@@ -58,7 +59,8 @@ pub trait Client: Send + Sync {
     /// Asks WhatsApp for the 8-character code that links `phone` without a QR scan.
     async fn pair_with_code(&self, phone: &str) -> Result<String, String>;
 
-    /// Unlinks the device from WhatsApp and removes the stored pairing.
+    /// Unlinks the device on WhatsApp's side through the live socket; `Err` unless WhatsApp
+    /// took it. The client is not used again afterwards; the store is the caller's to wipe.
     async fn logout(&self) -> Result<(), String>;
 
     /// The groups the number is in, with their members, fetched from WhatsApp.

@@ -46,6 +46,9 @@ pub struct Config {
     /// start over. One that drops sooner counts as a failed attempt.
     #[arg(long, env = "STABLE_CONNECTION_MS", default_value_t = 30_000)]
     pub stable_connection_ms: u64,
+    /// How often an unlink that could not reach WhatsApp (a logout, a delete) is tried again.
+    #[arg(long, env = "UNLINK_RETRY_MS", default_value_t = 30_000)]
+    pub unlink_retry_ms: u64,
     /// How many times a fresh client is built when the QR codes run out before the session
     /// stops waiting for a scan.
     #[arg(long, env = "PAIRING_ROUNDS", default_value_t = 3)]
@@ -107,6 +110,10 @@ impl Config {
 
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    pub fn unlink_retry(&self) -> Duration {
+        Duration::from_millis(self.unlink_retry_ms.max(1))
     }
 
     pub fn stable_connection(&self) -> Duration {

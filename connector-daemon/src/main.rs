@@ -11,6 +11,7 @@ mod daemon;
 mod lease;
 mod simulator;
 mod supervisor;
+mod unlinks;
 mod whatsapp;
 
 use clap::Parser;
@@ -55,6 +56,7 @@ async fn run(config: Config) -> Result {
     lease::heartbeat(&daemon).await?;
     daemon.renewed();
     tokio::spawn(renew_leases(daemon.clone()));
+    tokio::spawn(unlinks::retry(daemon.clone()));
     resume(&daemon).await;
     remove_deleted_stores(&daemon).await;
     let (stop_reading, stopping) = watch::channel(false);
@@ -96,11 +98,9 @@ async fn resume(daemon: &Arc<Daemon>) {
         let owner = persist("find a session's organization", never, move || store::owner(&daemon_ref.redis, id)).await;
         match owner.flatten() {
             Some(org) => daemon.command(Command::new(CommandKind::Resume, &session_id, &org), oneshot::channel().0),
-            // Deleted while this gateway was away: what is stored for it goes.
+            // Deleted while this gateway was away: what is stored for it goes, unlinked.
             None => {
-                if let Err(e) = daemon.backend.remove(&session_id).await {
-                    tracing::warn!(session = %session_id, "cannot remove a deleted session's store: {e}");
-                }
+                unlinks::discard(daemon, "", &session_id, None).await;
                 persist("forget a deleted session", never, move || lease::forget(daemon_ref, id)).await;
             }
         }
@@ -116,10 +116,8 @@ async fn remove_deleted_stores(daemon: &Daemon) {
         let id = session_id.as_str();
         let owner = persist("find a session's organization", || false, move || store::owner(&daemon.redis, id)).await;
         if owner.flatten().is_none() {
-            tracing::info!(session = %session_id, "removing the store of a deleted session");
-            if let Err(e) = daemon.backend.remove(&session_id).await {
-                tracing::warn!(session = %session_id, "cannot remove a deleted session's store: {e}");
-            }
+            tracing::info!(session = %session_id, "unlinking and removing the store of a deleted session");
+            unlinks::discard(daemon, "", &session_id, None).await;
         }
     }
 }

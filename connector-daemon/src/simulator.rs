@@ -21,6 +21,10 @@
 //! sync does, and is in `sim_groups` groups, which the joined-groups query returns after
 //! `sim_groups_fetch_ms`.
 //!
+//! While the key `gw:simulator:outage` exists the simulated server is unreachable: connections
+//! fail and nothing can be unlinked. A wipe of a session's store (its directory) is local only,
+//! as with WhatsApp: the device stays linked on the server until a client unlinks it.
+//!
 //! Like WhatsApp, the simulated server keeps one live client per device: a login while another
 //! client of the same device is online (in any daemon) replaces that one, and the server
 //! records it under `gw:simulator:replacements`. A gateway that never runs a session twice never
@@ -37,7 +41,7 @@ use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use shared::keys;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,10 +78,6 @@ impl Simulator {
         let simulator = Arc::new(Simulator { config, redis, clients: Arc::default() });
         tokio::spawn(simulator.clone().follow_control(control));
         simulator
-    }
-
-    fn device_file(&self, session_id: &str) -> PathBuf {
-        self.config.session_dir(session_id).join("simulator-device.json")
     }
 
     fn clients(&self) -> Vec<Arc<SimClient>> {
@@ -148,12 +148,12 @@ impl Simulator {
 
 #[async_trait]
 impl Backend for Simulator {
-    async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String> {
+    async fn connect(&self, session_id: &str, store: &Path, events: Events) -> Result<Arc<dyn Client>, String> {
         let client = Arc::new(SimClient {
             session_id: session_id.to_owned(),
             token: ulid::Ulid::new().to_string(),
             timings: self.config.simulator.clone(),
-            device_file: self.device_file(session_id),
+            device_file: store.join(DEVICE_FILE),
             redis: self.redis.clone(),
             events,
             state: Mutex::default(),
@@ -163,14 +163,18 @@ impl Backend for Simulator {
         tokio::spawn(client.clone().run());
         Ok(client)
     }
+}
 
-    async fn remove(&self, session_id: &str) -> Result<(), String> {
-        let file = self.device_file(session_id);
-        if let Some(device) = read_device(&file) {
-            let mut redis = self.redis.clone();
-            let _: redis::RedisResult<i64> = redis.hdel(keys::simulator_linked_devices(), &device.device_id).await;
-        }
-        self.config.remove_session_dir(session_id)
+/// The simulated device, in the session's store.
+const DEVICE_FILE: &str = "simulator-device.json";
+
+/// Whether the simulated server answers: not while a test holds `gw:simulator:outage`, nor
+/// while its state in Redis is out of reach.
+async fn reachable(redis: &mut ConnectionManager) -> Result<(), String> {
+    match redis.exists::<_, bool>(keys::simulator_outage()).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err("the simulated server is unreachable (outage)".to_owned()),
+        Err(e) => Err(format!("the simulated server is unreachable: {e}")),
     }
 }
 
@@ -234,6 +238,12 @@ impl SimClient {
     async fn run(self: Arc<Self>) {
         let timings = self.timings.clone();
         tokio::time::sleep(Duration::from_millis(timings.sim_connect_ms)).await;
+        if let Err(reason) = reachable(&mut self.redis.clone()).await {
+            let mut state = self.state();
+            self.emit_if_open(&state, BackendEvent::Disconnected { reason });
+            state.closed = true;
+            return;
+        }
         self.state().socket_up = true;
         if let Some(device) = read_device(&self.device_file) {
             let mut redis = self.redis.clone();
@@ -404,15 +414,19 @@ impl Client for SimClient {
     }
 
     async fn logout(&self) -> Result<(), String> {
+        let mut redis = self.redis.clone();
+        let device = self.state().device.clone();
+        let unlinked = match (reachable(&mut redis).await, device) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err("not logged in".to_owned()),
+            (Ok(()), Some(device)) => {
+                let removed: redis::RedisResult<i64> = redis.hdel(keys::simulator_linked_devices(), &device.device_id).await;
+                removed.map(drop).map_err(|e| format!("the simulated server did not answer: {e}"))
+            }
+        };
         self.go_offline().await;
-        let device = self.state().device.take();
-        if let Some(device) = device {
-            let mut redis = self.redis.clone();
-            let _: redis::RedisResult<i64> = redis.hdel(keys::simulator_linked_devices(), &device.device_id).await;
-        }
-        let _ = std::fs::remove_file(&self.device_file);
         self.close();
-        Ok(())
+        unlinked
     }
 
     async fn groups(&self) -> Result<Vec<Group>, String> {

@@ -12,7 +12,7 @@
 use crate::backend::{BackendEvent, Client, Identity, format_pairing_code};
 use crate::daemon::{Daemon, Held, persist};
 use crate::lease::{self, Acquired};
-use crate::backfill;
+use crate::{backfill, unlinks};
 use shared::backfill::JobStatus;
 use shared::command::{Command, CommandKind, CommandResult};
 use shared::directory;
@@ -399,12 +399,10 @@ impl Supervisor {
         self.retry_at = None;
     }
 
-    /// The session is deleted: disconnect, wipe its store, forget it.
+    /// The session is deleted: disconnect, unlink its device and wipe its store, forget it.
     async fn remove_everything(&mut self) {
         self.let_go().await;
-        if let Err(e) = self.daemon.backend.remove(&self.id).await {
-            tracing::warn!(session = %self.id, "cannot remove the session's store: {e}");
-        }
+        unlinks::discard(&self.daemon, &self.org, &self.id, None).await;
         let (daemon, id) = (&*self.daemon, self.id.as_str());
         persist("forget a deleted session", || daemon.is_stopping(), move || lease::forget(daemon, id)).await;
     }
@@ -421,7 +419,7 @@ impl Supervisor {
 
     async fn connect(&mut self) {
         let (events, inbox) = mpsc::unbounded_channel();
-        match self.daemon.backend.connect(&self.id, events).await {
+        match self.daemon.backend.connect(&self.id, &self.daemon.config.session_dir(&self.id), events).await {
             Ok(client) => {
                 self.client = Some(client);
                 self.events = Some(inbox);
@@ -586,7 +584,7 @@ impl Supervisor {
                 self.write(update).await;
             }
             BackendEvent::Disconnected { reason } => self.connection_lost(reason).await,
-            BackendEvent::LoggedOut { reason } => self.unpaired(&format!("logged_out: {reason}"), SessionStatus::Failed).await,
+            BackendEvent::LoggedOut { reason } => self.unpaired(&format!("logged_out: {reason}"), SessionStatus::Failed, true).await,
             BackendEvent::StreamReplaced => {
                 self.halt(SessionStatus::Failed, "stream_replaced: another client connected with this session's credentials").await;
             }
@@ -626,29 +624,43 @@ impl Supervisor {
         }
     }
 
-    /// `:logout`: unlink the device (through the live socket when there is one), wipe the store.
+    /// `:logout`, whatever the session's state: unlink the device on WhatsApp's side (through
+    /// the live socket, or by connecting with the stored device just for that), wipe the store.
+    /// When WhatsApp cannot be reached the session is unpaired all the same, and the unlink is
+    /// retried (see `unlinks`).
     async fn logout(&mut self) {
-        let unlinked = match &self.client {
-            Some(client) if self.status == SessionStatus::Working => client.logout().await,
-            _ => self.daemon.backend.remove(&self.id).await,
+        let live = self.client.clone().filter(|_| self.status == SessionStatus::Working);
+        let identity = self.identity.clone();
+        let identity_ref = identity.as_ref().map(|i| (i.jid.as_str(), i.phone.as_deref()));
+        let unlinked = match (live, &identity) {
+            (Some(client), _) => {
+                let sent = client.logout().await;
+                self.drop_client().await;
+                unlinks::settle(&self.daemon, &self.org, &self.id, identity_ref, sent).await
+            }
+            (None, None) => {
+                self.drop_client().await;
+                unlinks::settle(&self.daemon, &self.org, &self.id, None, Ok(())).await
+            }
+            (None, Some(_)) => {
+                self.drop_client().await;
+                unlinks::discard(&self.daemon, &self.org, &self.id, identity_ref).await
+            }
         };
-        if let Err(e) = unlinked {
-            tracing::warn!(session = %self.id, "logout did not reach WhatsApp ({e}); removing the local pairing anyway");
-        }
-        self.unpaired("logout_requested", SessionStatus::Stopped).await;
+        self.unpaired("logout_requested", SessionStatus::Stopped, unlinked).await;
     }
 
     /// The pairing is gone (logout, or unlinked from the phone): wipe what is stored, clear the
-    /// identity, and announce it.
-    async fn unpaired(&mut self, reason: &str, status: SessionStatus) {
+    /// identity, and announce it, saying whether the device is unlinked on WhatsApp's side yet.
+    async fn unpaired(&mut self, reason: &str, status: SessionStatus, unlinked: bool) {
         self.drop_client().await;
         self.retry_at = None;
-        if let Err(e) = self.daemon.backend.remove(&self.id).await {
+        if let Err(e) = self.daemon.config.remove_session_dir(&self.id) {
             tracing::warn!(session = %self.id, "cannot remove the session's store: {e}");
         }
         let (jid, lid, phone) = self.identity_fields();
         let announce = self.event(EventType::SessionLoggedOut, serde_json::json!({
-            "reason": reason, "waJid": jid, "waLid": lid, "phoneNumber": phone,
+            "reason": reason, "waJid": jid, "waLid": lid, "phoneNumber": phone, "unlinked": unlinked,
         }));
         self.identity = None;
         // The number's contacts and groups go with it.

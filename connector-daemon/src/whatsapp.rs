@@ -16,6 +16,8 @@ use whatsapp_rust::prelude::{Bot, Event, EventHandler, Jid};
 use whatsapp_rust::store::SqliteStore;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::ConnectFailureReason;
+use whatsapp_rust::wacore::iq::devices::RemoveCompanionDeviceSpec;
+use std::path::Path;
 
 const STORE_FILE: &str = "whatsapp.db";
 
@@ -31,9 +33,8 @@ impl WhatsApp {
 
 #[async_trait]
 impl Backend for WhatsApp {
-    async fn connect(&self, session_id: &str, events: Events) -> Result<Arc<dyn Client>, String> {
-        let dir = self.config.session_dir(session_id);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    async fn connect(&self, _session_id: &str, dir: &Path, events: Events) -> Result<Arc<dyn Client>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(STORE_FILE);
         let store = SqliteStore::new(&path.to_string_lossy()).await.map_err(|e| format!("cannot open the session store: {e}"))?;
         let forwarder = Forwarder { events: events.clone(), client: OnceLock::new() };
@@ -66,10 +67,6 @@ impl Backend for WhatsApp {
         });
         Ok(Arc::new(WaClient { client, closing }))
     }
-
-    async fn remove(&self, session_id: &str) -> Result<(), String> {
-        self.config.remove_session_dir(session_id)
-    }
 }
 
 struct WaClient {
@@ -86,9 +83,14 @@ impl Client for WaClient {
 
     async fn logout(&self) -> Result<(), String> {
         self.closing.store(true, Ordering::SeqCst);
-        // Sends the unlink when connected; the store is removed by the caller.
-        self.client.logout().await;
-        Ok(())
+        // `Client::logout` does not say whether WhatsApp took the unlink: the IQ is sent here,
+        // and only an answer counts.
+        let unlinked = match self.client.pn() {
+            Some(pn) => self.client.execute(RemoveCompanionDeviceSpec::new(&pn)).await.map_err(|e| format!("WhatsApp did not take the unlink: {e}")),
+            None => Err("the client has no paired identity".to_owned()),
+        };
+        self.client.disconnect().await;
+        unlinked
     }
 
     async fn groups(&self) -> Result<Vec<Group>, String> {

@@ -7,7 +7,7 @@ use crate::event_log::Retention;
 use crate::redis::{Redis, first};
 use crate::command::Command;
 use crate::session::Session;
-use crate::store::{self, decode, encode};
+use crate::store::{self, decode};
 use crate::time::now_millis;
 use crate::{ApiError, args, keys};
 use serde::{Deserialize, Serialize};
@@ -104,7 +104,8 @@ pub async fn current<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Opt
         };
         if !alive {
             job.finish(Err("the gateway running this backfill stopped".to_owned()));
-            r.execute("SET", args![key, encode(&job)?]).await?;
+            // Written only while the session exists: a read must not recreate a deleted one's job.
+            store::put_logged(r, org, session_id, &key, &job, &[], Retention::default()).await?;
         }
     }
     Ok(Some(job))

@@ -17,6 +17,9 @@ pub enum EventType {
     SessionStatus,
     #[serde(rename = "session.logged_out")]
     SessionLoggedOut,
+    /// A device that a logout could not unlink at once (WhatsApp was unreachable) is unlinked now.
+    #[serde(rename = "session.unlinked")]
+    SessionUnlinked,
     #[serde(rename = "backfill.progress")]
     BackfillProgress,
     #[serde(rename = "backfill.completed")]
@@ -32,6 +35,7 @@ impl EventType {
         EventType::AuthPaired,
         EventType::SessionStatus,
         EventType::SessionLoggedOut,
+        EventType::SessionUnlinked,
         EventType::BackfillProgress,
         EventType::BackfillCompleted,
         EventType::BackfillFailed,
@@ -44,6 +48,7 @@ impl EventType {
             EventType::AuthPaired => "auth.paired",
             EventType::SessionStatus => "session.status",
             EventType::SessionLoggedOut => "session.logged_out",
+            EventType::SessionUnlinked => "session.unlinked",
             EventType::BackfillProgress => "backfill.progress",
             EventType::BackfillCompleted => "backfill.completed",
             EventType::BackfillFailed => "backfill.failed",

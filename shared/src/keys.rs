@@ -151,6 +151,17 @@ pub fn simulator_replacements() -> String {
     format!("{PREFIX}:simulator:replacements")
 }
 
+/// While this key exists the simulated WhatsApp server is unreachable (tests set it with an expiry).
+pub fn simulator_outage() -> String {
+    format!("{PREFIX}:simulator:outage")
+}
+
+/// Held by the one daemon retrying a set-aside unlink (see the daemon's `unlinks`), so daemons
+/// sharing a data directory do not retry it at once.
+pub fn unlink_claim(store: &str) -> String {
+    format!("{PREFIX}:unlink-claim:{store}")
+}
+
 /// An api-key's record, found by the SHA-256 of the key itself: the key is never stored.
 pub fn api_key(key_hash: &str) -> String {
     format!("{PREFIX}:apikey:{key_hash}")

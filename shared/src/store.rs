@@ -207,6 +207,15 @@ log_events(KEYS[2], ARGV[3], 6, tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(A
 return 1"
 );
 
+/// Logs events about a session (ARGV[5..]) while its row (KEYS[1]) exists.
+const ANNOUNCE: &str = concat!(
+    log_events_lua!(),
+    r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+log_events(KEYS[2], ARGV[2], 5, tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+return 1"
+);
+
 /// What happens to the session's pairing QR alongside an [`Update`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum QrChange {
@@ -306,6 +315,14 @@ pub async fn put_logged<R: Redis>(
     let mut argv: Vec<Arg> = args![
         PUT_LOGGED, 3, key, keys::org_events(org), keys::session(org, session_id), encode(document)?, crate::time::now_millis(),
     ];
+    argv.extend(log_events_args(org, Some(retention), events)?);
+    r.execute("EVAL", argv).await?;
+    Ok(())
+}
+
+/// Logs `events` about a session that changed nothing on its row; nothing once it is deleted.
+pub async fn announce<R: Redis>(r: &R, org: &str, session_id: &str, events: &[Event], retention: Retention) -> Result<(), ApiError> {
+    let mut argv: Vec<Arg> = args![ANNOUNCE, 2, keys::session(org, session_id), keys::org_events(org), crate::time::now_millis()];
     argv.extend(log_events_args(org, Some(retention), events)?);
     r.execute("EVAL", argv).await?;
     Ok(())
