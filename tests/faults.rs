@@ -8,7 +8,7 @@
 //! command streams stay bounded.
 
 use e2e::{RedisServer, Stack, new_org};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -185,11 +185,17 @@ async fn a_dead_gateways_sessions_stop_reading_as_working_within_a_lease_period(
 /// commands are under way (connecting takes a second). The second daemon adopts them, or the
 /// first comes back, and every session ends as its command says, each carried out once.
 async fn kill_9_in_the_middle_of_each_command_kind(killed_one_returns: bool) {
-    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_CONNECT_MS", "1000")]);
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_CONNECT_MS", "1000"), ("SIM_GROUPS_FETCH_MS", "1500"), ("SIM_QR_COUNT", "30")]);
     let org = new_org();
     let key = stack.key(&org).await;
-    let ids = paired_sessions(&stack, &key, 5, if killed_one_returns { "4470001" } else { "4470002" }).await;
-    let [to_start, to_stop, to_restart, to_log_out, to_delete] = [0, 1, 2, 3, 4].map(|i| ids[i].clone());
+    let ids = paired_sessions(&stack, &key, 6, if killed_one_returns { "4470001" } else { "4470002" }).await;
+    let [to_start, to_stop, to_restart, to_log_out, to_delete, to_backfill] = [0, 1, 2, 3, 4, 5].map(|i| ids[i].clone());
+    let to_pair = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
+    let backfill = stack.gateway.url(&format!("/api/v1/admin/sessions/{to_backfill}/backfill"));
+    let super_admin = e2e::rs256(&json!({
+        "sub": "operator-1", "platform_role": "super_admin",
+        "iss": e2e::ISSUER, "aud": e2e::AUDIENCE, "iat": e2e::now(), "exp": e2e::now() + 3600,
+    }));
     act(&stack, &key, &to_start, "stop").await;
     stack.status_until(&key, &to_start, "stopped", SOON).await;
     let connected_at = stack.client.get(&stack.session_url(&to_restart, ""), &key).await.body["lastConnectedAt"].as_i64();
@@ -202,6 +208,11 @@ async fn kill_9_in_the_middle_of_each_command_kind(killed_one_returns: bool) {
             act(&stack, &key, &to_restart, "restart"),
             act(&stack, &key, &to_log_out, "logout"),
             async { assert_eq!(stack.client.delete(&stack.session_url(&to_delete, ""), &key).await.status, 204) },
+            async {
+                let code = stack.client.post(&stack.session_url(&to_pair, "/pairing-code"), &key, r#"{"phone": "447700900555"}"#).await;
+                assert!([200, 503, 504].contains(&code.status), "{} {}", code.status, code.body);
+            },
+            async { assert_eq!(stack.client.send("POST", &backfill, Some(&super_admin), None).await.status, 202) },
         )
     };
     let kill = async {
@@ -219,12 +230,26 @@ async fn kill_9_in_the_middle_of_each_command_kind(killed_one_returns: bool) {
         (to_stop.clone(), Expected { last: "stop", paired: true }),
         (to_restart.clone(), Expected { last: "restart", paired: true }),
         (to_log_out.clone(), Expected { last: "logout", paired: false }),
+        // Asked for a pairing code: pairing, whether the code came before the kill or after.
+        (to_pair.clone(), Expected { last: "start", paired: false }),
+        (to_backfill.clone(), Expected { last: "start", paired: true }),
     ]
     .into();
     settled(&stack, &key, &expected, Duration::from_secs(30)).await;
     let restarted = stack.client.get(&stack.session_url(&to_restart, ""), &key).await.body;
     assert!(restarted["lastConnectedAt"].as_i64() > connected_at, "the restart reconnected: {restarted}");
     stack.client.get(&stack.session_url(&to_delete, ""), &key).await.expect_error(404, "not_found");
+    // The backfill ends, one way or the other; it is never left running.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let job = stack.client.get(&backfill, &super_admin).await.body;
+        if job["status"] != "running" {
+            assert!(job["status"] == "completed" || job["status"] == "failed", "{job}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backfill stayed running: {job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let deadline = Instant::now() + SOON;
     while stack.daemon.session_dir(&to_delete).exists() || stack.daemon.session_dir(&to_log_out).exists() {
         assert!(Instant::now() < deadline, "the deleted and the logged-out sessions' stores were not removed");
@@ -232,6 +257,18 @@ async fn kill_9_in_the_middle_of_each_command_kind(killed_one_returns: bool) {
     }
     assert_eq!(double_logins(&stack).await, Vec::<String>::new(), "no session ran twice");
     assert_streams_bounded(&stack, 0).await;
+    if !killed_one_returns {
+        // The dead gateway's stream and its consumer on the placement stream are gone.
+        let dead = stack.daemon.gateway_id.clone();
+        wait_for("the dead gateway's stream and consumer were removed", SOON, async || {
+            let mut redis = stack.redis().await;
+            let stream: bool = redis::AsyncCommands::exists(&mut redis, shared::keys::gateway_commands(&dead)).await.unwrap();
+            let consumers: redis::streams::StreamInfoConsumersReply =
+                redis::AsyncCommands::xinfo_consumers(&mut redis, shared::keys::unplaced_commands(), shared::keys::COMMAND_GROUP).await.unwrap();
+            !stream && consumers.consumers.iter().all(|c| c.name != dead)
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -600,4 +637,55 @@ async fn a_delete_while_the_gateway_is_down_is_cleaned_up_when_it_returns() {
     let left: Vec<String> = redis::AsyncCommands::keys(&mut stack.redis().await, format!("*{id}*")).await.unwrap();
     assert_eq!(left, Vec::<String>::new(), "nothing of the deleted session is left");
     assert_streams_bounded(&stack, 0).await;
+}
+
+/// Hundreds of commands read by consumers that then died: this daemon's own (more than one read
+/// page) and a dead gateway's (more than one claim page). All of them are recovered and carried
+/// out in order, and the streams end empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_pending_command_is_recovered_not_only_the_first_page() {
+    use redis::streams::{StreamReadOptions, StreamReadReply};
+    // The unpaired sessions the starts leave keep showing codes until the test ends.
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_QR_COUNT", "30")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let ids: Vec<String> = futures::future::join_all((0..6).map(|_| stack.create(&key, "{}")))
+        .await
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_owned())
+        .collect();
+    blocking(|| stack.daemon.kill());
+
+    // 300 start/stop commands, queued as the API queues them, numbered per session.
+    let redis = shared::redis::native::connect(&stack.redis.url).await.unwrap();
+    let mut last = HashMap::new();
+    for n in 0..300 {
+        let id = &ids[n % ids.len()];
+        let kind = if (n / ids.len()) % 2 == 0 { shared::command::CommandKind::Start } else { shared::command::CommandKind::Stop };
+        let session = shared::store::get(&redis, &org, id).await.unwrap();
+        shared::store::enqueue(&redis, &session, &shared::command::Command::new(kind, id, &org), None).await.unwrap();
+        last.insert(id.clone(), kind);
+    }
+    // This daemon read 150 of them before it died, a gateway now dead read the other 150.
+    let mut conn = stack.redis().await;
+    let stream = shared::keys::unplaced_commands();
+    let _: redis::RedisResult<()> = redis::AsyncCommands::xgroup_create_mkstream(&mut conn, &stream, shared::keys::COMMAND_GROUP, "0").await;
+    for consumer in [stack.daemon.gateway_id.as_str(), "gw-dead"] {
+        let options = StreamReadOptions::default().group(shared::keys::COMMAND_GROUP, consumer).count(150);
+        let read: StreamReadReply = redis::AsyncCommands::xread_options(&mut conn, &[&stream], &[">"], &options).await.unwrap();
+        assert_eq!(read.keys[0].ids.len(), 150);
+    }
+
+    blocking(|| stack.daemon.restart());
+    let expected: HashMap<String, Expected> = last
+        .into_iter()
+        .map(|(id, kind)| {
+            let last = if kind == shared::command::CommandKind::Start { "start" } else { "stop" };
+            (id, Expected { last, paired: false })
+        })
+        .collect();
+    settled(&stack, &key, &expected, Duration::from_secs(60)).await;
+    assert_streams_bounded(&stack, 0).await;
+    let raw: String = redis::AsyncCommands::get(&mut conn, shared::keys::session(&org, &ids[0])).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&raw).unwrap()["_applied"], 300 / ids.len(), "every command of the session was applied");
 }

@@ -4,11 +4,11 @@
 use e2e::{Client, gateway, manage_key, new_org, redis_url};
 use serde_json::Value;
 
-/// The reference's fields, and the two this gateway adds (`pushName`, `statusReason`); never
-/// anything it keeps for itself on the stored row.
-const FIELDS: [&str; 19] = [
+/// The reference's fields, and the one this gateway adds (`statusReason`); never anything it
+/// keeps for itself on the stored row.
+const FIELDS: [&str; 18] = [
     "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession", "label",
-    "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "pushName", "ratePerHour",
+    "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "ratePerHour",
     "ratePerMin", "status", "statusReason", "updatedAt", "waJid", "waLid",
 ];
 
@@ -51,7 +51,7 @@ async fn create_answers_201_with_the_full_row() {
     assert_eq!((row["ratePerMin"].as_u64(), row["ratePerHour"].as_u64()), (Some(30), Some(900)));
     assert_eq!(row["id"].as_str().unwrap().len(), 26, "a ULID");
     assert!(row["createdByUserId"].as_str().unwrap().starts_with("apikey:"));
-    for unknown in ["gatewayId", "phoneNumber", "waJid", "waLid", "lastConnectedAt", "pushName", "statusReason"] {
+    for unknown in ["gatewayId", "phoneNumber", "waJid", "waLid", "lastConnectedAt", "statusReason"] {
         assert!(row[unknown].is_null(), "{unknown} is null until known");
     }
     assert_eq!(row["createdAt"], row["updatedAt"]);

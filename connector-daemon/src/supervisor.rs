@@ -351,6 +351,7 @@ impl Supervisor {
                         phone: row.phone_number.clone(),
                         push_name: row.push_name.clone(),
                     });
+                    self.settle_orphaned_backfill(command).await;
                     return Ok(());
                 }
                 Some(Acquired::Busy(holder)) => holder,
@@ -606,6 +607,16 @@ impl Supervisor {
                 self.backfill = Some(tokio::spawn(backfill::run(self.daemon.clone(), client.clone(), job)));
             }
             _ => backfill::finish(&self.daemon, job, Err("the session is not connected".to_owned())).await,
+        }
+    }
+
+    /// A backfill this gateway was running when its daemon died and came back (so its heartbeat
+    /// never lapsed) died with the old process: it is failed, not left `running`.
+    async fn settle_orphaned_backfill(&self, command: &Command) {
+        let Ok(Some(job)) = shared::backfill::current(&self.daemon.redis, &self.org, &self.id).await else { return };
+        let ours = job.gateway_id.as_deref() == Some(self.daemon.gateway_id.as_str());
+        if job.status == JobStatus::Running && ours && job.id != command.id {
+            backfill::finish(&self.daemon, job, Err("the gateway restarted during the backfill".to_owned())).await;
         }
     }
 

@@ -30,8 +30,9 @@ impl SessionStatus {
 }
 
 /// Field names and order follow the API reference; unknown values are `null`, never omitted.
-/// `statusReason` and `pushName` are added fields: why the session is in its status (a
-/// `failed` session says what failed), and the number's WhatsApp display name.
+/// `statusReason` is an added field: why the session is in its status (a `failed` session says
+/// what failed). `pushName`, the number's WhatsApp display name, is kept on the stored row and
+/// shown by `/me` with the rest of the identity, not in every listed row.
 ///
 /// The stored row also carries fields the API never shows ([`Control`]); deserializing a
 /// `Session` drops them, and the row scripts patch the stored JSON rather than replace it, so
@@ -58,7 +59,7 @@ pub struct Session {
     pub last_connected_at: Option<i64>,
     #[serde(default)]
     pub status_reason: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub push_name: Option<String>,
 }
 
@@ -146,7 +147,7 @@ mod tests {
             fields,
             [
                 "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession",
-                "label", "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "pushName",
+                "label", "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping",
                 "ratePerHour", "ratePerMin", "status", "statusReason", "updatedAt", "waJid", "waLid"
             ]
         );

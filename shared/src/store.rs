@@ -152,20 +152,17 @@ redis.call('XADD', KEYS[1], '*', 'command', ARGV[1])
 return 1";
 
 /// One page of the organization's rows in index order: up to ARGV[3] entries scored after
-/// ARGV[2], each as its score then its row. Row keys are built from the prefix in ARGV[1]; they
-/// share KEYS[1]'s hash tag, so they live on its cluster slot.
+/// ARGV[2], then the last one's score (where the next page starts). Row keys are built from the
+/// prefix in ARGV[1]; they share KEYS[1]'s hash tag, so they live on its cluster slot. One
+/// cursor per page, not a score per row: every value of a reply crosses into the component.
 const LIST_PAGE: &str = r"
 local ids = redis.call('ZRANGE', KEYS[1], '(' .. ARGV[2], '+inf', 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]), 'WITHSCORES')
 if #ids == 0 then return {} end
 local keys = {}
 for i = 1, #ids, 2 do keys[#keys + 1] = ARGV[1] .. ids[i] end
 local rows = redis.call('MGET', unpack(keys))
-local out = {}
-for i = 1, #rows do
-  out[#out + 1] = ids[2 * i]
-  out[#out + 1] = rows[i]
-end
-return out";
+rows[#rows + 1] = ids[#ids]
+return rows";
 
 /// Rows read per script call when listing: each call is short, whatever the organization's size.
 const LIST_PAGE_SIZE: i64 = 200;
@@ -535,17 +532,17 @@ pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> 
     let mut sessions = Vec::new();
     let mut after = "-inf".to_owned();
     loop {
-        let page = r.execute("EVAL", args![LIST_PAGE, 1, keys::org_sessions(org), keys::session(org, ""), after.as_str(), LIST_PAGE_SIZE]).await?;
-        let entries = page.len() / 2;
-        let mut pairs = page.into_iter();
-        while let (Some(score), Some(row)) = (pairs.next(), pairs.next()) {
-            after = score.into_string().unwrap_or_default();
-            // An index entry whose row is gone (an interrupted write) is skipped, not an error.
+        let mut page = r.execute("EVAL", args![LIST_PAGE, 1, keys::org_sessions(org), keys::session(org, ""), after.as_str(), LIST_PAGE_SIZE]).await?;
+        let Some(cursor) = page.pop() else { return Ok(sessions) };
+        let full = page.len() >= LIST_PAGE_SIZE as usize;
+        // An index entry whose row is gone (an interrupted write) is skipped, not an error.
+        for row in page {
             sessions.extend(decode::<Session>(row)?);
         }
-        if entries < LIST_PAGE_SIZE as usize {
+        if !full {
             return Ok(sessions);
         }
+        after = cursor.into_string().unwrap_or_default();
     }
 }
 
