@@ -95,7 +95,10 @@ async fn test(extra: &[String]) -> Result {
             return Ok(());
         }
     }
-    prereq::spin(&redis_url).await?;
+    if !prereq::spin(&redis_url).await? {
+        println!("xtask: WARNING: no Spin archive found (SPIN_ARCHIVE, ../shared/tools/, /work/shared/tools/): the Spin pass is SKIPPED");
+        return Ok(());
+    }
     let mut args: Vec<String> = if spin_only && extra.len() > 1 {
         extra[1..].to_vec()
     } else {

@@ -132,14 +132,27 @@ pub fn daemon_command(redis_url: &str) -> Command {
     command
 }
 
-/// Real Spin 4.1 (`../shared/tools/`), unpacked to `target/spin` when missing, then started
-/// once on the application so its compilation cache is warm before tests start many at once.
-pub async fn spin(redis_url: &str) -> Result {
+/// Where the packed Spin 4.1 may be: `SPIN_ARCHIVE`, else the reference material beside the
+/// checkout (`../shared/tools/`), else the same under `/work`.
+fn spin_archive() -> Option<PathBuf> {
+    const NAME: &str = "spin-4.1.0-pre0-x86_64-linux.xz";
+    let candidates = [
+        std::env::var_os("SPIN_ARCHIVE").map(PathBuf::from),
+        Some(root().join("../shared/tools").join(NAME)),
+        Some(PathBuf::from("/work/shared/tools").join(NAME)),
+    ];
+    candidates.into_iter().flatten().find(|path| path.is_file())
+}
+
+/// Real Spin 4.1, unpacked to `target/spin` when missing, then started once on the application
+/// so its compilation cache is warm before tests start many at once. `false` when no copy of
+/// Spin can be found (the Spin pass is then skipped, loudly).
+pub async fn spin(redis_url: &str) -> Result<bool> {
     const SHA256: &str = "4d3f3d1001cc27dfd6fb7f5df3816e8057ea4533ab0f0624fb1f510e6aa5f03b";
     let binary = root().join("target/spin");
     let unpacked = std::fs::read(&binary).is_ok_and(|bytes| shared::secret::sha256_hex(&bytes) == SHA256);
     if !unpacked {
-        let packed = root().join("../shared/tools/spin-4.1.0-pre0-x86_64-linux.xz");
+        let Some(packed) = spin_archive() else { return Ok(false) };
         println!("xtask: unpacking Spin from {}", packed.display());
         let output = Command::new("xz").arg("-dc").arg(&packed).output().map_err(|e| format!("cannot run xz: {e}"))?;
         if !output.status.success() || shared::secret::sha256_hex(&output.stdout) != SHA256 {
@@ -162,7 +175,7 @@ pub async fn spin(redis_url: &str) -> Result {
     // SIGTERM, not SIGKILL: `spin up` runs the trigger as a child process and stops it on TERM.
     Command::new("kill").args(["-TERM", &warm.id().to_string()]).status()?;
     warm.wait()?;
-    ready
+    ready.map(|()| true)
 }
 
 pub async fn wait_for_port(addr: &str) -> Result {
