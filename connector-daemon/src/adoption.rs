@@ -18,6 +18,13 @@ use shared::{args, keys, store};
 
 const BATCH: usize = 100;
 
+/// Deletes a dead gateway's stream (KEYS[1]) once it is empty, while its heartbeat (KEYS[2]) is
+/// still gone.
+const REMOVE_STREAM: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('XLEN', KEYS[1]) > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+return 1";
+
 fn failed(what: &str, e: impl std::fmt::Display) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::IoError, "adoption", format!("{what}: {e}")))
 }
@@ -36,8 +43,16 @@ pub async fn adopt_dead_gateways(daemon: &Daemon, reader: &mut ConnectionManager
         tracing::warn!(dead = %gateway, "adopting the sessions and commands of a gateway without heartbeat");
         resume_sessions(daemon, &gateway).await?;
         forward_commands(daemon, reader, &gateway).await?;
-        let _: () = reader.del(keys::gateway_commands(&gateway)).await?;
-        let _: () = reader.srem(keys::gateways(), &gateway).await?;
+        // Only while the gateway is still dead and nothing new landed on its stream meanwhile;
+        // otherwise a later round finishes the adoption (or the gateway reads its stream itself).
+        let removed = first(&daemon.redis, "EVAL", args![
+            REMOVE_STREAM, 2, keys::gateway_commands(&gateway), keys::gateway_alive(&gateway),
+        ])
+        .await
+        .map_err(|e| failed("remove its stream", e))?;
+        if removed.as_int() == Some(1) {
+            let _: () = reader.srem(keys::gateways(), &gateway).await?;
+        }
     }
     Ok(())
 }

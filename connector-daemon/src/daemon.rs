@@ -34,6 +34,8 @@ pub struct Held {
 pub struct Daemon {
     pub config: Config,
     pub gateway_id: String,
+    /// This process among all processes that ever ran as this gateway.
+    pub process: String,
     pub redis: ConnectionManager,
     pub backend: Arc<dyn Backend>,
     supervisors: Mutex<HashMap<String, Entry>>,
@@ -50,6 +52,7 @@ impl Daemon {
         Arc::new(Daemon {
             config,
             gateway_id,
+            process: format!("{}-{}", std::process::id(), ulid::Ulid::new()),
             redis,
             backend,
             supervisors: Mutex::default(),
@@ -113,8 +116,12 @@ impl Daemon {
         self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id.to_owned(), held);
     }
 
-    pub fn unhold(&self, session_id: &str) {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner()).remove(session_id);
+    /// Forgets the lease taken with `fence`; a newer lease of the session stays.
+    pub fn unhold(&self, session_id: &str, fence: i64) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if leases.get(session_id).is_some_and(|held| held.fence == fence) {
+            leases.remove(session_id);
+        }
     }
 
     pub fn held(&self) -> Vec<(String, Held)> {
@@ -141,10 +148,11 @@ impl Daemon {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Lets the function that queued a command read what became of it.
+    /// Lets the function that queued a command read what became of it. The first answer stands:
+    /// a duplicate delivery of the command, skipped as already applied, does not replace it.
     pub async fn publish_result(&self, org: &str, command_id: &str, result: &CommandResult) {
         let json = serde_json::to_string(result).unwrap_or_default();
-        let written = self.redis.execute("SET", args![keys::command_result(org, command_id), json, "PX", RESULT_TTL_MS]).await;
+        let written = self.redis.execute("SET", args![keys::command_result(org, command_id), json, "NX", "PX", RESULT_TTL_MS]).await;
         if let Err(e) = written {
             tracing::warn!(command_id, "cannot record a command's result: {e}");
         }

@@ -36,8 +36,8 @@ redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. fence, 'PX', ARGV[2])
 return fence";
 
 /// Extends the lease while it is still `ARGV[1]` (gateway and token). A lease that lapsed (a
-/// slow renewal) is taken back when nobody acquired the session since: the row still carries
-/// the token. 0 when the session is lost.
+/// slow renewal) is taken back when nobody acquired the session since and it was not released:
+/// the row still carries the token and names this gateway (ARGV[4]). 0 when the session is lost.
 const RENEW: &str = r"
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] then
@@ -46,7 +46,9 @@ if held == ARGV[1] then
 end
 if held then return 0 end
 local raw = redis.call('GET', KEYS[2])
-if not raw or tonumber(cjson.decode(raw)['_fence']) ~= tonumber(ARGV[2]) then return 0 end
+if not raw then return 0 end
+local row = cjson.decode(raw)
+if tonumber(row['_fence']) ~= tonumber(ARGV[2]) or row['gatewayId'] ~= ARGV[4] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1";
 
@@ -104,7 +106,7 @@ pub async fn acquire(daemon: &Daemon, org: &str, session_id: &str) -> Result<Acq
 pub async fn renew(daemon: &Daemon, org: &str, session_id: &str, fence: i64) -> Result<bool, RedisError> {
     let reply = first(&daemon.redis, "EVAL", args![
         RENEW, 2, keys::session_lease(org, session_id), keys::session(org, session_id),
-        value(daemon, fence), fence, daemon.config.lease_ms as i64,
+        value(daemon, fence), fence, daemon.config.lease_ms as i64, daemon.gateway_id.as_str(),
     ])
     .await?;
     Ok(reply.as_int() == Some(1))
@@ -127,11 +129,35 @@ pub async fn forget(daemon: &Daemon, session_id: &str) -> Result<(), RedisError>
     daemon.redis.execute("SREM", args![keys::gateway_sessions(&daemon.gateway_id), session_id]).await.map(drop)
 }
 
-/// Marks this gateway alive for one lease period, and known to the others.
+/// Marks this gateway alive for one lease period, and known to the others. The heartbeat names
+/// this process, so a second live process with the same gateway id can be told apart.
 pub async fn heartbeat(daemon: &Daemon) -> Result<(), RedisError> {
     let alive = keys::gateway_alive(&daemon.gateway_id);
-    daemon.redis.execute("SET", args![alive, std::process::id() as i64, "PX", daemon.config.lease_ms as i64]).await?;
+    daemon.redis.execute("SET", args![alive, daemon.process.as_str(), "PX", daemon.config.lease_ms as i64]).await?;
     daemon.redis.execute("SADD", args![keys::gateways(), daemon.gateway_id.as_str()]).await.map(drop)
+}
+
+/// Refuses to run beside another live process of the same gateway: two processes would hold the
+/// same leases with the same tokens, which fencing cannot tell apart. A heartbeat left by a
+/// process that died (a quick restart) is not renewed; one that is renewed within a third of a
+/// lease period belongs to a live process.
+pub async fn ensure_sole_process(daemon: &Daemon) -> Result<(), RedisError> {
+    let alive = keys::gateway_alive(&daemon.gateway_id);
+    let read = async || -> Result<(Option<String>, i64), RedisError> {
+        let holder = first(&daemon.redis, "GET", args![alive.as_str()]).await?.into_string();
+        let ttl = first(&daemon.redis, "PTTL", args![alive.as_str()]).await?.as_int().unwrap_or(-2);
+        Ok((holder, ttl))
+    };
+    let (holder, ttl) = read().await?;
+    if holder.is_none() {
+        return Ok(());
+    }
+    tokio::time::sleep(daemon.config.lease() / 3 + std::time::Duration::from_millis(300)).await;
+    let (now_holder, now_ttl) = read().await?;
+    if now_holder.is_some() && (now_holder != holder || now_ttl > ttl) {
+        return Err(RedisError(format!("another live daemon runs as gateway {}; give each daemon its own GATEWAY_ID", daemon.gateway_id)));
+    }
+    Ok(())
 }
 
 /// Whether a gateway has renewed its heartbeat within the last lease period.

@@ -53,12 +53,13 @@ async fn run(config: Config) -> Result {
     };
     let daemon = Daemon::new(config.clone(), redis, backend);
     tracing::info!(gateway = %daemon.gateway_id, backend = ?config.backend, data = %config.data_dir.display(), "connector-daemon starting");
+    lease::ensure_sole_process(&daemon).await?;
     lease::heartbeat(&daemon).await?;
     daemon.renewed();
     tokio::spawn(renew_leases(daemon.clone()));
     tokio::spawn(unlinks::retry(daemon.clone()));
     resume(&daemon).await;
-    remove_deleted_stores(&daemon).await;
+    tokio::spawn(remove_deleted_stores(daemon.clone()));
     let (stop_reading, stopping) = watch::channel(false);
     let reader = tokio::spawn(commands::run(daemon.clone(), connect().await?, stopping));
     println!("connector-daemon {} running", daemon.gateway_id);
@@ -98,26 +99,36 @@ async fn resume(daemon: &Arc<Daemon>) {
         let owner = persist("find a session's organization", never, move || store::owner(&daemon_ref.redis, id)).await;
         match owner.flatten() {
             Some(org) => daemon.command(Command::new(CommandKind::Resume, &session_id, &org), oneshot::channel().0),
-            // Deleted while this gateway was away: what is stored for it goes, unlinked.
             None => {
-                unlinks::discard(daemon, "", &session_id, None).await;
+                discard_if_deleted(daemon, &session_id).await;
                 persist("forget a deleted session", never, move || lease::forget(daemon_ref, id)).await;
             }
         }
     }
 }
 
-/// Removes the stores of sessions deleted while no daemon that kept them was running: a
-/// session whose organization is no longer known exists nowhere.
-async fn remove_deleted_stores(daemon: &Daemon) {
+/// Unlinks and removes the store of a session deleted while this daemon was away. Only a
+/// recorded deletion counts: a session merely missing (lost Redis data, another database) keeps
+/// its store, since unlinking a device cannot be undone.
+async fn discard_if_deleted(daemon: &Daemon, session_id: &str) {
+    match persist("check a session's deletion", || false, move || store::was_deleted(&daemon.redis, session_id)).await {
+        Some(true) => {
+            tracing::info!(session = %session_id, "unlinking and removing the store of a deleted session");
+            unlinks::discard(daemon, "", session_id, None).await;
+        }
+        _ => tracing::warn!(session = %session_id, "a store of a session Redis does not know, and no record of its deletion: kept"),
+    }
+}
+
+/// Removes the stores of sessions deleted while no daemon that kept them was running.
+async fn remove_deleted_stores(daemon: Arc<Daemon>) {
     let Ok(dirs) = std::fs::read_dir(daemon.config.data_dir.join("sessions")) else { return };
     for dir in dirs.flatten() {
         let session_id = dir.file_name().to_string_lossy().into_owned();
         let id = session_id.as_str();
-        let owner = persist("find a session's organization", || false, move || store::owner(&daemon.redis, id)).await;
+        let owner = persist("find a session's organization", || false, || store::owner(&daemon.redis, id)).await;
         if owner.flatten().is_none() {
-            tracing::info!(session = %session_id, "unlinking and removing the store of a deleted session");
-            unlinks::discard(daemon, "", &session_id, None).await;
+            discard_if_deleted(&daemon, &session_id).await;
         }
     }
 }
@@ -159,8 +170,8 @@ async fn renew_all(daemon: &Arc<Daemon>) -> std::result::Result<(), shared::redi
     lease::heartbeat(daemon).await?;
     for (session_id, held) in daemon.held() {
         if !lease::renew(daemon, &held.org, &session_id, held.fence).await? {
-            daemon.unhold(&session_id);
-            daemon.order(&session_id, &held.org, Order::LeaseLost);
+            daemon.unhold(&session_id, held.fence);
+            daemon.order(&session_id, &held.org, Order::LeaseLost(held.fence));
         }
     }
     Ok(())

@@ -36,8 +36,9 @@ pub type Reply = oneshot::Sender<Option<CommandResult>>;
 
 pub enum Order {
     Command(Command, Reply),
-    /// The lease is gone to another gateway (or with the row): let go at once, writing nothing.
-    LeaseLost,
+    /// The lease taken with this token is gone to another gateway (or with the row): let go at
+    /// once, writing nothing. A renewal of an older lease of the session says nothing of a newer one.
+    LeaseLost(i64),
     /// The leases could not be renewed for a lease period: let go, staying resumable.
     Suspend,
     /// The daemon is stopping: disconnect, keep the session resumable.
@@ -73,6 +74,8 @@ struct Supervisor {
     backfill: Option<tokio::task::JoinHandle<()>>,
     /// The number of the last command applied to the session (the row's `_applied`).
     applied: u64,
+    /// The number of the command being applied, written with its first row write.
+    applying: Option<u64>,
     /// Commands that came before an earlier one of the session, by number.
     parked: BTreeMap<u64, Parked>,
 }
@@ -101,6 +104,7 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
         pairing_codes: JoinSet::new(),
         backfill: None,
         applied: 0,
+        applying: None,
         parked: BTreeMap::new(),
     };
     loop {
@@ -185,7 +189,8 @@ impl Supervisor {
     async fn obey(&mut self, order: Order) -> Flow {
         match order {
             Order::Command(command, reply) => self.command(command, reply).await,
-            Order::LeaseLost => {
+            Order::LeaseLost(fence) if self.fence != Some(fence) => Flow::Continue,
+            Order::LeaseLost(_) => {
                 tracing::warn!(session = %self.id, "this gateway lost the session's lease; letting go");
                 self.let_go().await;
                 let (daemon, id) = (&*self.daemon, self.id.as_str());
@@ -211,7 +216,7 @@ impl Supervisor {
         let Some(row) = self.load().await else { return Flow::Exit };
         let Some((row, control)) = row else {
             // The row is gone: whatever the command, what is left is cleaning up after the delete.
-            self.remove_everything().await;
+            self.row_gone(&command).await;
             let _ = reply.send(Some(CommandResult::done()));
             return Flow::Exit;
         };
@@ -223,11 +228,6 @@ impl Supervisor {
             let _ = reply.send(Some(superseded(&command)));
             return Flow::Continue;
         }
-        if command.kind == CommandKind::Delete {
-            self.remove_everything().await;
-            let _ = reply.send(Some(CommandResult::done()));
-            return Flow::Exit;
-        }
         if self.fence.is_none() {
             self.applied = control.applied;
             match self.take_lease(&command, row).await {
@@ -238,7 +238,7 @@ impl Supervisor {
                     return Flow::Continue;
                 }
                 Err(Handled::Gone) => {
-                    self.remove_everything().await;
+                    self.row_gone(&command).await;
                     let _ = reply.send(Some(CommandResult::done()));
                     return Flow::Exit;
                 }
@@ -248,6 +248,11 @@ impl Supervisor {
             // An earlier command of the session is still on its way (on a dead gateway's
             // stream, being adopted or handed on): it goes first, if it arrives in time.
             tracing::info!(session = %self.id, seq = command.seq, applied = self.applied, "waiting for the session's earlier commands");
+            if self.parked.contains_key(&command.seq) {
+                // The same command delivered twice (redelivered, requeued): the first one answers.
+                let _ = reply.send(None);
+                return Flow::Continue;
+            }
             let until = Instant::now() + self.daemon.config.lease() * 2;
             self.parked.insert(command.seq, Parked { command, reply, until });
             return Flow::Continue;
@@ -280,6 +285,7 @@ impl Supervisor {
 
     /// Carries a command out under the lease this task holds.
     async fn apply(&mut self, command: Command, reply: Reply) -> Flow {
+        self.applying = command.is_ordered().then_some(command.seq);
         let result = match command.kind {
             CommandKind::Start if self.is_active() => CommandResult::done(),
             CommandKind::Start => {
@@ -308,16 +314,26 @@ impl Supervisor {
                 CommandResult::done()
             }
             CommandKind::PairPhone => {
-                self.mark_applied(command.seq).await;
+                self.mark_applied().await;
                 return self.request_pairing_code(command, reply).await;
             }
             CommandKind::Backfill => {
                 self.backfill(&command).await;
                 CommandResult::done()
             }
-            CommandKind::Delete => unreachable!("handled above"),
+            CommandKind::Delete => {
+                self.remove_everything().await;
+                let _ = reply.send(Some(CommandResult::done()));
+                return Flow::Exit;
+            }
         };
-        self.mark_applied(command.seq).await;
+        self.mark_applied().await;
+        if self.fence.is_none() && command.kind != CommandKind::Resume {
+            // A write was refused midway (another gateway holds the session now): the command
+            // goes to whoever holds it, rather than being answered as done.
+            self.daemon.command(command, reply);
+            return Flow::Continue;
+        }
         let _ = reply.send(Some(result));
         Flow::Continue
     }
@@ -356,8 +372,8 @@ impl Supervisor {
                 }
                 Some(Acquired::Busy(holder)) => holder,
             };
-            if command.kind == CommandKind::Resume {
-                // The holder runs it already.
+            if command.kind == CommandKind::Resume && lease::is_alive(&self.daemon, &holder).await.unwrap_or(false) {
+                // A live holder runs it already. A dead one's lease lapses soon: waited out below.
                 return Err(Handled::Elsewhere(Some(CommandResult::done())));
             }
             match store::forward(&self.daemon.redis, &holder, command).await {
@@ -372,18 +388,18 @@ impl Supervisor {
         }
     }
 
-    /// Records that the command numbered `seq` was carried out, so no older one is.
-    async fn mark_applied(&mut self, seq: u64) {
-        if seq > 0 {
-            self.applied = seq;
-            self.write(Update::default().set("_applied", seq)).await;
+    /// Records that the command being applied was carried out, so no older one is: with the
+    /// write that carried it out when there was one, else on its own.
+    async fn mark_applied(&mut self) {
+        if self.applying.is_some() {
+            self.write(Update::default()).await;
         }
     }
 
     /// Releases the lease of a session that no longer runs here; the row then names no gateway.
     async fn give_up_lease(&mut self) {
         let Some(fence) = self.fence.take() else { return };
-        self.daemon.unhold(&self.id);
+        self.daemon.unhold(&self.id, fence);
         let (daemon, org, id) = (&*self.daemon, self.org.as_str(), self.id.as_str());
         persist("release the session's lease", || daemon.is_stopping(), move || lease::release(daemon, org, id, fence)).await;
     }
@@ -394,10 +410,25 @@ impl Supervisor {
         for (_, Parked { command, reply, .. }) in std::mem::take(&mut self.parked) {
             self.daemon.command(command, reply);
         }
-        self.fence = None;
-        self.daemon.unhold(&self.id);
+        if let Some(fence) = self.fence.take() {
+            self.daemon.unhold(&self.id, fence);
+        }
         self.drop_client().await;
         self.retry_at = None;
+    }
+
+    /// The session's row is gone. Deleted (a delete command, or a recorded deletion): everything
+    /// goes. Otherwise (lost Redis data) the store is kept: unlinking a device cannot be undone.
+    async fn row_gone(&mut self, command: &Command) {
+        let deleted = command.kind == CommandKind::Delete
+            || store::was_deleted(&self.daemon.redis, &self.id).await.unwrap_or(false);
+        if deleted {
+            return self.remove_everything().await;
+        }
+        tracing::warn!(session = %self.id, "a command for a session Redis does not know, and no record of its deletion: store kept");
+        self.let_go().await;
+        let (daemon, id) = (&*self.daemon, self.id.as_str());
+        persist("forget an unknown session", || daemon.is_stopping(), move || lease::forget(daemon, id)).await;
     }
 
     /// The session is deleted: disconnect, unlink its device and wipe its store, forget it.
@@ -474,22 +505,28 @@ impl Supervisor {
     /// when it was not written (the task no longer drives the session).
     async fn write(&mut self, update: Update) -> bool {
         let Some(fence) = self.fence else { return false };
+        let applying = self.applying.take();
         let (jid, lid, phone) = self.identity_fields();
         let push_name = self.identity.as_ref().and_then(|i| i.push_name.clone());
         let mut update = update
+            .set("_applied", applying.unwrap_or(self.applied))
+            .set("_process", self.daemon.process.as_str())
             .set("gatewayId", self.daemon.gateway_id.as_str())
             .set("waJid", jid)
             .set("waLid", lid)
             .set("phoneNumber", phone)
             .set("pushName", push_name);
         update.retention = Some(self.daemon.config.retention());
-        update.fence = Some(fence);
+        update.fence = fence;
         let daemon = self.daemon.clone();
         // Past a lease period without renewals, another daemon may have taken the session.
         let (daemon, org, id, update) = (&*daemon, self.org.as_str(), self.id.as_str(), &update);
         let written = persist("write the session's state", || daemon.leases_lapsed(), move || store::update(&daemon.redis, org, id, update.clone()));
         match written.await {
-            Some(Written::Row(_)) => true,
+            Some(Written::Row(_)) => {
+                self.applied = applying.unwrap_or(self.applied);
+                true
+            }
             Some(Written::Gone) => {
                 tracing::debug!(session = %self.id, "the row is gone; a delete command will follow");
                 self.let_go().await;

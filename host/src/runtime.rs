@@ -138,9 +138,9 @@ impl ComponentRuntime {
 pub fn engine(instances: u32) -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
-        .total_core_instances(4 * instances)
-        .total_memories(2 * instances)
-        .total_tables(4 * instances)
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
         .total_stacks(instances)
         .max_memory_size(256 << 20)
         // Reset a reused slot by zeroing it in place rather than returning its pages with
@@ -192,10 +192,20 @@ fn load_component(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Comp
     }
     let component = Component::from_binary(engine, &bytes)?;
     std::fs::create_dir_all(cache_dir)?;
-    let temp = cached.with_extension("tmp");
+    // Hosts starting together may compile the same component at once: each writes a file of its
+    // own and renames it into place, so the cache always holds a whole artifact.
+    let temp = cached.with_extension(format!("{}.{:x}.tmp", std::process::id(), rand_suffix()));
     std::fs::write(&temp, component.serialize()?)?;
     std::fs::rename(&temp, &cached)?;
     Ok(component)
+}
+
+/// A number that differs between the threads and moments that ask for one.
+fn rand_suffix() -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::time::SystemTime::now().hash(&mut hasher);
+    std::thread::current().id().hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Every component of the manifest, ready to serve.

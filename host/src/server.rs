@@ -70,11 +70,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(app.limits.header_read_timeout);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Over the cap: one answer saying so, then the connection closes.
+            // Over the cap: the answer is written at once, without waiting for a request, and the
+            // connection closes, so refused clients hold nothing.
             tracing::warn!(%peer, "refusing a connection: {} are open", app.limits.max_connections);
-            let refuse = service_fn(|_req| async { Ok::<_, Infallible>(at_capacity("connections")) });
-            let connection = http.keep_alive(false).serve_connection(TokioIo::new(stream), refuse);
-            tokio::spawn(connection);
+            tokio::spawn(refuse_connection(stream));
             continue;
         };
         let app = app.clone();
@@ -96,6 +95,27 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         tracing::warn!("open requests did not finish within 10 s; closing them");
     }
     reaper.abort();
+}
+
+/// A connection over the cap: one 503 in the envelope, then closed (bounded in time).
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let error = ApiError::new(ErrorCode::Unavailable, "the gateway is at capacity (connections); retry shortly").with_detail("retryAfter", 1);
+    let body = error.to_json().to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let refuse = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Closing with the client's request unread would reset the connection before the
+        // client read the answer: drain what it sends until it closes.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
 }
 
 /// Returns the memory of instances nobody needed lately to the pool.

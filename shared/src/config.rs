@@ -80,15 +80,31 @@ pub async fn event_recheck_secs<V: Variables>(vars: &V) -> u64 {
     number(vars, "event_recheck_secs", 60).await.clamp(1, 60)
 }
 
-/// Phone pairing codes WhatsApp may be asked for in an hour: per session, and per phone number
-/// across the deployment (each one makes WhatsApp prompt that phone).
-pub async fn pairing_codes_per_hour<V: Variables>(vars: &V) -> (u64, u64) {
-    (number(vars, "pairing_codes_per_session_per_hour", 5).await, number(vars, "pairing_codes_per_phone_per_hour", 3).await)
+/// Phone pairing codes WhatsApp may be asked for in an hour (each makes WhatsApp prompt that
+/// phone); 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairingCodeLimits {
+    pub per_session: u64,
+    /// Per phone number, within one organization.
+    pub per_phone: u64,
+    /// Per phone number, across the deployment.
+    pub per_phone_total: u64,
 }
 
-/// Sessions one organization may have.
+pub async fn pairing_codes_per_hour<V: Variables>(vars: &V) -> PairingCodeLimits {
+    PairingCodeLimits {
+        per_session: number(vars, "pairing_codes_per_session_per_hour", 5).await,
+        per_phone: number(vars, "pairing_codes_per_phone_per_hour", 3).await,
+        per_phone_total: number(vars, "pairing_codes_per_phone_per_hour_total", 10).await,
+    }
+}
+
+/// Sessions one organization may have; 0 means no limit.
 pub async fn max_sessions_per_org<V: Variables>(vars: &V) -> u64 {
-    number(vars, "max_sessions_per_org", 100).await
+    match number(vars, "max_sessions_per_org", 100).await {
+        0 => u64::MAX,
+        quota => quota,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

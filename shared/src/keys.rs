@@ -1,7 +1,9 @@
 //! The Redis keyspace: the only place a key is spelled.
 //!
 //! Keys an organization's requests use together share the hash tag `{org:<id>}`, so they land on
-//! one Redis Cluster slot and a Lua script may touch them atomically. Isolation between
+//! one Redis Cluster slot and a Lua script may touch them atomically. The scripts that queue a
+//! command also touch the (global) command streams and heartbeats, and stream slots the
+//! deployment-wide set: they need a single Redis node today (see ARCHITECTURE's cluster note). Isolation between
 //! organizations is structural: a caller's organization is part of every key it can reach, so a
 //! session id of another organization simply resolves to a key that does not exist.
 
@@ -27,6 +29,12 @@ pub fn session_owner(session_id: &str) -> String {
     format!("{PREFIX}:session-owner:{session_id}")
 }
 
+/// Present for a while after a session was deleted, so a daemon that kept its store (down at
+/// the time) knows to unlink and remove it, and never mistakes lost data for a deletion.
+pub fn session_deleted(session_id: &str) -> String {
+    format!("{PREFIX}:session-deleted:{session_id}")
+}
+
 /// Commands for sessions no gateway holds yet; any daemon may take them.
 pub fn unplaced_commands() -> String {
     format!("{PREFIX}:commands:unplaced")
@@ -35,6 +43,11 @@ pub fn unplaced_commands() -> String {
 /// Commands for the sessions one gateway holds.
 pub fn gateway_commands(gateway_id: &str) -> String {
     format!("{PREFIX}:commands:gateway:{gateway_id}")
+}
+
+/// A `KEYS`/`SCAN` pattern matching every command stream (operators' and tests' inspection).
+pub fn command_streams_pattern() -> String {
+    format!("{PREFIX}:commands:*")
 }
 
 /// The session's current pairing QR `{code, expiresAt}`; expires with the code.

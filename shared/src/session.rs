@@ -61,18 +61,17 @@ pub struct Session {
     pub status_reason: Option<String>,
     #[serde(default, skip_serializing)]
     pub push_name: Option<String>,
+    /// The daemon process that last wrote the row (its heartbeat's value): a row written by a
+    /// process that is no longer the gateway's live one says nothing true about now.
+    #[serde(rename = "_process", default, skip_serializing)]
+    pub written_by: Option<String>,
 }
 
-/// What the scripts keep on a stored row beside the API's fields.
+/// What the scripts keep on a stored row beside the API's fields: `_fence`, the fencing token of
+/// the latest lease acquisition (the row refuses a daemon's write that carries another one);
+/// `_seq`, the number given to the session's latest queued command; and, read here, `_applied`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub struct Control {
-    /// The fencing token of the latest lease acquisition: the row refuses a daemon's write that
-    /// carries another one.
-    #[serde(rename = "_fence", default)]
-    pub fence: i64,
-    /// The number given to the session's latest queued command.
-    #[serde(rename = "_seq", default)]
-    pub seq: u64,
     /// The number of the latest command a daemon carried out.
     #[serde(rename = "_applied", default)]
     pub applied: u64,
@@ -121,6 +120,7 @@ impl NewSession {
             last_connected_at: None,
             status_reason: None,
             push_name: None,
+            written_by: None,
         }
     }
 }

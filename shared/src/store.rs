@@ -170,7 +170,7 @@ const LIST_PAGE_SIZE: i64 = 200;
 /// Patches a row and appends the events that announce the change, in one atomic step, so no
 /// reader ever sees a status without its event or an event without its status. A row that is
 /// gone stays gone (the daemon must not resurrect a deleted session), and a write carrying a
-/// fencing token (ARGV[6]) other than the row's is refused (`fenced`): its daemon no longer
+/// fencing token (ARGV[5]) other than the row's is refused (`fenced`): its daemon no longer
 /// holds the session.
 const UPDATE: &str = concat!(
     log_events_lua!(),
@@ -178,18 +178,17 @@ const UPDATE: &str = concat!(
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local row = cjson.decode(raw)
-if ARGV[6] ~= '' and tonumber(row['_fence']) ~= tonumber(ARGV[6]) then return redis.status_reply('fenced') end
-if ARGV[3] ~= '' and not string.find(ARGV[3], ',' .. row['status'] .. ',', 1, true) then return raw end
+if (tonumber(row['_fence']) or 0) ~= tonumber(ARGV[5]) then return redis.status_reply('fenced') end
 for k, v in pairs(cjson.decode(ARGV[1])) do row[k] = v end
 row['updatedAt'] = tonumber(ARGV[2])
 raw = cjson.encode(row)
 redis.call('SET', KEYS[1], raw)
-if ARGV[4] == '-' then
+if ARGV[3] == '-' then
   redis.call('DEL', KEYS[2])
-elseif ARGV[4] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+elseif ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 end
-log_events(KEYS[3], ARGV[7], 10, tonumber(ARGV[2]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+log_events(KEYS[3], ARGV[6], 9, tonumber(ARGV[2]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 return raw"
 );
 
@@ -224,17 +223,15 @@ pub enum QrChange {
 }
 
 /// A change to one session row: fields to overwrite (camelCase, as the API shows them), the
-/// statuses it applies from (empty: any), the QR change, the events that announce it, the log
-/// retention to enforce while appending them, and the fencing token of the lease it is written
-/// under.
+/// QR change, the events that announce it, the log retention to enforce while appending them,
+/// and the fencing token of the lease it is written under (0 for a row no lease was ever taken on).
 #[derive(Debug, Clone, Default)]
 pub struct Update {
     pub patch: Map<String, Value>,
-    pub only_from: Vec<SessionStatus>,
     pub qr: QrChange,
     pub events: Vec<Event>,
     pub retention: Option<Retention>,
-    pub fence: Option<i64>,
+    pub fence: i64,
 }
 
 impl Update {
@@ -270,12 +267,6 @@ pub enum Written {
 
 /// Applies an [`Update`].
 pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update) -> Result<Written, ApiError> {
-    let only_from = if update.only_from.is_empty() {
-        String::new()
-    } else {
-        let names: Vec<String> = update.only_from.iter().map(|s| s.as_str().to_owned()).collect();
-        format!(",{},", names.join(","))
-    };
     let now = crate::time::now_millis();
     let (qr, qr_ttl) = match &update.qr {
         QrChange::Keep => (String::new(), 0),
@@ -284,11 +275,10 @@ pub async fn update<R: Redis>(r: &R, org: &str, session_id: &str, update: Update
             (serde_json::json!({ "code": code, "expiresAt": expires_at }).to_string(), (expires_at - now).max(1))
         }
     };
-    let fence = update.fence.map(|f| f.to_string()).unwrap_or_default();
     let mut argv: Vec<Arg> = args![
         UPDATE, 3,
         keys::session(org, session_id), keys::session_qr(org, session_id), keys::org_events(org),
-        encode(&update.patch)?, now, only_from, qr, qr_ttl, fence,
+        encode(&update.patch)?, now, qr, qr_ttl, update.fence,
     ];
     argv.extend(log_events_args(org, update.retention, &update.events)?);
     match first(r, "EVAL", argv).await? {
@@ -549,23 +539,27 @@ pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> 
 /// Why a session is reported as not running where its row says it runs.
 pub const GATEWAY_UNAVAILABLE: &str = "gateway_unavailable";
 
-/// Makes rows say what is true now: a row's status is what its gateway last wrote, so a session
-/// whose gateway's heartbeat is gone (the daemon died) is reported `starting`, held by no
-/// gateway, until a daemon runs it again. One heartbeat read per gateway named.
+/// Makes rows say what is true now: a row's status is what its gateway's daemon last wrote, so
+/// a session whose gateway's heartbeat is gone (the daemon died), or comes from another process
+/// than the one that wrote the row (restarted, not yet resumed), is reported `starting`, held by
+/// no gateway, until a daemon runs it again. One heartbeat read per gateway named.
 pub async fn observe<R: Redis>(r: &R, sessions: &mut [Session]) -> Result<(), ApiError> {
-    let mut dead: Vec<String> = Vec::new();
-    let mut alive: Vec<String> = Vec::new();
+    let mut heartbeats: Vec<(String, Option<String>)> = Vec::new();
     for session in sessions.iter_mut() {
         let Some(gateway) = session.gateway_id.clone() else { continue };
-        if !session.status.is_running() || alive.contains(&gateway) {
+        if !session.status.is_running() {
             continue;
         }
-        if !dead.contains(&gateway) {
-            if gateway_is_alive(r, &gateway).await? {
-                alive.push(gateway);
-                continue;
+        let live_process = match heartbeats.iter().find(|(g, _)| *g == gateway) {
+            Some((_, process)) => process.clone(),
+            None => {
+                let process = crate::redis::get_string(r, &keys::gateway_alive(&gateway)).await?;
+                heartbeats.push((gateway, process.clone()));
+                process
             }
-            dead.push(gateway);
+        };
+        if live_process.is_some() && live_process == session.written_by {
+            continue;
         }
         session.status = SessionStatus::Starting;
         session.gateway_id = None;
@@ -579,6 +573,14 @@ pub async fn get_observed<R: Redis>(r: &R, org: &str, session_id: &str) -> Resul
     let mut session = get(r, org, session_id).await?;
     observe(r, std::slice::from_mut(&mut session)).await?;
     Ok(session)
+}
+
+/// How long a deletion is remembered for daemons that were away ([`keys::session_deleted`]).
+const DELETION_RECORD_SECS: i64 = 30 * 24 * 3600;
+
+/// Whether the session was deleted (within the last [`DELETION_RECORD_SECS`]).
+pub async fn was_deleted<R: Redis>(r: &R, session_id: &str) -> Result<bool, RedisError> {
+    Ok(first(r, "EXISTS", args![keys::session_deleted(session_id)]).await?.as_int() == Some(1))
 }
 
 /// Deletes the row with everything kept for the session and queues the cleanup `command` for
@@ -601,6 +603,7 @@ pub async fn delete<R: Redis>(r: &R, org: &str, session_id: &str, command: &Comm
     })
     .await?;
     let session = decode(row)?.ok_or_else(ApiError::session_not_found)?;
+    r.execute("SET", args![keys::session_deleted(session_id), org, "EX", DELETION_RECORD_SECS]).await?;
     r.execute("DEL", args![keys::session_owner(session_id)]).await?;
     Ok(session)
 }

@@ -1,13 +1,15 @@
 //! `POST /api/v1/sessions/{session}/pairing-code` `{"phone": "628123456789"}`: asks WhatsApp for
 //! a code to type on that phone instead of scanning a QR, waiting a bounded time for it.
-//! Each request makes WhatsApp prompt that phone, so requests are limited per session and per
-//! phone number (`pairing_codes_per_session_per_hour`, `pairing_codes_per_phone_per_hour`).
+//! Each request makes WhatsApp prompt that phone, so requests are limited per session, per
+//! phone number within the organization, and per phone number across the deployment (so no
+//! tenant can prompt a stranger's phone in a loop, nor use up another tenant's attempts).
 
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandResult};
 use shared::spin::{Context, SpinVariables, Wait};
-use shared::{ApiError, ErrorCode, config, lifecycle, rate_limit, store, validate};
+use shared::rate_limit::{self, Limit};
+use shared::{ApiError, ErrorCode, config, lifecycle, store, validate};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, body: &[u8]) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
@@ -15,11 +17,14 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, body: &[u8]
     let phone = validate::pairing_phone(body)?;
     validate::unpaired(&session)?;
     const HOUR: u64 = 3_600;
-    let (per_session, per_phone) = config::pairing_codes_per_hour(&SpinVariables).await;
-    let too_many = "too many pairing codes were requested for this session; wait for the window to pass";
-    rate_limit::hit(&ctx.redis, "pairing_code_session", &session.id, per_session, HOUR, too_many).await?;
-    let too_many = "too many pairing codes were requested for this phone number; wait for the window to pass";
-    rate_limit::hit(&ctx.redis, "pairing_code_phone", &phone, per_phone, HOUR, too_many).await?;
+    let per_hour = config::pairing_codes_per_hour(&SpinVariables).await;
+    let org_phone = format!("{org}/{phone}");
+    let limits = [
+        Limit { scope: "pairing_code_session", subject: &session.id, limit: per_hour.per_session, message: "too many pairing codes were requested for this session; wait for the window to pass" },
+        Limit { scope: "pairing_code_phone", subject: &org_phone, limit: per_hour.per_phone, message: "too many pairing codes were requested for this phone number; wait for the window to pass" },
+        Limit { scope: "pairing_code_phone_total", subject: &phone, limit: per_hour.per_phone_total, message: "this phone number was prompted too often; wait for the window to pass" },
+    ];
+    rate_limit::hit(&ctx.redis, &limits, HOUR).await?;
     let command = Command::pair_phone(&session.id, org, &phone);
     lifecycle::send(&ctx.redis, &session, &command).await?;
     match ctx.wait_for_result(org, &command.id, Wait::PairingCode).await? {
