@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use shared::directory::{Contact, Group};
+use shared::message::{Content, MessageStatus};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,20 @@ pub enum BackendEvent {
     /// What WhatsApp told about contacts (address-book sync, push names): kept as they come,
     /// since WhatsApp offers no call that lists them later.
     Contacts(Vec<Contact>),
+    /// WhatsApp's server took (`error: None`) or refused the message sent with this id. Only
+    /// this makes a message `sent`: a send that returned is a stanza written, no more.
+    ServerAck { id: String, error: Option<String> },
+    /// The recipient's side reached a step (`Delivered`, `Read`, `Played`) for these message ids.
+    Receipt { ids: Vec<String>, status: MessageStatus },
+}
+
+/// Why a message could not be handed to WhatsApp.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendFailure {
+    /// No usable connection right now: the same message goes again once connected.
+    NotConnected(String),
+    /// WhatsApp (or the library) will never take this message as it is.
+    Rejected(String),
 }
 
 pub type Events = mpsc::UnboundedSender<BackendEvent>;
@@ -62,6 +77,11 @@ pub trait Client: Send + Sync {
     /// Unlinks the device on WhatsApp's side through the live socket; `Err` unless WhatsApp
     /// took it. The client is not used again afterwards; the store is the caller's to wipe.
     async fn logout(&self) -> Result<(), String>;
+
+    /// Sends a message with the WhatsApp id it carries (`wa_id`), so sending it again after a
+    /// crash is the same message to WhatsApp and the recipient sees it once. `Ok` means the
+    /// stanza went out; WhatsApp's answer comes as [`BackendEvent::ServerAck`].
+    async fn send(&self, message: &Content) -> Result<(), SendFailure>;
 
     /// The groups the number is in, with their members, fetched from WhatsApp.
     async fn groups(&self) -> Result<Vec<Group>, String>;

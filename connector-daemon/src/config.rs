@@ -90,6 +90,16 @@ pub struct SimulatorTimings {
     /// Time WhatsApp takes to answer the joined-groups query.
     #[arg(long, env = "SIM_GROUPS_FETCH_MS", default_value_t = 200)]
     pub sim_groups_fetch_ms: u64,
+    /// Time the simulated server takes to acknowledge a sent message; 0 never acknowledges
+    /// (as when the connection dies with the stanza in flight).
+    #[arg(long, env = "SIM_ACK_MS", default_value_t = 5)]
+    pub sim_ack_ms: u64,
+    /// Time until the recipient's phone sends the delivery receipt; 0 never.
+    #[arg(long, env = "SIM_DELIVERED_MS", default_value_t = 50)]
+    pub sim_delivered_ms: u64,
+    /// Time until the recipient reads a message (read receipt); 0 never.
+    #[arg(long, env = "SIM_READ_MS", default_value_t = 0)]
+    pub sim_read_ms: u64,
 }
 
 impl Config {

@@ -76,7 +76,8 @@ pub enum Acquired {
     Gone,
 }
 
-fn value(daemon: &Daemon, fence: i64) -> String {
+/// The lease's value while this gateway holds it with token `fence`: what every fenced write compares.
+pub fn value(daemon: &Daemon, fence: i64) -> String {
     format!("{} {fence}", daemon.gateway_id)
 }
 

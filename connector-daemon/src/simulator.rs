@@ -15,6 +15,11 @@
 //! | `ban` | `session` | WhatsApp bans the number for a while |
 //! | `replace_client` | `client` | the server ends that client: another logged in with its device |
 //!
+//! A sent message reaches the simulated server once per WhatsApp id (a resend with the same id
+//! is acknowledged again, not delivered again) and is recorded under `gw:simulator:delivered`
+//! for tests to read; the server acknowledges it after `sim_ack_ms`, and the recipient's phone
+//! answers with delivery and read receipts after `sim_delivered_ms` and `sim_read_ms`.
+//!
 //! The simulated server's linked devices live in Redis, so a device unlinked while its session
 //! was stopped is refused at the next connect, as WhatsApp does. Each simulated phone has an
 //! address book of `sim_contacts` contacts, synced after every login as WhatsApp's app-state
@@ -30,7 +35,7 @@
 //! records it under `gw:simulator:replacements`. A gateway that never runs a session twice never
 //! causes a record, so tests can tell.
 
-use crate::backend::{Backend, BackendEvent, Client, Events, Identity};
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity, SendFailure};
 use crate::config::{Config, SimulatorTimings};
 use shared::directory::{Contact, Group, Participant, Role};
 use async_trait::async_trait;
@@ -40,6 +45,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use shared::keys;
+use shared::message::{Content, MessageStatus};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -427,6 +433,43 @@ impl Client for SimClient {
         self.go_offline().await;
         self.close();
         unlinked
+    }
+
+    async fn send(&self, message: &Content) -> Result<(), SendFailure> {
+        let device = {
+            let state = self.state();
+            match (&state.device, state.closed) {
+                (Some(device), false) => device.clone(),
+                _ => return Err(SendFailure::NotConnected("not logged in".into())),
+            }
+        };
+        let mut redis = self.redis.clone();
+        reachable(&mut redis).await.map_err(SendFailure::NotConnected)?;
+        let id = message.wa_id.clone().ok_or_else(|| SendFailure::Rejected("the message has no WhatsApp id".into()))?;
+        let unreachable = |e: redis::RedisError| SendFailure::NotConnected(format!("the simulated server is unreachable: {e}"));
+        let first_time: bool = redis.sadd(keys::simulator_delivered_ids(&device.device_id), &id).await.map_err(unreachable)?;
+        if first_time {
+            let record = serde_json::json!({
+                "session": self.session_id, "from": device.jid, "to": message.chat, "waMessageId": id, "type": message.kind,
+                "text": message.text, "location": message.location, "quote": message.quote, "mentions": message.mentions,
+                "at": shared::time::now_millis(),
+            });
+            let _: i64 = redis.rpush(keys::simulator_delivered(), record.to_string()).await.map_err(unreachable)?;
+        }
+        let timings = &self.timings;
+        let steps = [
+            (timings.sim_ack_ms, BackendEvent::ServerAck { id: id.clone(), error: None }),
+            (timings.sim_delivered_ms, BackendEvent::Receipt { ids: vec![id.clone()], status: MessageStatus::Delivered }),
+            (timings.sim_read_ms, BackendEvent::Receipt { ids: vec![id], status: MessageStatus::Read }),
+        ];
+        for (after, event) in steps.into_iter().filter(|(after, _)| *after > 0) {
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                let _ = events.send(event);
+            });
+        }
+        Ok(())
     }
 
     async fn groups(&self) -> Result<Vec<Group>, String> {

@@ -12,7 +12,8 @@
 use crate::backend::{BackendEvent, Client, Identity, format_pairing_code};
 use crate::daemon::{Daemon, Held, persist};
 use crate::lease::{self, Acquired};
-use crate::{backfill, unlinks};
+use crate::outbox::Sender;
+use crate::{backfill, receipts, unlinks};
 use shared::backfill::JobStatus;
 use shared::command::{Command, CommandKind, CommandResult};
 use shared::directory;
@@ -72,6 +73,8 @@ struct Supervisor {
     pairing_codes: JoinSet<PairingCodeOutcome>,
     /// The backfill job running on the current client.
     backfill: Option<tokio::task::JoinHandle<()>>,
+    /// Sends the session's outbox while the client is connected.
+    sender: Option<Sender>,
     /// The number of the last command applied to the session (the row's `_applied`).
     applied: u64,
     /// The number of the command being applied, written with its first row write.
@@ -103,6 +106,7 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
         retry_at: None,
         pairing_codes: JoinSet::new(),
         backfill: None,
+        sender: None,
         applied: 0,
         applying: None,
         parked: BTreeMap::new(),
@@ -211,6 +215,11 @@ impl Supervisor {
     }
 
     async fn command(&mut self, command: Command, reply: Reply) -> Flow {
+        if command.kind == CommandKind::Send {
+            self.wake_sender(&command).await;
+            let _ = reply.send(None);
+            return Flow::Continue;
+        }
         tracing::info!(session = %self.id, command = command.kind.as_str(), id = %command.id, seq = command.seq, "command");
         // Unanswered when the daemon stops before Redis answers: the command stays pending.
         let Some(row) = self.load().await else { return Flow::Exit };
@@ -263,6 +272,25 @@ impl Supervisor {
         }
     }
 
+    /// A message was queued: the sender looks at the outbox now. A session that moved to
+    /// another gateway gets the wake-up there; one that runs nowhere sends when it runs again.
+    async fn wake_sender(&self, command: &Command) {
+        if let Some(sender) = &self.sender {
+            return sender.wake();
+        }
+        let Ok(Some((row, _))) = store::get_with_control(&self.daemon.redis, &self.org, &self.id).await else { return };
+        if let Some(holder) = row.gateway_id.filter(|g| *g != self.daemon.gateway_id) {
+            let _ = store::forward(&self.daemon.redis, &holder, command).await;
+        }
+    }
+
+    /// Starts sending the outbox once the session is connected under a lease.
+    fn start_sender(&mut self) {
+        let (Some(client), Some(fence), None) = (self.client.clone(), self.fence, &self.sender) else { return };
+        let lease = lease::value(&self.daemon, fence);
+        self.sender = Some(Sender::start(self.daemon.clone(), client, self.org.clone(), self.id.clone(), lease));
+    }
+
     /// Applies the parked commands that are next in order, or whose wait ran out.
     async fn apply_parked(&mut self) -> Flow {
         while let Some(entry) = self.parked.first_entry() {
@@ -287,6 +315,8 @@ impl Supervisor {
     async fn apply(&mut self, command: Command, reply: Reply) -> Flow {
         self.applying = command.is_ordered().then_some(command.seq);
         let result = match command.kind {
+            // Handled in `command`, before any lease: a wake-up never starts a session.
+            CommandKind::Send => CommandResult::done(),
             CommandKind::Start if self.is_active() => CommandResult::done(),
             CommandKind::Start => {
                 self.begin().await;
@@ -461,6 +491,7 @@ impl Supervisor {
     }
 
     async fn drop_client(&mut self) {
+        self.sender = None;
         self.events = None;
         self.connected_at = None;
         self.pairing_codes.abort_all();
@@ -619,7 +650,9 @@ impl Supervisor {
                 self.qr_rounds = 0;
                 self.identity = Some(identity);
                 let update = self.status_change(SessionStatus::Working, None).set("lastConnectedAt", now_millis());
-                self.write(update).await;
+                if self.write(update).await {
+                    self.start_sender();
+                }
             }
             BackendEvent::Disconnected { reason } => self.connection_lost(reason).await,
             BackendEvent::LoggedOut { reason } => self.unpaired(&format!("logged_out: {reason}"), SessionStatus::Failed, true).await,
@@ -627,6 +660,12 @@ impl Supervisor {
                 self.halt(SessionStatus::Failed, "stream_replaced: another client connected with this session's credentials").await;
             }
             BackendEvent::TemporaryBan { reason } => self.halt(SessionStatus::Failed, &format!("temporary_ban: {reason}")).await,
+            BackendEvent::ServerAck { id, error } => {
+                if let Some(sender) = &self.sender {
+                    sender.acked(id, error);
+                }
+            }
+            BackendEvent::Receipt { ids, status } => receipts::apply(&self.daemon, &self.org, &self.id, &ids, status).await,
             BackendEvent::Contacts(contacts) => {
                 if let Err(e) = directory::update_contacts(&self.daemon.redis, &self.org, &self.id, &contacts).await {
                     tracing::warn!(session = %self.id, "cannot keep {} contact updates: {e:?}", contacts.len());

@@ -5,14 +5,18 @@
 //! drop is reported, backed off and counted the same way for every backend. Events are taken
 //! on the library's dispatch path (a raw handler), which keeps them in order and never drops one.
 
-use crate::backend::{Backend, BackendEvent, Client, Events, Identity};
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity, SendFailure};
 use crate::config::Config;
 use async_trait::async_trait;
 use shared::directory::{Contact, Group, Participant, Role};
+use shared::message::{Content, MessageStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use whatsapp_rust::pair_code::PairCodeOptions;
-use whatsapp_rust::prelude::{Bot, Event, EventHandler, Jid};
+use whatsapp_rust::prelude::{Bot, Event, EventHandler, Jid, SendError, SendOptions};
+use whatsapp_rust::types::presence::ReceiptType;
+use whatsapp_rust::buffa::MessageField;
+use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::store::SqliteStore;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::ConnectFailureReason;
@@ -93,6 +97,17 @@ impl Client for WaClient {
         unlinked
     }
 
+    async fn send(&self, message: &Content) -> Result<(), SendFailure> {
+        let to: Jid = message.chat.parse().map_err(|e| SendFailure::Rejected(format!("the recipient {} is not a JID: {e}", message.chat)))?;
+        let id = message.wa_id.clone().ok_or_else(|| SendFailure::Rejected("the message has no WhatsApp id".to_owned()))?;
+        let options = SendOptions::default().with_message_id(id);
+        match self.client.send_message_with_options(to, wa_message(message)?, options).await {
+            Ok(_) => Ok(()),
+            Err(SendError::InvalidRequest(reason)) => Err(SendFailure::Rejected(reason)),
+            Err(e) => Err(SendFailure::NotConnected(e.to_string())),
+        }
+    }
+
     async fn groups(&self) -> Result<Vec<Group>, String> {
         let groups = self.client.groups().get_participating().await.map_err(|e| e.to_string())?;
         Ok(groups.into_values().map(|metadata| group(&metadata)).collect())
@@ -102,6 +117,45 @@ impl Client for WaClient {
         self.closing.store(true, Ordering::SeqCst);
         self.client.disconnect().await;
     }
+}
+
+/// The protocol message for a message's content: text (extended when it quotes or mentions),
+/// or a location.
+fn wa_message(message: &Content) -> Result<wa::Message, SendFailure> {
+    let context = (message.quote.is_some() || !message.mentions.is_empty()).then(|| wa::ContextInfo {
+        stanza_id: message.quote.as_ref().map(|q| q.wa_message_id.clone()),
+        participant: message.quote.as_ref().and_then(|q| q.participant.clone()),
+        mentioned_jid: message.mentions.clone(),
+        ..Default::default()
+    });
+    let context_field = || context.clone().map_or_else(MessageField::none, MessageField::some);
+    if let Some(text) = &message.text {
+        return Ok(match context {
+            None => wa::Message { conversation: Some(text.clone()), ..Default::default() },
+            Some(_) => wa::Message {
+                extended_text_message: MessageField::some(wa::message::ExtendedTextMessage {
+                    text: Some(text.clone()),
+                    context_info: context_field(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        });
+    }
+    if let Some(location) = &message.location {
+        return Ok(wa::Message {
+            location_message: MessageField::some(wa::message::LocationMessage {
+                degrees_latitude: Some(location.latitude),
+                degrees_longitude: Some(location.longitude),
+                name: location.name.clone(),
+                address: location.address.clone(),
+                context_info: context_field(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    Err(SendFailure::Rejected(format!("{} messages cannot be sent by this build", message.kind)))
 }
 
 /// The phone number a JID stands for, when it is a phone-number JID.
@@ -203,6 +257,18 @@ fn map_event(event: &Event, identity_now: impl FnOnce() -> Option<Identity>) -> 
                 phone_number: phone.or_else(|| phone_of(&update.jid)),
                 ..contact(&update.jid)
             }])
+        }
+        Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|class| class == "message") => {
+            BackendEvent::ServerAck { id: ack.id.clone(), error: ack.error.clone() }
+        }
+        Event::Receipt(receipt) => {
+            let status = match receipt.r#type {
+                ReceiptType::Delivered => MessageStatus::Delivered,
+                ReceiptType::Read => MessageStatus::Read,
+                ReceiptType::Played => MessageStatus::Played,
+                _ => return None,
+            };
+            BackendEvent::Receipt { ids: receipt.message_ids.iter().map(|id| id.to_string()).collect(), status }
         }
         Event::PushNameUpdate(update) => {
             BackendEvent::Contacts(vec![Contact { push_name: Some(update.new_push_name.clone()), ..contact(&update.jid) }])

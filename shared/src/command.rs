@@ -33,6 +33,9 @@ pub enum CommandKind {
     /// The gateway that ran the session died: run it again if its row says it runs. Queued by
     /// the daemon that adopts the dead gateway's work, outside the session's order (`seq` 0).
     Resume,
+    /// The session's outbox has a new message: wakes the sender of the gateway running the
+    /// session. Outside the session's order (`seq` 0); the outbox itself is the durable queue.
+    Send,
 }
 
 impl CommandKind {
@@ -46,6 +49,7 @@ impl CommandKind {
             CommandKind::PairPhone => "pair_phone",
             CommandKind::Backfill => "backfill",
             CommandKind::Resume => "resume",
+            CommandKind::Send => "send",
         }
     }
 }

@@ -99,6 +99,18 @@ pub async fn pairing_codes_per_hour<V: Variables>(vars: &V) -> PairingCodeLimits
     }
 }
 
+/// What the API applies to messages it accepts: the outbox cap per session (429 beyond), how
+/// long a message may wait queued before it fails as `expired` (`message_max_queued_secs`),
+/// how long messages are kept, and how long an `Idempotency-Key` is remembered (24 h).
+pub async fn message_limits<V: Variables>(vars: &V) -> crate::outbox::Limits {
+    crate::outbox::Limits {
+        queue_max: number(vars, "message_queue_max", 1_000).await.max(1),
+        max_queued_ms: number(vars, "message_max_queued_secs", 86_400).await.max(1) * 1_000,
+        retention_ms: number(vars, "message_retention_secs", 7 * 86_400).await.max(60) * 1_000,
+        idempotency_ms: 86_400_000,
+    }
+}
+
 /// Sessions one organization may have; 0 means no limit.
 pub async fn max_sessions_per_org<V: Variables>(vars: &V) -> u64 {
     match number(vars, "max_sessions_per_org", 100).await {

@@ -26,6 +26,10 @@ pub enum EventType {
     BackfillCompleted,
     #[serde(rename = "backfill.failed")]
     BackfillFailed,
+    /// A message moved a step: queued, sent (WhatsApp's server took it), delivered, read,
+    /// played, or failed with its error.
+    #[serde(rename = "message.status")]
+    MessageStatus,
 }
 
 impl EventType {
@@ -39,6 +43,7 @@ impl EventType {
         EventType::BackfillProgress,
         EventType::BackfillCompleted,
         EventType::BackfillFailed,
+        EventType::MessageStatus,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +57,7 @@ impl EventType {
             EventType::BackfillProgress => "backfill.progress",
             EventType::BackfillCompleted => "backfill.completed",
             EventType::BackfillFailed => "backfill.failed",
+            EventType::MessageStatus => "message.status",
         }
     }
 }

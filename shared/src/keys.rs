@@ -71,6 +71,33 @@ pub fn session_directory_index(org: &str, session_id: &str, kind: &str) -> Strin
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:{kind}:index")
 }
 
+/// One message, sent or received (a JSON document), kept for the configured retention.
+pub fn message(org: &str, message_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:message:{message_id}")
+}
+
+/// The session's queued outbound messages, oldest first (a list of message ids): what the
+/// session's daemon sends next, in order.
+pub fn session_outbox(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:outbox")
+}
+
+/// The session's sends within the last hour (a sorted set: message id → when it was sent), so
+/// its rate limits hold across daemon restarts and failovers.
+pub fn session_sends(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:sends")
+}
+
+/// WhatsApp's id of a message the session sent → our message id, to file acks and receipts.
+pub fn session_wa_message(org: &str, session_id: &str, wa_message_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:wa:{wa_message_id}")
+}
+
+/// An `Idempotency-Key` a client sent with a message (its SHA-256) → the message it created.
+pub fn message_idempotency(org: &str, session_id: &str, key_hash: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:idempotency:{key_hash}")
+}
+
 /// What the daemon answered to one command (`{ok, code?, error?}`), kept briefly so the function
 /// that queued the command can wait for it.
 pub fn command_result(org: &str, command_id: &str) -> String {
@@ -158,6 +185,17 @@ pub fn simulator_online(device_id: &str) -> String {
     format!("{PREFIX}:simulator:online:{device_id}")
 }
 
+/// Every message the simulated WhatsApp server took from a session, once per message id (a
+/// resend with the same id is acknowledged, not delivered again): one JSON record each, oldest first.
+pub fn simulator_delivered() -> String {
+    format!("{PREFIX}:simulator:delivered")
+}
+
+/// The message ids the simulated server has delivered, per sending device, to refuse duplicates.
+pub fn simulator_delivered_ids(device_id: &str) -> String {
+    format!("{PREFIX}:simulator:delivered-ids:{device_id}")
+}
+
 /// Every time the simulated server saw a second live client of one device (which replaces the
 /// first): one JSON record each, newest first. A correct gateway never causes one.
 pub fn simulator_replacements() -> String {
@@ -210,6 +248,11 @@ mod tests {
         assert_eq!(tag(&org_sessions("acme")), tag(&session_backfill("acme", "01J")));
         assert_eq!(tag(&org_sessions("acme")), tag(&session_directory_index("acme", "01J", "groups")));
         assert_eq!(tag(&org_sessions("acme")), tag(&session_lease("acme", "01J")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&message("acme", "01K")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_outbox("acme", "01J")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_sends("acme", "01J")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_wa_message("acme", "01J", "3EB0")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&message_idempotency("acme", "01J", "ab")));
         assert_ne!(session("acme", "01J"), session("globex", "01J"));
     }
 }

@@ -16,6 +16,8 @@ pub mod event;
 pub mod event_log;
 pub mod keys;
 pub mod lifecycle;
+pub mod message;
+pub mod outbox;
 pub mod rate_limit;
 pub mod redis;
 pub mod route;

@@ -10,8 +10,10 @@ pub enum SessionPath<'a> {
     Session(&'a str),
     /// `/api/v1/sessions/{session}:{action}` (the reference's custom methods, `:start` …)
     Action(&'a str, &'a str),
-    /// `/api/v1/sessions/{session}/{resource}` (`qr`, `pairing-code`, `me`)
+    /// `/api/v1/sessions/{session}/{resource}` (`qr`, `pairing-code`, `me`, `messages`)
     Resource(&'a str, &'a str),
+    /// `/api/v1/sessions/{session}/{resource}/{item}` (`messages/{message}`)
+    Item(&'a str, &'a str, &'a str),
 }
 
 /// `None` for anything that is not one of the shapes above.
@@ -22,20 +24,26 @@ pub fn session_path(path: &str) -> Option<SessionPath<'_>> {
     }
     let rest = rest.strip_prefix('/')?;
     let (segment, resource) = match rest.split_once('/') {
-        Some((segment, resource)) if !resource.is_empty() && !resource.contains(['/', ':']) => (segment, Some(resource)),
+        Some((segment, resource)) if !resource.is_empty() && !resource.contains(':') => (segment, Some(resource)),
         Some(_) => return None,
         None => (rest, None),
+    };
+    let (resource, item) = match resource.map(|r| r.split_once('/')) {
+        Some(Some((resource, item))) if !resource.is_empty() && !item.is_empty() && !item.contains('/') => (Some(resource), Some(item)),
+        Some(Some(_)) => return None,
+        _ => (resource, None),
     };
     let (id, action) = match segment.split_once(':') {
         Some((id, action)) if !action.is_empty() && !action.contains(':') => (id, Some(action)),
         Some(_) => return None,
         None => (segment, None),
     };
-    match (id.is_empty(), action, resource) {
-        (true, _, _) | (false, Some(_), Some(_)) => None,
-        (false, None, None) => Some(SessionPath::Session(id)),
-        (false, Some(action), None) => Some(SessionPath::Action(id, action)),
-        (false, None, Some(resource)) => Some(SessionPath::Resource(id, resource)),
+    match (id.is_empty(), action, resource, item) {
+        (true, ..) | (false, Some(_), Some(_), _) => None,
+        (false, None, None, _) => Some(SessionPath::Session(id)),
+        (false, Some(action), None, _) => Some(SessionPath::Action(id, action)),
+        (false, None, Some(resource), None) => Some(SessionPath::Resource(id, resource)),
+        (false, None, Some(resource), Some(item)) => Some(SessionPath::Item(id, resource, item)),
     }
 }
 
@@ -49,8 +57,10 @@ mod tests {
         assert_eq!(session_path("/api/v1/sessions/01J"), Some(SessionPath::Session("01J")));
         assert_eq!(session_path("/api/v1/sessions/01J:stop"), Some(SessionPath::Action("01J", "stop")));
         assert_eq!(session_path("/api/v1/sessions/01J/qr"), Some(SessionPath::Resource("01J", "qr")));
+        assert_eq!(session_path("/api/v1/sessions/01J/messages/01K"), Some(SessionPath::Item("01J", "messages", "01K")));
         for bad in ["/api/v1/sessionsX", "/api/v1/sessions/", "/api/v1/sessions/:stop", "/api/v1/sessions/01J:",
-            "/api/v1/sessions/01J/qr/x", "/api/v1/sessions/01J:stop/qr", "/api/v1/sessions/01J/"] {
+            "/api/v1/sessions/01J/qr/x/y", "/api/v1/sessions/01J:stop/qr", "/api/v1/sessions/01J/", "/api/v1/sessions/01J/qr/",
+            "/api/v1/sessions/01J//x", "/api/v1/sessions/01J:stop/qr/x"] {
             assert_eq!(session_path(bad), None, "{bad}");
         }
     }

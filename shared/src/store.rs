@@ -39,6 +39,7 @@ end
 "
     };
 }
+pub(crate) use log_events_lua;
 
 /// Lua functions for the scripts that queue a command. `holder_of` is the gateway a row names
 /// (`''` for none). `queue_command` numbers the command as the session's next (on the row,
@@ -66,6 +67,7 @@ end
 "
     };
 }
+pub(crate) use queue_command_lua;
 
 /// Writes a new row (ARGV[1]) and its index entry, refusing to overwrite an existing row (0) or
 /// to go past the organization's quota of ARGV[8] sessions (-1); with a command (ARGV[3])
@@ -317,7 +319,7 @@ pub async fn announce<R: Redis>(r: &R, org: &str, session_id: &str, events: &[Ev
 
 /// The trailing arguments of `log_events` in the scripts: the announcement channel, the
 /// retention (`0 0` for none), then the events.
-fn log_events_args(org: &str, retention: Option<Retention>, events: &[Event]) -> Result<Vec<Arg>, ApiError> {
+pub(crate) fn log_events_args(org: &str, retention: Option<Retention>, events: &[Event]) -> Result<Vec<Arg>, ApiError> {
     let Retention { count, max_age_ms } = retention.unwrap_or(Retention { count: 0, max_age_ms: 0 });
     let mut argv = args![keys::org_events_channel(org), count as i64, max_age_ms as i64];
     for event in events {
@@ -352,7 +354,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(reply: Reply) -> Result<Opt
 
 /// The three keys every queueing script ends its routing with: the placement stream, then the
 /// stream and heartbeat of `holder` (the placement stream again when there is none).
-fn route_keys(holder: Option<&str>) -> Vec<Arg> {
+pub(crate) fn route_keys(holder: Option<&str>) -> Vec<Arg> {
     let unplaced = keys::unplaced_commands();
     match holder {
         Some(gateway) => args![unplaced, keys::gateway_commands(gateway), keys::gateway_alive(gateway)],
@@ -362,7 +364,7 @@ fn route_keys(holder: Option<&str>) -> Vec<Arg> {
 
 /// What a queueing script answered: its result, or that the row names another holder than the
 /// one the command was routed for.
-enum Routed {
+pub(crate) enum Routed {
     Done(Reply),
     Moved,
 }
@@ -378,7 +380,7 @@ impl From<Reply> for Routed {
 
 /// Runs a queueing script routed for the holder the caller saw; when the session changed hands
 /// in between, routes again for the holder the row names now.
-async fn routed<R: Redis>(
+pub(crate) async fn routed<R: Redis>(
     r: &R,
     org: &str,
     session_id: &str,
@@ -593,6 +595,7 @@ pub async fn delete<R: Redis>(r: &R, org: &str, session_id: &str, command: &Comm
         keys::session_lease(org, session_id),
     ];
     kept.extend(crate::directory::all_keys(org, session_id));
+    kept.extend(crate::outbox::session_keys(org, session_id));
     let json = command.to_json();
     let row = routed(r, org, session_id, session.gateway_id, async |holder| {
         let mut argv = args![DELETE, 5 + kept.len() as i64, keys::session(org, session_id), keys::org_sessions(org)];

@@ -67,7 +67,7 @@ async fn up() -> Result {
 
 /// The suites that run a second time with real Spin as the host, and the tests among them that
 /// are about the embedded host's own limits (Spin has its own).
-const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits"];
+const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits", "messages"];
 const EMBEDDED_HOST_ONLY: &[&str] = &["the_host_answers_503_in_the_envelope_when_out_of_instances_or_connections"];
 
 /// Every test of the workspace with the embedded host, then the HTTP suites again with real

@@ -1,0 +1,55 @@
+//! `/api/v1/sessions/{session}/messages[/{message}]`: sending a message through a session,
+//! reading one back, cancelling one still queued; one module per endpoint.
+
+mod cancel;
+mod get;
+mod send;
+
+use shared::answer::Answer;
+use shared::route::{SessionPath, session_path};
+use shared::spin::{accept, respond};
+use shared::ApiError;
+use spin_sdk::http::{IntoResponse, Method, Request};
+use spin_sdk::http_service;
+
+enum Endpoint {
+    Send(String),
+    Get(String, String),
+    Cancel(String, String),
+}
+
+impl Endpoint {
+    /// Routes before authenticating: an unknown path is 404 and a wrong method 405 for anyone.
+    fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
+        match session_path(path) {
+            Some(SessionPath::Resource(id, "messages")) => match *method {
+                Method::POST => Ok(Endpoint::Send(id.to_owned())),
+                _ => Err(ApiError::method_not_allowed(method.as_str(), &["POST"])),
+            },
+            Some(SessionPath::Item(id, "messages", message)) => match *method {
+                Method::GET => Ok(Endpoint::Get(id.to_owned(), message.to_owned())),
+                Method::DELETE => Ok(Endpoint::Cancel(id.to_owned(), message.to_owned())),
+                _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "DELETE"])),
+            },
+            _ => Err(ApiError::route_not_found(path)),
+        }
+    }
+}
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    respond(route(req).await)
+}
+
+async fn route(req: Request) -> Result<Answer, ApiError> {
+    let (endpoint, ctx, caller) = accept(&req, Endpoint::parse).await?;
+    match endpoint {
+        Endpoint::Send(id) => {
+            let key = shared::message::idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?;
+            let body = ctx.body(req).await?;
+            send::apply(&ctx, &caller, &id, key.as_deref(), &body).await
+        }
+        Endpoint::Get(id, message) => get::apply(&ctx, &caller, &id, &message).await,
+        Endpoint::Cancel(id, message) => cancel::apply(&ctx, &caller, &id, &message).await,
+    }
+}

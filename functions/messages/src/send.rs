@@ -1,0 +1,65 @@
+//! `POST /api/v1/sessions/{session}/messages`: accepts a message for the session to send, 202
+//! with the Message once it is durable in the session's outbox. The daemon running the session
+//! sends it in order, within the session's rate limits; a stopped or reconnecting session keeps
+//! it queued until it runs again or the message expires.
+//!
+//! With an `Idempotency-Key`, a repeat within 24 h answers the message the first request made
+//! (never a second send); the same key with another body is a conflict.
+
+use shared::answer::Answer;
+use shared::auth::{Caller, Capability};
+use shared::message::{Content, Direction, Quote, new_wa_message_id, send_request};
+use shared::outbox::{self, Accepted};
+use shared::spin::{Context, SpinVariables};
+use shared::{ApiError, ErrorCode, config, secret, store};
+
+pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency_key: Option<&str>, body: &[u8]) -> Result<Answer, ApiError> {
+    let org = caller.org_with(Capability::Send)?;
+    let session = store::get(&ctx.redis, org, session_id).await?;
+    let request = send_request(body)?;
+    let quote = match &request.reply_to {
+        Some(id) => Some(quoted(ctx, org, session_id, id).await?),
+        None => None,
+    };
+    let limits = config::message_limits(&SpinVariables).await;
+    let now = shared::time::now_millis();
+    let content = Content {
+        id: ulid::Ulid::new().to_string(),
+        session_id: session.id.clone(),
+        direction: Direction::Outbound,
+        chat: request.to.clone(),
+        from: session.wa_jid.clone(),
+        to: Some(request.to),
+        kind: request.kind.to_owned(),
+        text: request.text,
+        location: request.location,
+        reply_to: request.reply_to,
+        mentions: request.mentions,
+        created_at: now,
+        expires_at: Some(now + limits.max_queued_ms as i64),
+        wa_id: Some(new_wa_message_id()),
+        quote,
+    };
+    let (key_hash, body_hash) = (idempotency_key.map(secret::sha256_hex), secret::sha256_hex(body));
+    let idempotency = key_hash.as_deref().map(|key| (key, body_hash.as_str()));
+    let message_id = match outbox::accept(&ctx.redis, &session, &content, idempotency, limits).await? {
+        Accepted::New => content.id,
+        Accepted::Seen { message_id, body_hash: first_body } if first_body == body_hash => message_id,
+        Accepted::Seen { .. } => {
+            return Err(ApiError::new(ErrorCode::Conflict, "this Idempotency-Key was used with another request body")
+                .with_detail("reason", "idempotency_key_reused")
+                .with_detail("field", "Idempotency-Key"));
+        }
+    };
+    Ok(Answer::accepted(&outbox::get(&ctx.redis, org, session_id, &message_id).await?))
+}
+
+/// The message a reply quotes: one of this session's, known to WhatsApp by its id.
+async fn quoted(ctx: &Context, org: &str, session_id: &str, message_id: &str) -> Result<Quote, ApiError> {
+    let unknown = || ApiError::invalid_field("replyTo", "no such message in this session");
+    let Some((original, _)) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
+    if original.session_id != session_id {
+        return Err(unknown());
+    }
+    Ok(Quote { wa_message_id: original.wa_id.ok_or_else(unknown)?, participant: original.from })
+}

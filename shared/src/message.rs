@@ -1,0 +1,405 @@
+//! Messages: what a client asks a session to send, checked field by field, and the Message the
+//! API shows for it.
+//!
+//! A message is stored as a Redis hash (see [`crate::outbox`]): its content, written once when
+//! the API accepts it (`doc`), and its progress (`status`, the time of each step, `error`),
+//! which the daemon advances. The content never changes, so no script ever re-encodes it.
+
+use crate::ApiError;
+use crate::validate::{json_object, only_known_fields};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// WhatsApp Cloud API's limit on a text body, in characters.
+pub const TEXT_MAX_CHARS: usize = 4_096;
+/// Mentions per message.
+pub const MENTIONS_MAX: usize = 50;
+/// Names and addresses of a location.
+pub const PLACE_MAX_CHARS: usize = 256;
+/// The longest `Idempotency-Key` accepted.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The contents a message may carry, exactly one per message.
+const CONTENTS: &[&str] = &["text", "image", "video", "audio", "document", "sticker", "location", "reaction"];
+/// Contents this build cannot send yet: answered 501, never queued.
+const NOT_YET: &[&str] = &["image", "video", "audio", "document", "sticker", "reaction"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Queued,
+    Sent,
+    Delivered,
+    Read,
+    Played,
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Played => "played",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Queued, Self::Sent, Self::Delivered, Self::Read, Self::Played, Self::Failed].into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// How far a message got: a late receipt (`delivered` after `read`) never moves it back.
+    /// `failed` ends a message that was never acknowledged by WhatsApp.
+    pub fn rank(self) -> u8 {
+        match self {
+            MessageStatus::Queued => 0,
+            MessageStatus::Sent => 1,
+            MessageStatus::Delivered => 2,
+            MessageStatus::Read => 3,
+            MessageStatus::Played => 4,
+            MessageStatus::Failed => 5,
+        }
+    }
+
+    /// The hash field (and API field) holding when the message reached this status.
+    pub fn time_field(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queuedAt",
+            MessageStatus::Sent => "sentAt",
+            MessageStatus::Delivered => "deliveredAt",
+            MessageStatus::Read => "readAt",
+            MessageStatus::Played => "playedAt",
+            MessageStatus::Failed => "failedAt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Location {
+    pub latitude: f64,
+    pub longitude: f64,
+    pub name: Option<String>,
+    pub address: Option<String>,
+}
+
+/// The message a quoted reply points at, as WhatsApp names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quote {
+    pub wa_message_id: String,
+    /// Who wrote the quoted message (its JID).
+    pub participant: Option<String>,
+}
+
+/// What a message says and to whom: fixed once the API accepted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Content {
+    pub id: String,
+    pub session_id: String,
+    pub direction: Direction,
+    pub chat: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub mentions: Vec<String>,
+    pub created_at: i64,
+    /// A message still queued at this time (Unix ms) fails as `expired` instead of going out late.
+    pub expires_at: Option<i64>,
+    /// WhatsApp's id for the message, chosen when it is accepted, so a resend after a crash
+    /// reuses it and the recipient sees the message once. Shown once sent.
+    #[serde(rename = "_waId", default, skip_serializing_if = "Option::is_none")]
+    pub wa_id: Option<String>,
+    #[serde(rename = "_quote", default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Quote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A message as the API shows it: its content, where it got, and when.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: String,
+    pub session_id: String,
+    pub direction: Direction,
+    pub chat: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    pub reply_to: Option<String>,
+    pub mentions: Vec<String>,
+    pub status: MessageStatus,
+    pub error: Option<MessageError>,
+    pub wa_message_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub queued_at: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub read_at: Option<i64>,
+    pub played_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl Message {
+    /// Assembles the API's view from the stored hash's fields.
+    pub fn from_fields(fields: &std::collections::HashMap<String, String>) -> Result<Message, ApiError> {
+        let unreadable = |what: &str| ApiError::internal(format!("stored message is unreadable: {what}"));
+        let content: Content = serde_json::from_str(fields.get("doc").ok_or_else(|| unreadable("no content"))?)
+            .map_err(|e| unreadable(&e.to_string()))?;
+        let status = fields.get("status").and_then(|s| MessageStatus::parse(s)).ok_or_else(|| unreadable("status"))?;
+        let time = |status: MessageStatus| fields.get(status.time_field()).and_then(|t| t.parse::<i64>().ok());
+        let error = fields.get("error").and_then(|e| serde_json::from_str(e).ok());
+        let sent_at = time(MessageStatus::Sent);
+        Ok(Message {
+            id: content.id,
+            session_id: content.session_id,
+            direction: content.direction,
+            chat: content.chat,
+            from: content.from,
+            to: content.to,
+            kind: content.kind,
+            text: content.text,
+            location: content.location,
+            reply_to: content.reply_to,
+            mentions: content.mentions,
+            status,
+            error,
+            wa_message_id: content.wa_id.filter(|_| sent_at.is_some()),
+            created_at: content.created_at,
+            expires_at: content.expires_at,
+            queued_at: time(MessageStatus::Queued),
+            sent_at,
+            delivered_at: time(MessageStatus::Delivered),
+            read_at: time(MessageStatus::Read),
+            played_at: time(MessageStatus::Played),
+            failed_at: time(MessageStatus::Failed),
+            updated_at: fields.get("updatedAt").and_then(|t| t.parse().ok()).unwrap_or(content.created_at),
+        })
+    }
+}
+
+/// A checked `POST …/messages` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    /// The recipient's JID (a phone number becomes `<digits>@s.whatsapp.net`).
+    pub to: String,
+    pub kind: &'static str,
+    pub text: Option<String>,
+    pub location: Option<Location>,
+    /// The id of a message of this session the new one replies to.
+    pub reply_to: Option<String>,
+    pub mentions: Vec<String>,
+}
+
+/// Checks a send request: the recipient, exactly one content, and the options, each error
+/// naming its field. Contents this build cannot send yet are 501, so nothing is queued that
+/// would never go out.
+pub fn send_request(body: &[u8]) -> Result<SendRequest, ApiError> {
+    let body = json_object(body)?;
+    let mut known = vec!["to", "replyTo", "mentions"];
+    known.extend_from_slice(CONTENTS);
+    only_known_fields(&body, &known)?;
+    let to = recipient(body.get("to"))?;
+    let given: Vec<&str> = CONTENTS.iter().copied().filter(|c| body.get(*c).is_some_and(|v| !v.is_null())).collect();
+    let kind = match given.as_slice() {
+        [] => return Err(ApiError::invalid_field("text", format!("a message needs exactly one content: one of {}", CONTENTS.join(", ")))),
+        [one] => *one,
+        [first, second, ..] => {
+            return Err(ApiError::invalid_field(second, format!("a message carries one content only; {first} is given too")));
+        }
+    };
+    if NOT_YET.contains(&kind) {
+        return Err(ApiError::new(crate::ErrorCode::NotImplemented, format!("{kind} messages are not supported by this build yet"))
+            .with_detail("field", kind));
+    }
+    let text = if kind == "text" { Some(text(&body["text"])?) } else { None };
+    let location = if kind == "location" { Some(location(&body["location"])?) } else { None };
+    let reply_to = match body.get("replyTo") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if crate::validate::is_safe_id(id) => Some(id.clone()),
+        Some(_) => return Err(ApiError::invalid_field("replyTo", "must be the id of a message of this session")),
+    };
+    let mentions = match body.get("mentions") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= MENTIONS_MAX => items
+            .iter()
+            .map(|item| person(item).ok_or_else(|| ApiError::invalid_field("mentions", "each must be a phone number in international format or a user's JID")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::invalid_field("mentions", format!("must be a list of at most {MENTIONS_MAX} phone numbers or JIDs"))),
+    };
+    Ok(SendRequest { to, kind, text, location, reply_to, mentions })
+}
+
+/// The recipient as a JID: digits in international format (an optional `+`), or a JID of a
+/// user (`…@s.whatsapp.net`, `…@lid`) or a group (`…@g.us`).
+fn recipient(value: Option<&Value>) -> Result<String, ApiError> {
+    let bad = || ApiError::invalid_field("to", "must be a phone number in international format (digits), or a JID ending in @s.whatsapp.net, @lid or @g.us");
+    let Some(Value::String(to)) = value else {
+        return Err(if value.is_none_or(Value::is_null) { ApiError::invalid_field("to", "is required") } else { bad() });
+    };
+    person(&Value::String(to.clone())).or_else(|| group(to)).ok_or_else(bad)
+}
+
+/// A user: a phone number or a user JID.
+fn person(value: &Value) -> Option<String> {
+    let s = value.as_str()?.trim();
+    let digits = |s: &str, range: std::ops::RangeInclusive<usize>| range.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some((user, server)) = s.split_once('@') {
+        return match server {
+            "s.whatsapp.net" if digits(user, 7..=15) => Some(s.to_owned()),
+            "lid" if digits(user, 5..=20) => Some(s.to_owned()),
+            _ => None,
+        };
+    }
+    let number = s.strip_prefix('+').unwrap_or(s);
+    digits(number, 7..=15).then(|| format!("{number}@s.whatsapp.net"))
+}
+
+/// A group JID: `<digits>@g.us`, or the older `<digits>-<digits>@g.us`.
+fn group(s: &str) -> Option<String> {
+    let user = s.trim().strip_suffix("@g.us")?;
+    let ok = !user.is_empty() && user.len() <= 40 && user.split('-').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+    ok.then(|| format!("{user}@g.us"))
+}
+
+fn text(value: &Value) -> Result<String, ApiError> {
+    match value.as_str() {
+        Some(text) if text.trim().is_empty() => Err(ApiError::invalid_field("text", "must not be empty")),
+        Some(text) if text.chars().count() > TEXT_MAX_CHARS => {
+            Err(ApiError::invalid_field("text", format!("must be at most {TEXT_MAX_CHARS} characters")))
+        }
+        Some(text) => Ok(text.to_owned()),
+        None => Err(ApiError::invalid_field("text", "must be a string")),
+    }
+}
+
+fn location(value: &Value) -> Result<Location, ApiError> {
+    let Value::Object(fields) = value else { return Err(ApiError::invalid_field("location", "must be an object")) };
+    only_known_fields(fields, &["latitude", "longitude", "name", "address"])
+        .map_err(|e| ApiError::invalid_field(&format!("location.{}", e.details["field"].as_str().unwrap_or("")), "unknown field"))?;
+    let coordinate = |field: &str, bound: f64| -> Result<f64, ApiError> {
+        fields
+            .get(field)
+            .and_then(Value::as_f64)
+            .filter(|v| v.is_finite() && v.abs() <= bound)
+            .ok_or_else(|| ApiError::invalid_field(&format!("location.{field}"), format!("must be a number from -{bound} to {bound}")))
+    };
+    Ok(Location {
+        latitude: coordinate("latitude", 90.0)?,
+        longitude: coordinate("longitude", 180.0)?,
+        name: place(fields, "name")?,
+        address: place(fields, "address")?,
+    })
+}
+
+fn place(fields: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= PLACE_MAX_CHARS => Ok(Some(s.trim().to_owned())),
+        Some(_) => Err(ApiError::invalid_field(&format!("location.{field}"), format!("must be 1 to {PLACE_MAX_CHARS} characters"))),
+    }
+}
+
+/// An `Idempotency-Key` header's value: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(value: Option<&[u8]>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = value else { return Ok(None) };
+    match std::str::from_utf8(raw) {
+        Ok(key) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_MAX && key.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::invalid_field("Idempotency-Key", format!("must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"))),
+    }
+}
+
+/// WhatsApp's shape of a message id: `3EB0` and 18 uppercase hex digits, here from a ULID's
+/// randomness, so ids chosen by the gateway look like those of WhatsApp Web.
+pub fn new_wa_message_id() -> String {
+    let random = ulid::Ulid::new().random();
+    format!("3EB0{:018X}", random & ((1u128 << 72) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str) -> Result<SendRequest, ApiError> {
+        send_request(body.as_bytes())
+    }
+
+    #[test]
+    fn recipients_become_jids() {
+        assert_eq!(check(r#"{"to": "+628123456789", "text": "hi"}"#).unwrap().to, "628123456789@s.whatsapp.net");
+        assert_eq!(check(r#"{"to": "628123456789@s.whatsapp.net", "text": "hi"}"#).unwrap().to, "628123456789@s.whatsapp.net");
+        assert_eq!(check(r#"{"to": "205227043110953@lid", "text": "hi"}"#).unwrap().to, "205227043110953@lid");
+        assert_eq!(check(r#"{"to": "120363025246125888@g.us", "text": "hi"}"#).unwrap().to, "120363025246125888@g.us");
+        for bad in [r#""abc""#, r#""12""#, r#""12@x.com""#, "5", r#""@g.us""#, r#""1-@g.us""#] {
+            let e = check(&format!(r#"{{"to": {bad}, "text": "hi"}}"#)).unwrap_err();
+            assert_eq!(e.details["field"], "to", "{bad}");
+        }
+        assert_eq!(check(r#"{"text": "hi"}"#).unwrap_err().details["field"], "to");
+    }
+
+    #[test]
+    fn exactly_one_content() {
+        let to = r#""628123456789""#;
+        assert_eq!(check(&format!(r#"{{"to": {to}}}"#)).unwrap_err().details["field"], "text");
+        let two = check(&format!(r#"{{"to": {to}, "text": "a", "location": {{"latitude": 1, "longitude": 2}}}}"#)).unwrap_err();
+        assert_eq!(two.details["field"], "location");
+        assert_eq!(check(&format!(r#"{{"to": {to}, "text": "  "}}"#)).unwrap_err().details["field"], "text");
+        let long = "x".repeat(TEXT_MAX_CHARS + 1);
+        assert_eq!(check(&format!(r#"{{"to": {to}, "text": "{long}"}}"#)).unwrap_err().details["field"], "text");
+        assert_eq!(check(&format!(r#"{{"to": {to}, "text": "a", "colour": 1}}"#)).unwrap_err().details["field"], "colour");
+        let image = check(&format!(r#"{{"to": {to}, "image": {{"url": "https://x"}}}}"#)).unwrap_err();
+        assert_eq!((image.status(), &image.details["field"]), (501, &Value::from("image")));
+    }
+
+    #[test]
+    fn locations_are_bounded() {
+        let to = r#""628123456789""#;
+        let ok = check(&format!(r#"{{"to": {to}, "location": {{"latitude": -6.2, "longitude": 106.8, "name": "Monas"}}}}"#)).unwrap();
+        assert_eq!(ok.location.unwrap().name.as_deref(), Some("Monas"));
+        let far = check(&format!(r#"{{"to": {to}, "location": {{"latitude": 91, "longitude": 0}}}}"#)).unwrap_err();
+        assert_eq!(far.details["field"], "location.latitude");
+        let odd = check(&format!(r#"{{"to": {to}, "location": {{"latitude": 1, "longitude": 0, "alt": 3}}}}"#)).unwrap_err();
+        assert_eq!(odd.details["field"], "location.alt");
+    }
+
+    #[test]
+    fn mentions_and_keys() {
+        let ok = check(r#"{"to": "628123456789", "text": "hi @628111", "mentions": ["628111111111"]}"#).unwrap();
+        assert_eq!(ok.mentions, vec!["628111111111@s.whatsapp.net"]);
+        assert_eq!(check(r#"{"to": "628123456789", "text": "x", "mentions": ["x"]}"#).unwrap_err().details["field"], "mentions");
+        assert_eq!(idempotency_key(Some(b"order-17")).unwrap().as_deref(), Some("order-17"));
+        assert!(idempotency_key(Some(b"has space")).is_err() && idempotency_key(Some(b"")).is_err());
+        let id = new_wa_message_id();
+        assert!(id.starts_with("3EB0") && id.len() == 22 && id != new_wa_message_id(), "{id}");
+    }
+}

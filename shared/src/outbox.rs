@@ -1,0 +1,341 @@
+//! Messages in Redis: accepted into a session's outbox, read, cancelled, and advanced through
+//! their statuses.
+//!
+//! Accepting is one script: the message (a hash: content `doc`, `status`, `rank`, the time of
+//! each step), its place at the end of the session's outbox, its WhatsApp id's index entry, the
+//! idempotency key, the `message.status` event, and a wake-up for the daemon that runs the
+//! session. The message is durable before the API answers 202. The daemon takes messages from
+//! the head of the outbox in order; a message leaves the outbox when WhatsApp's server
+//! acknowledged it (`sent`) or it failed. Statuses only move forward (by `rank`), so a late or
+//! repeated receipt never moves a message back.
+
+use crate::command::{Command, CommandKind};
+use crate::event::{Event, EventType};
+use crate::message::{Content, Message, MessageError, MessageStatus};
+use crate::redis::{Redis, RedisError, Reply, first};
+use crate::session::Session;
+use crate::store::{encode, log_events_args, log_events_lua, queue_command_lua, route_keys, routed};
+use crate::{ApiError, ErrorCode, args, keys};
+use std::collections::HashMap;
+
+/// Stores a message at the end of the session's outbox (see the module doc). `KEYS`: message,
+/// outbox, row, idempotency key, WhatsApp id index, event log, then the routing keys.
+/// Answers the stored value of an idempotency key already used (bulk), else a status:
+/// `queued`, `gone`, `not_paired`, `full`, `moved`.
+const ACCEPT: &str = concat!(
+    log_events_lua!(),
+    queue_command_lua!(),
+    r"
+if ARGV[4] ~= '' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return seen end
+end
+local raw = redis.call('GET', KEYS[3])
+if not raw then return redis.status_reply('gone') end
+local row = cjson.decode(raw)
+if type(row['waJid']) ~= 'string' then return redis.status_reply('not_paired') end
+if holder_of(row) ~= ARGV[8] then return redis.status_reply('moved') end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[7]) then return redis.status_reply('full') end
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'status', 'queued', 'rank', 0, 'queuedAt', ARGV[2], 'updatedAt', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[10])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
+if holder_of(row) ~= '' and redis.call('EXISTS', KEYS[9]) == 1 then
+  redis.call('XADD', KEYS[8], '*', 'command', ARGV[9])
+end
+log_events(KEYS[6], ARGV[11], 14, tonumber(ARGV[2]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+return redis.status_reply('queued')"
+);
+
+/// Cancels a queued message (ARGV[1]) no daemon has begun sending: out of the outbox, `failed`
+/// (rank ARGV[4]) with the error ARGV[3], announced. Answers the status that prevented it, or `canceled`.
+const CANCEL: &str = concat!(
+    log_events_lua!(),
+    r"
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return redis.status_reply('gone') end
+if status ~= 'queued' then return redis.status_reply(status) end
+if redis.call('HEXISTS', KEYS[1], 'sendingAt') == 1 then return redis.status_reply('sending') end
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'failed', 'rank', ARGV[4], 'failedAt', ARGV[2], 'updatedAt', ARGV[2], 'error', ARGV[3])
+log_events(KEYS[3], ARGV[5], 8, tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+return redis.status_reply('canceled')"
+);
+
+/// Moves a message forward to ARGV[1] (rank ARGV[2], its time field ARGV[3]) at ARGV[4]; with
+/// ARGV[6] set, only from `queued` (rank 0): a failure never overrides a send. `sent` and
+/// `failed` take it out of the outbox whatever it was. With a lease value (ARGV[7]) the write
+/// is refused (`fenced`) unless KEYS[4] holds it. A receipt past `sent` implies the send.
+const ADVANCE: &str = concat!(
+    log_events_lua!(),
+    r"
+if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[7] then return redis.status_reply('fenced') end
+if ARGV[8] == '1' then redis.call('LREM', KEYS[2], 0, ARGV[9]) end
+local rank = tonumber(redis.call('HGET', KEYS[1], 'rank'))
+if not rank then return 0 end
+local to = tonumber(ARGV[2])
+if ARGV[10] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[10]) == 0 then redis.call('HSET', KEYS[1], ARGV[10], ARGV[4]) end
+if rank >= to or (ARGV[6] == '1' and rank ~= 0) then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', to, ARGV[3], ARGV[4], 'updatedAt', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+log_events(KEYS[3], ARGV[11], 14, tonumber(ARGV[4]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+return 1"
+);
+
+/// Marks the head message as being sent (from the first time on: `sendingAt`, after which it
+/// can no longer be canceled), under the lease ARGV[1] of KEYS[2]. Answers how many sends went
+/// out before, or the status that is not `queued`.
+const CLAIM: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return redis.status_reply('fenced') end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return redis.status_reply('gone') end
+if status ~= 'queued' then return redis.status_reply(status) end
+redis.call('HSETNX', KEYS[1], 'sendingAt', ARGV[2])
+return tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')";
+
+/// Settings the API applies when it accepts a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages a session's outbox holds at most.
+    pub queue_max: u64,
+    /// How long a message may wait queued before it fails as `expired` (ms).
+    pub max_queued_ms: u64,
+    /// How long a message is kept (ms).
+    pub retention_ms: u64,
+    /// How long an idempotency key is remembered (ms).
+    pub idempotency_ms: u64,
+}
+
+/// What accepting a message did.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Queued now.
+    New,
+    /// The idempotency key was used before for this message id, with a body whose hash was this.
+    Seen { message_id: String, body_hash: String },
+}
+
+/// Accepts a message into the session's outbox (see [`ACCEPT`]). `idempotency` is the key's
+/// hash and the request body's hash.
+pub async fn accept<R: Redis>(
+    r: &R,
+    session: &Session,
+    content: &Content,
+    idempotency: Option<(&str, &str)>,
+    limits: Limits,
+) -> Result<Accepted, ApiError> {
+    let (org, session_id) = (&session.organization_id, &session.id);
+    let wa_id = content.wa_id.as_deref().unwrap_or_default();
+    let (key_hash, body_hash) = idempotency.unwrap_or(("", ""));
+    let idempotency_key = keys::message_idempotency(org, session_id, if key_hash.is_empty() { "-" } else { key_hash });
+    let wake = Command::new(CommandKind::Send, session_id, org).to_json();
+    let doc = encode(content)?;
+    let queued = status_event(org, session_id, &content.id, MessageStatus::Queued, None, None, &content.chat)?;
+    let reply = routed(r, org, session_id, session.gateway_id.clone(), async |holder| {
+        let mut argv = args![
+            ACCEPT, 9,
+            keys::message(org, &content.id), keys::session_outbox(org, session_id), keys::session(org, session_id),
+            idempotency_key.as_str(), keys::session_wa_message(org, session_id, wa_id), keys::org_events(org),
+        ];
+        argv.extend(route_keys(holder));
+        argv.extend(args![
+            doc.as_str(), crate::time::now_millis(), limits.retention_ms as i64, key_hash,
+            format!("{} {body_hash}", content.id), limits.idempotency_ms as i64, limits.queue_max as i64,
+            holder.unwrap_or(""), wake.as_str(), content.id.as_str(),
+        ]);
+        argv.extend(log_events_args(org, None, std::slice::from_ref(&queued))?);
+        Ok(first(r, "EVAL", argv).await?.into())
+    })
+    .await;
+    match reply? {
+        Reply::Status(s) if s == "queued" => Ok(Accepted::New),
+        Reply::Status(s) if s == "gone" => Err(ApiError::session_not_found()),
+        Reply::Status(s) if s == "not_paired" => Err(ApiError::new(ErrorCode::Conflict, "the session is not paired with a WhatsApp number; pair it first")
+            .with_detail("reason", "not_paired")),
+        Reply::Status(s) if s == "full" => Err(ApiError::rate_limited(
+            format!("the session's outbox holds {} messages already; wait for it to drain", limits.queue_max),
+            "outbox",
+            limits.queue_max,
+            60,
+        )),
+        reply => {
+            let seen = reply.into_string().unwrap_or_default();
+            let (message_id, body_hash) = seen.split_once(' ').unwrap_or((seen.as_str(), ""));
+            Ok(Accepted::Seen { message_id: message_id.to_owned(), body_hash: body_hash.to_owned() })
+        }
+    }
+}
+
+/// A message of the session, or 404 (another session's or organization's message is not found).
+pub async fn get<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str) -> Result<Message, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::NotFound, "message not found");
+    if !crate::validate::is_safe_id(message_id) {
+        return Err(not_found());
+    }
+    let fields = hash(r, &keys::message(org, message_id)).await?;
+    if fields.is_empty() {
+        return Err(not_found());
+    }
+    let message = Message::from_fields(&fields)?;
+    if message.session_id != session_id {
+        return Err(not_found());
+    }
+    Ok(message)
+}
+
+/// The stored content of a message (what the daemon sends), if it is still kept.
+pub async fn content<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<Option<(Content, HashMap<String, String>)>, ApiError> {
+    let fields = hash(r, &keys::message(org, message_id)).await?;
+    let Some(doc) = fields.get("doc") else { return Ok(None) };
+    let content = serde_json::from_str(doc).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))?;
+    Ok(Some((content, fields)))
+}
+
+async fn hash<R: Redis>(r: &R, key: &str) -> Result<HashMap<String, String>, RedisError> {
+    let flat = r.execute("HGETALL", args![key]).await?;
+    let mut fields = HashMap::new();
+    let mut items = flat.into_iter().map(Reply::into_string);
+    while let (Some(Some(name)), Some(Some(value))) = (items.next(), items.next()) {
+        fields.insert(name, value);
+    }
+    Ok(fields)
+}
+
+/// Cancels a message still queued; 409 once a daemon began sending it or it ended.
+pub async fn cancel<R: Redis>(r: &R, message: &Message, org: &str) -> Result<(), ApiError> {
+    let error = MessageError { code: "canceled".to_owned(), message: "canceled through the API before it was sent".to_owned() };
+    let event = status_event(org, &message.session_id, &message.id, MessageStatus::Failed, Some(&error), None, &message.chat)?;
+    let mut argv = args![
+        CANCEL, 3, keys::message(org, &message.id), keys::session_outbox(org, &message.session_id), keys::org_events(org),
+        message.id.as_str(), crate::time::now_millis(), encode(&error)?, MessageStatus::Failed.rank() as i64,
+    ];
+    argv.extend(log_events_args(org, None, &[event])?);
+    match first(r, "EVAL", argv).await? {
+        Reply::Status(s) if s == "canceled" => Ok(()),
+        Reply::Status(s) if s == "gone" => Err(ApiError::new(ErrorCode::NotFound, "message not found")),
+        Reply::Status(s) => Err(ApiError::new(ErrorCode::Conflict, format!("the message can no longer be canceled: it is {}", if s == "sending" { "being sent" } else { s.as_str() }))
+            .with_detail("reason", "not_queued")
+            .with_detail("status", s)),
+        _ => Err(ApiError::internal("unexpected answer canceling a message")),
+    }
+}
+
+/// A `message.status` event.
+pub fn status_event(
+    org: &str,
+    session_id: &str,
+    message_id: &str,
+    status: MessageStatus,
+    error: Option<&MessageError>,
+    wa_message_id: Option<&str>,
+    chat: &str,
+) -> Result<Event, ApiError> {
+    let data = serde_json::json!({
+        "messageId": message_id, "status": status, "chat": chat, "waMessageId": wa_message_id, "error": error,
+    });
+    Ok(Event::new(EventType::MessageStatus, org, session_id, data))
+}
+
+/// One step of a message's progress, as the daemon records it.
+pub struct Step<'a> {
+    pub org: &'a str,
+    pub session_id: &'a str,
+    pub message_id: &'a str,
+    pub chat: &'a str,
+    pub wa_message_id: Option<&'a str>,
+    pub status: MessageStatus,
+    pub error: Option<MessageError>,
+    /// The lease value (`<gateway> <fence>`) the write needs; `None` for receipts, which only
+    /// ever move a message forward and may come from any connection of the number.
+    pub lease: Option<String>,
+    pub retention: crate::event_log::Retention,
+}
+
+/// What became of a [`Step`].
+#[derive(Debug, PartialEq)]
+pub enum Advanced {
+    Moved,
+    /// The message was already there or further (or is gone).
+    Unchanged,
+    /// The writer no longer holds the session's lease.
+    Fenced,
+}
+
+/// Records a step (see [`ADVANCE`]).
+pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiError> {
+    let Step { org, session_id, message_id, status, .. } = *step;
+    let now = crate::time::now_millis();
+    let event = status_event(org, session_id, message_id, status, step.error.as_ref(), step.wa_message_id, step.chat)?;
+    let error = match &step.error {
+        Some(error) => encode(error)?,
+        None => String::new(),
+    };
+    let leaves_outbox = matches!(status, MessageStatus::Sent | MessageStatus::Failed);
+    // A receipt past `sent` also records the send, if the acknowledgement never came.
+    let implied = if status.rank() > MessageStatus::Sent.rank() && status != MessageStatus::Failed { MessageStatus::Sent.time_field() } else { "" };
+    let mut argv = args![
+        ADVANCE, 4,
+        keys::message(org, message_id), keys::session_outbox(org, session_id), keys::org_events(org), keys::session_lease(org, session_id),
+        status.as_str(), status.rank() as i64, status.time_field(), now, error,
+        if status == MessageStatus::Failed { "1" } else { "" }, step.lease.as_deref().unwrap_or(""),
+        if leaves_outbox { "1" } else { "" }, message_id, implied,
+    ];
+    argv.extend(log_events_args(org, Some(step.retention), &[event])?);
+    match first(r, "EVAL", argv).await? {
+        Reply::Status(s) if s == "fenced" => Ok(Advanced::Fenced),
+        Reply::Int(1) => Ok(Advanced::Moved),
+        _ => Ok(Advanced::Unchanged),
+    }
+}
+
+/// What a claim of the head message found.
+#[derive(Debug, PartialEq)]
+pub enum Claim {
+    /// Send it; n sends of it went out before.
+    Attempt(i64),
+    /// It is no longer queued (canceled, sent, gone): take the next one.
+    Settled,
+    Fenced,
+}
+
+/// Marks a message as being sent under the lease `lease` (see [`CLAIM`]).
+pub async fn claim<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str, lease: &str) -> Result<Claim, RedisError> {
+    let argv = args![CLAIM, 2, keys::message(org, message_id), keys::session_lease(org, session_id), lease, crate::time::now_millis()];
+    Ok(match first(r, "EVAL", argv).await? {
+        Reply::Int(n) => Claim::Attempt(n),
+        Reply::Status(s) if s == "fenced" => Claim::Fenced,
+        _ => Claim::Settled,
+    })
+}
+
+/// Counts a send of the message that went out (WhatsApp's answer still to come).
+pub async fn count_attempt<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<(), RedisError> {
+    r.execute("HINCRBY", args![keys::message(org, message_id), "attempts", 1]).await.map(drop)
+}
+
+/// The message at the head of the session's outbox.
+pub async fn head<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Option<String>, RedisError> {
+    Ok(first(r, "LINDEX", args![keys::session_outbox(org, session_id), 0]).await?.into_string())
+}
+
+/// Drops a message id from the outbox whose message is no longer kept.
+pub async fn discard<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str) -> Result<(), RedisError> {
+    r.execute("LREM", args![keys::session_outbox(org, session_id), 0, message_id]).await.map(drop)
+}
+
+/// Our id of the message the session sent with WhatsApp id `wa_message_id`.
+pub async fn by_wa_id<R: Redis>(r: &R, org: &str, session_id: &str, wa_message_id: &str) -> Result<Option<String>, RedisError> {
+    crate::redis::get_string(r, &keys::session_wa_message(org, session_id, wa_message_id)).await
+}
+
+/// The keys of a session's messaging state that go when the session is deleted (the messages
+/// themselves expire with their retention).
+pub fn session_keys(org: &str, session_id: &str) -> [String; 2] {
+    [keys::session_outbox(org, session_id), keys::session_sends(org, session_id)]
+}
+
+/// Why a message the daemon could not send failed.
+pub fn failure(code: &str, message: impl Into<String>) -> MessageError {
+    MessageError { code: code.to_owned(), message: message.into() }
+}

@@ -1,0 +1,287 @@
+//! Messaging end to end: a paired session sends through the API and the simulated WhatsApp
+//! server records what reached it, acknowledges it and answers with receipts.
+
+use e2e::{Reply, Stack, api_key_at, new_org};
+use serde_json::{Value, json};
+use shared::auth::Capability;
+use std::time::{Duration, Instant};
+
+const SOON: Duration = Duration::from_secs(10);
+
+/// `POST …/messages` with an optional `Idempotency-Key`.
+async fn send(stack: &Stack, key: &str, session_id: &str, body: &Value, idempotency: Option<&str>) -> Reply {
+    let mut request = stack.client.0.post(stack.session_url(session_id, "/messages")).bearer_auth(key).json(body);
+    if let Some(idempotency) = idempotency {
+        request = request.header("idempotency-key", idempotency);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+    Reply { status, headers, body }
+}
+
+async fn accepted(stack: &Stack, key: &str, session_id: &str, body: Value) -> Value {
+    let reply = send(stack, key, session_id, &body, None).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply.body
+}
+
+/// Polls a message until `done` holds.
+async fn message_until(stack: &Stack, key: &str, session_id: &str, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let reply = stack.client.get(&stack.session_url(session_id, &format!("/messages/{id}")), key).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if done(&reply.body) {
+            return reply.body;
+        }
+        assert!(Instant::now() < deadline, "condition not reached; last: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the simulated WhatsApp server took from sessions, oldest first.
+async fn delivered(stack: &Stack) -> Vec<Value> {
+    let records: Vec<String> = redis::AsyncCommands::lrange(&mut stack.redis().await, shared::keys::simulator_delivered(), 0, -1).await.unwrap();
+    records.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
+}
+
+/// A session created with `body` and paired as `phone`.
+async fn paired_with(stack: &Stack, key: &str, body: &str, phone: &str) -> String {
+    let id = stack.create(key, body).await["id"].as_str().unwrap().to_owned();
+    let qr = stack.qr_until(key, &id, None, SOON).await;
+    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", phone)]).await;
+    stack.status_until(key, &id, "working", SOON).await;
+    id
+}
+
+async fn outbox_len(stack: &Stack, org: &str, session_id: &str) -> usize {
+    redis::AsyncCommands::llen(&mut stack.redis().await, shared::keys::session_outbox(org, session_id)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_text_reaches_whatsapp_once_and_is_acknowledged_delivered_and_read() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_READ_MS", "300")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, row) = stack.paired_session(&key, "628111000001").await;
+    let message = accepted(&stack, &key, &id, json!({"to": "+628222000001", "text": "Halo from the API"})).await;
+    assert_eq!(message["status"], "queued");
+    assert_eq!(message["direction"], "outbound");
+    assert_eq!(message["chat"], "628222000001@s.whatsapp.net");
+    assert_eq!(message["from"], row["waJid"]);
+    assert_eq!(message["type"], "text");
+    assert_eq!(message["waMessageId"], Value::Null, "no WhatsApp id before WhatsApp took it");
+    let message_id = message["id"].as_str().unwrap();
+
+    let read = message_until(&stack, &key, &id, message_id, SOON, |m| m["status"] == "read").await;
+    let wa_id = read["waMessageId"].as_str().expect("the WhatsApp id once sent").to_owned();
+    let at = |field: &str| read[field].as_i64().unwrap_or_else(|| panic!("{field} in {read}"));
+    assert!(at("queuedAt") <= at("sentAt") && at("sentAt") <= at("deliveredAt") && at("deliveredAt") <= at("readAt"), "{read}");
+    assert_eq!(read["error"], Value::Null);
+
+    let records = delivered(&stack).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!((&records[0]["waMessageId"], &records[0]["text"], &records[0]["to"]), (&json!(wa_id), &json!("Halo from the API"), &json!("628222000001@s.whatsapp.net")));
+    assert_eq!(records[0]["from"], row["waJid"]);
+
+    let steps: Vec<String> = stack.events(&org).await.iter()
+        .filter(|e| e["type"] == "message.status" && e["data"]["messageId"] == message_id)
+        .map(|e| e["data"]["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(steps, ["queued", "sent", "delivered", "read"]);
+    assert_eq!(outbox_len(&stack, &org, &id).await, 0, "a sent message leaves the outbox");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locations_and_quoted_replies_with_mentions() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let (id, _) = stack.paired_session(&key, "628111000002").await;
+    let place = json!({"to": "628222000002", "location": {"latitude": -6.1754, "longitude": 106.8272, "name": "Monas", "address": "Jakarta"}});
+    let first = accepted(&stack, &key, &id, place).await;
+    let first = message_until(&stack, &key, &id, first["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    assert_eq!((&first["type"], &first["location"]["name"]), (&json!("location"), &json!("Monas")));
+    let reply = json!({"to": "628222000002", "text": "See you there @628333000003", "replyTo": first["id"], "mentions": ["628333000003"]});
+    let second = accepted(&stack, &key, &id, reply).await;
+    assert_eq!(second["replyTo"], first["id"]);
+    message_until(&stack, &key, &id, second["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    let records = delivered(&stack).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["location"]["latitude"], json!(-6.1754));
+    assert_eq!(records[1]["quote"]["waMessageId"], first["waMessageId"]);
+    assert_eq!(records[1]["mentions"], json!(["628333000003@s.whatsapp.net"]));
+    let unknown = send(&stack, &key, &id, &json!({"to": "628222000002", "text": "x", "replyTo": "01JUNKNOWN"}), None).await;
+    assert_eq!(unknown.expect_error(400, "validation_error")["field"], "replyTo");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_name_their_field_and_queue_nothing() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111000003").await;
+    for (body, field) in [
+        (json!({"text": "no recipient"}), "to"),
+        (json!({"to": "not-a-number", "text": "x"}), "to"),
+        (json!({"to": "628222000003"}), "text"),
+        (json!({"to": "628222000003", "text": ""}), "text"),
+        (json!({"to": "628222000003", "text": "x".repeat(4097)}), "text"),
+        (json!({"to": "628222000003", "text": "x", "location": {"latitude": 1, "longitude": 1}}), "location"),
+        (json!({"to": "628222000003", "text": "x", "priority": "high"}), "priority"),
+        (json!({"to": "628222000003", "location": {"latitude": 100, "longitude": 1}}), "location.latitude"),
+        (json!({"to": "628222000003", "text": "x", "mentions": "628"}), "mentions"),
+    ] {
+        let reply = send(&stack, &key, &id, &body, None).await;
+        assert_eq!(reply.expect_error(400, "validation_error")["field"], field, "{body}");
+    }
+    let image = send(&stack, &key, &id, &json!({"to": "628222000003", "image": {"url": "https://example.com/a.jpg"}}), None).await;
+    assert_eq!(image.expect_error(501, "not_implemented")["field"], "image");
+    let not_json = stack.client.post(&stack.session_url(&id, "/messages"), &key, "{").await;
+    not_json.expect_error(400, "validation_error");
+    let bad_key = send(&stack, &key, &id, &json!({"to": "628222000003", "text": "x"}), Some("has spaces")).await;
+    assert_eq!(bad_key.expect_error(400, "validation_error")["field"], "Idempotency-Key");
+
+    // An unpaired session cannot send.
+    let unpaired = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
+    let refused = send(&stack, &key, &unpaired, &json!({"to": "628222000003", "text": "x"}), None).await;
+    assert_eq!(refused.expect_error(409, "conflict")["reason"], "not_paired");
+
+    assert_eq!(outbox_len(&stack, &org, &id).await + outbox_len(&stack, &org, &unpaired).await, 0);
+    assert!(delivered(&stack).await.is_empty());
+    // Wrong methods and unknown message paths.
+    stack.client.get(&stack.session_url(&id, "/messages"), &key).await.expect_error(405, "method_not_allowed");
+    stack.client.post(&stack.session_url(&id, "/messages/01J"), &key, "{}").await.expect_error(405, "method_not_allowed");
+    stack.client.get(&stack.session_url(&id, "/messages/01JNOSUCHMESSAGE"), &key).await.expect_error(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_answers_the_first_message_and_never_sends_twice() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let (id, _) = stack.paired_session(&key, "628111000004").await;
+    let body = json!({"to": "628222000004", "text": "order #17 confirmed"});
+    let first = send(&stack, &key, &id, &body, Some("order-17")).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let again = send(&stack, &key, &id, &body, Some("order-17")).await;
+    assert_eq!((again.status, &again.body["id"]), (202, &first.body["id"]));
+    let other = send(&stack, &key, &id, &json!({"to": "628222000004", "text": "something else"}), Some("order-17")).await;
+    assert_eq!(other.expect_error(409, "conflict")["reason"], "idempotency_key_reused");
+    message_until(&stack, &key, &id, first.body["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    let after = send(&stack, &key, &id, &body, Some("order-17")).await;
+    assert_eq!((&after.body["id"], &after.body["status"]), (&first.body["id"], &json!("delivered")));
+    assert_eq!(delivered(&stack).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_session_queues_messages_that_can_be_canceled_until_sent() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111000005").await;
+    let stopped = stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await;
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    stack.status_until(&key, &id, "stopped", SOON).await;
+
+    let canceled = accepted(&stack, &key, &id, json!({"to": "628222000005", "text": "never mind"})).await;
+    let kept = accepted(&stack, &key, &id, json!({"to": "628222000005", "text": "still wanted"})).await;
+    let canceled_url = stack.session_url(&id, &format!("/messages/{}", canceled["id"].as_str().unwrap()));
+    let reply = stack.client.delete(&canceled_url, &key).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let gone = stack.client.get(&canceled_url, &key).await;
+    assert_eq!((&gone.body["status"], &gone.body["error"]["code"]), (&json!("failed"), &json!("canceled")));
+    assert_eq!(stack.client.delete(&canceled_url, &key).await.expect_error(409, "conflict")["reason"], "not_queued");
+    assert_eq!(outbox_len(&stack, &org, &id).await, 1);
+
+    // Started again, the session sends what is still queued, and only that.
+    let started = stack.client.post(&stack.session_url(&id, ":start"), &key, "").await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    let sent = message_until(&stack, &key, &id, kept["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    let records = delivered(&stack).await;
+    assert_eq!(records.iter().map(|r| r["text"].clone()).collect::<Vec<_>>(), [json!("still wanted")]);
+    let kept_url = stack.session_url(&id, &format!("/messages/{}", sent["id"].as_str().unwrap()));
+    assert_eq!(stack.client.delete(&kept_url, &key).await.expect_error(409, "conflict")["status"], "delivered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_organizations_get_not_found_and_capabilities_hold() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111000006").await;
+    let message = accepted(&stack, &key, &id, json!({"to": "628222000006", "text": "mine"})).await;
+    let message_url = stack.session_url(&id, &format!("/messages/{}", message["id"].as_str().unwrap()));
+    let body = json!({"to": "628222000006", "text": "theirs"});
+
+    let stranger = stack.key(&new_org()).await;
+    send(&stack, &stranger, &id, &body, None).await.expect_error(404, "not_found");
+    stack.client.get(&message_url, &stranger).await.expect_error(404, "not_found");
+    stack.client.delete(&message_url, &stranger).await.expect_error(404, "not_found");
+    // A message id under another session of the same organization is not found either.
+    let (other, _) = stack.paired_session(&key, "628111000007").await;
+    let elsewhere = stack.session_url(&other, &format!("/messages/{}", message["id"].as_str().unwrap()));
+    stack.client.get(&elsewhere, &key).await.expect_error(404, "not_found");
+
+    let (reader, _) = api_key_at(&stack.redis.url, &org, &[Capability::Read]).await;
+    send(&stack, &reader, &id, &body, None).await.expect_error(403, "forbidden");
+    stack.client.delete(&message_url, &reader).await.expect_error(403, "forbidden");
+    assert_eq!(stack.client.get(&message_url, &reader).await.status, 200);
+    let (sender, _) = api_key_at(&stack.redis.url, &org, &[Capability::Send]).await;
+    assert_eq!(send(&stack, &sender, &id, &body, None).await.status, 202);
+    stack.client.get(&message_url, &sender).await.expect_error(403, "forbidden");
+    send(&stack, "", &id, &body, None).await.expect_error(401, "unauthorized");
+}
+
+/// The issue's bar: at ten a minute, a burst of 25 never puts more than ten sends in any 60 s
+/// window, and what goes out goes out in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_of_ten_a_minute_holds_over_a_burst_of_twenty_five() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let id = paired_with(&stack, &key, r#"{"start": true, "ratePerMin": 10, "ratePerHour": 600}"#, "628111000008").await;
+    let mut ids = Vec::new();
+    let started = Instant::now();
+    for i in 0..25 {
+        ids.push(accepted(&stack, &key, &id, json!({"to": "628222000008", "text": format!("burst {i:02}")})).await["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(70).saturating_sub(started.elapsed())).await;
+    let records: Vec<Value> = delivered(&stack).await.into_iter().filter(|r| r["session"] == id.as_str()).collect();
+    let times: Vec<i64> = records.iter().map(|r| r["at"].as_i64().unwrap()).collect();
+    let texts: Vec<String> = records.iter().map(|r| r["text"].as_str().unwrap().to_owned()).collect();
+    let expected: Vec<String> = (0..records.len()).map(|i| format!("burst {i:02}")).collect();
+    assert_eq!(texts, expected, "in order, each once");
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..].iter().filter(|u| **u < t + 60_000).count();
+        assert!(in_window <= 10, "{in_window} sends within 60 s from send {i}: {times:?}");
+    }
+    assert_eq!(records.len(), 20, "ten at once, ten more a minute later, the rest still waiting: {times:?}");
+    let waiting = stack.client.get(&stack.session_url(&id, &format!("/messages/{}", ids[24])), &key).await;
+    assert_eq!(waiting.body["status"], "queued");
+}
+
+/// kill -9 while a burst is going out: when the daemon is back, every message went out exactly
+/// once and in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_mid_burst_loses_and_repeats_nothing() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_ACK_MS", "40")]);
+    let key = stack.key(&new_org()).await;
+    let id = paired_with(&stack, &key, r#"{"start": true, "ratePerMin": 1000, "ratePerHour": 60000}"#, "628111000010").await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(accepted(&stack, &key, &id, json!({"to": "628222000010", "text": format!("m{i:02}")})).await["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = Instant::now() + SOON;
+    while delivered(&stack).await.len() < 8 {
+        assert!(Instant::now() < deadline, "the burst did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.daemon.kill();
+    stack.daemon.restart();
+    for message in &ids {
+        message_until(&stack, &key, &id, message, Duration::from_secs(30), |m| m["sentAt"].is_i64()).await;
+    }
+    let texts: Vec<String> = delivered(&stack).await.iter().map(|r| r["text"].as_str().unwrap().to_owned()).collect();
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(texts, expected, "every message once, in order");
+}
