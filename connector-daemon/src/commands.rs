@@ -3,7 +3,8 @@
 //! session's supervisor says it took effect, so a daemon that dies mid-command leaves it pending:
 //! it re-reads all its own pending entries when it starts again, and a live daemon claims the
 //! placement entries of a consumer whose heartbeat is gone (and adopts a dead gateway's own
-//! stream, see `adoption`).
+//! stream, see `adoption`). After a failed read it re-reads its own pending entries too: a read
+//! whose reply a Redis restart swallowed left them pending on it all the same.
 //!
 //! Streams stay bounded: an entry is deleted when it is acknowledged, and a dead consumer is
 //! removed once nothing is pending on it. Claims name a minimum idle time of one lease period,
@@ -47,6 +48,7 @@ pub async fn run(daemon: Arc<Daemon>, mut reader: ConnectionManager, mut stoppin
         }
     }
     let mut last_orphan_check = tokio::time::Instant::now() - daemon.config.lease();
+    let mut reread = false;
     while !*stopping.borrow() {
         if last_orphan_check.elapsed() >= daemon.config.lease() / 3 {
             last_orphan_check = tokio::time::Instant::now();
@@ -55,6 +57,19 @@ pub async fn run(daemon: Arc<Daemon>, mut reader: ConnectionManager, mut stoppin
             }
             if let Err(e) = claim_orphans(&daemon, &mut reader, &streams[0]).await {
                 tracing::warn!("cannot claim orphaned commands: {e}");
+                reread = true;
+            }
+        }
+        if reread {
+            // A read or claim that failed may have been carried out by Redis with its reply
+            // lost (the connection dropped as it answered): its entries are pending on this
+            // gateway, which never saw them.
+            reread = false;
+            for stream in &streams {
+                if let Err(e) = redeliver_own(&daemon, &mut reader, stream).await {
+                    tracing::warn!("cannot re-read this gateway's pending commands: {e}");
+                    reread = true;
+                }
             }
         }
         let options = StreamReadOptions::default().group(keys::COMMAND_GROUP, &daemon.gateway_id).count(READ_BATCH).block(READ_BLOCK_MS);
@@ -69,6 +84,7 @@ pub async fn run(daemon: Arc<Daemon>, mut reader: ConnectionManager, mut stoppin
             }
             Err(e) => {
                 tracing::warn!("cannot read commands, retrying: {e}");
+                reread = true;
                 if e.to_string().contains("NOGROUP") {
                     let _ = create_groups(&mut reader, &streams).await;
                 }
@@ -85,7 +101,8 @@ async fn sleep_or_stop(stopping: &mut watch::Receiver<bool>, pause: Duration) ->
     *stopping.borrow()
 }
 
-/// Dispatches again every entry of `stream` this gateway read and did not finish, page by page.
+/// Dispatches again every entry of `stream` this gateway read and did not finish, page by page
+/// (those still being carried out are skipped by `dispatch`).
 async fn redeliver_own(daemon: &Arc<Daemon>, reader: &mut ConnectionManager, stream: &str) -> redis::RedisResult<()> {
     let mut after = "0".to_owned();
     loop {
@@ -152,10 +169,17 @@ pub fn command_of(entry: &StreamId) -> Option<Command> {
 /// Hands one entry to its session's supervisor; acknowledges and deletes it once the supervisor
 /// answers.
 fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
+    let in_flight = format!("{stream} {}", entry.id);
+    if !daemon.begin_entry(&in_flight) {
+        return;
+    }
     let (daemon, stream) = (daemon.clone(), stream.to_owned());
     let Some(command) = command_of(&entry) else {
         tracing::warn!(id = %entry.id, "dropping an entry that is not a command this build knows");
-        tokio::spawn(async move { acknowledge(&daemon, &stream, &entry.id).await });
+        tokio::spawn(async move {
+            acknowledge(&daemon, &stream, &entry.id).await;
+            daemon.end_entry(&in_flight);
+        });
         return;
     };
     let (reply, answer) = oneshot::channel();
@@ -171,6 +195,7 @@ fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
             daemon.publish_result(&command.organization_id, &command.id, &result).await;
         }
         acknowledge(&daemon, &stream, &entry.id).await;
+        daemon.end_entry(&in_flight);
     });
 }
 

@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 use shared::command::{Command, CommandResult};
 use shared::redis::Redis;
 use shared::{args, keys};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +41,8 @@ pub struct Daemon {
     supervisors: Mutex<HashMap<String, Entry>>,
     next_task: AtomicU64,
     leases: Mutex<HashMap<String, Held>>,
+    /// Command entries (`<stream> <entry id>`) handed to supervisors and not yet acknowledged.
+    in_flight: Mutex<HashSet<String>>,
     /// When the heartbeat and leases were last renewed (Unix ms).
     renewed_at: AtomicI64,
     stopping: AtomicBool,
@@ -58,6 +60,7 @@ impl Daemon {
             supervisors: Mutex::default(),
             next_task: AtomicU64::new(1),
             leases: Mutex::default(),
+            in_flight: Mutex::default(),
             renewed_at: AtomicI64::new(shared::time::now_millis()),
             stopping: AtomicBool::new(false),
         })
@@ -109,6 +112,17 @@ impl Daemon {
     pub fn supervisors(&self) -> Vec<(String, mpsc::UnboundedSender<Order>)> {
         let supervisors = self.supervisors.lock().unwrap_or_else(|e| e.into_inner());
         supervisors.iter().filter(|(_, e)| !e.orders.is_closed()).map(|(id, e)| (id.clone(), e.orders.clone())).collect()
+    }
+
+    /// Marks a command entry as being carried out; `false` when it already is, so an entry read
+    /// again (this gateway's pending entries are re-read after a Redis failure) runs once.
+    pub fn begin_entry(&self, entry: &str) -> bool {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.to_owned())
+    }
+
+    /// The entry is acknowledged (or left for the next daemon).
+    pub fn end_entry(&self, entry: &str) {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(entry);
     }
 
     /// Records a lease a supervisor took, so the renewal loop keeps it.

@@ -1,14 +1,15 @@
-//! `cargo xtask bench [--seconds N] [--only requests|events]`:
+//! `cargo xtask bench [--seconds N] [--only requests|events|messages]`:
 //!
 //! - requests: `GET /api/v1/sessions` (one organization, 10 sessions, api-key auth) over
 //!   keep-alive connections, through the embedded host and through a native server that runs
 //!   the same `shared` auth and store code without WASM. The two alternate in rounds within one
 //!   run, so machine noise hits both alike.
 //! - events: publish → SSE receive latency through the host (see [`crate::event_latency`]).
+//! - messages: send latency and accepted sends per second (see [`crate::send_bench`]).
 
 use crate::Result;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use redis::AsyncCommands;
@@ -40,12 +41,17 @@ pub async fn run(args: &[String]) -> Result {
     let key = seed(&redis, &org).await?;
 
     let host_addr = free_addr().await?;
-    let mut host = crate::prereq::host_command(&redis_url, &host_addr).env("RUST_LOG", "warn").spawn()?;
+    let mut host = crate::prereq::host_command(&redis_url, &host_addr)
+        .env("RUST_LOG", "warn")
+        // The throughput of sends fills one outbox for the whole run.
+        .env("SPIN_VARIABLE_MESSAGE_QUEUE_MAX", "100000000")
+        .spawn()?;
     crate::prereq::wait_for_port(&host_addr).await?;
-    if only != Some("events") {
+    let wants = |part: &str| only.is_none_or(|o| o == part);
+    if wants("requests") {
         requests(&redis_url, &host_addr, &key, seconds).await?;
     }
-    if only != Some("requests") {
+    if wants("events") {
         let session = shared::store::list(&redis, &org).await?.remove(0).id;
         let mut latencies = crate::event_latency::measure(&host_addr, &key, &redis, &org, &session).await?;
         let stats = Stats::of(&mut latencies, Duration::ZERO);
@@ -53,6 +59,11 @@ pub async fn run(args: &[String]) -> Result {
             "event latency, publish → SSE client through the host, {} events: p50 {}, p99 {}, max {}",
             latencies.len(), ms(stats.p50), ms(stats.p99), ms(*latencies.last().unwrap_or(&Duration::ZERO)),
         );
+    }
+    if wants("messages") {
+        let sender = shared::apikey::mint();
+        shared::apikey::create(&redis, &sender, &org, vec![Capability::Manage, Capability::Send, Capability::Read], Some("bench".into())).await?;
+        crate::send_bench::run(&host_addr, &redis_url, &redis, &org, &sender, seconds).await?;
     }
     host.kill()?;
     host.wait()?;
@@ -77,12 +88,13 @@ async fn requests(redis_url: &str, host_addr: &str, key: &str, seconds: u64) -> 
     println!("GET {PATH}: {SESSIONS} sessions, {CONNECTIONS} keep-alive connections, {ROUNDS} alternating rounds of {round:?} per side");
     let (mut host_lat, mut native_lat) = (Vec::new(), Vec::new());
     let (mut host_time, mut native_time) = (Duration::ZERO, Duration::ZERO);
-    load(host_addr, key, Duration::from_millis(500)).await?; // warm both before measuring
-    load(&native_addr, key, Duration::from_millis(500)).await?;
+    let list = Probe { method: "GET", path: PATH.to_owned(), body: String::new(), expect: 200 };
+    load(host_addr, key, Duration::from_millis(500), &list).await?; // warm both before measuring
+    load(&native_addr, key, Duration::from_millis(500), &list).await?;
     for _ in 0..ROUNDS {
-        host_lat.extend(load(host_addr, key, round).await?);
+        host_lat.extend(load(host_addr, key, round, &list).await?);
         host_time += round;
-        native_lat.extend(load(&native_addr, key, round).await?);
+        native_lat.extend(load(&native_addr, key, round, &list).await?);
         native_time += round;
     }
     native.kill()?;
@@ -102,18 +114,18 @@ async fn requests(redis_url: &str, host_addr: &str, key: &str, seconds: u64) -> 
     Ok(())
 }
 
-fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-struct Stats {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
+pub struct Stats {
+    pub rps: f64,
+    pub p50: Duration,
+    pub p99: Duration,
 }
 
 impl Stats {
-    fn of(latencies: &mut [Duration], elapsed: Duration) -> Stats {
+    pub fn of(latencies: &mut [Duration], elapsed: Duration) -> Stats {
         latencies.sort();
         let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
         Stats { rps: latencies.len() as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE), p50: at(0.50), p99: at(0.99) }
@@ -220,12 +232,22 @@ pub async fn serve_native(args: &[String]) -> Result {
     }
 }
 
-/// Drives `CONNECTIONS` keep-alive connections for `duration`; returns every request's latency.
-async fn load(addr: &str, key: &str, duration: Duration) -> Result<Vec<Duration>> {
+/// The one request a load repeats, and the status it must answer.
+pub struct Probe {
+    pub method: &'static str,
+    pub path: String,
+    pub body: String,
+    pub expect: u16,
+}
+
+/// Drives `CONNECTIONS` keep-alive connections for `duration`, each repeating `probe`; returns
+/// every request's latency.
+pub async fn load(addr: &str, key: &str, duration: Duration, probe: &Probe) -> Result<Vec<Duration>> {
     let deadline = Instant::now() + duration;
     let mut workers = Vec::new();
     for _ in 0..CONNECTIONS {
         let (addr, auth) = (addr.to_owned(), format!("Bearer {key}"));
+        let (method, path, body, expect) = (probe.method, probe.path.clone(), Bytes::from(probe.body.clone()), probe.expect);
         workers.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&addr).await?;
             stream.set_nodelay(true)?;
@@ -233,15 +255,17 @@ async fn load(addr: &str, key: &str, duration: Duration) -> Result<Vec<Duration>
             tokio::spawn(connection);
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let request = hyper::Request::get(PATH)
+                let request = hyper::Request::builder()
+                    .method(method)
+                    .uri(&path)
                     .header(http::header::HOST, &addr)
                     .header(http::header::AUTHORIZATION, &auth)
-                    .body(Empty::<Bytes>::new())?;
+                    .body(Full::new(body.clone()))?;
                 let started = Instant::now();
                 let response = sender.send_request(request).await?;
                 let status = response.status();
                 response.into_body().collect().await?;
-                if status != 200 {
+                if status != expect {
                     return Err(format!("{addr} answered {status}").into());
                 }
                 latencies.push(started.elapsed());

@@ -4,14 +4,16 @@
 //! - `up`: Redis if none answers, build, run the host and the connector daemon, print the URL
 //!   and a fresh api-key.
 //! - `test`: the same prerequisites, then every test of the workspace.
-//! - `bench`: `GET /api/v1/sessions` through the host vs a native baseline, side by side, and
-//!   event latency from the daemon's publish to an SSE client.
+//! - `bench`: `GET /api/v1/sessions` through the host vs a native baseline, side by side,
+//!   event latency from the daemon's publish to an SSE client, and messaging: send latency to
+//!   the simulated WhatsApp server and accepted sends per second.
 //! - `apikey create|list|revoke`: an organization's api-keys.
 
 mod apikey;
 mod bench;
 mod event_latency;
 mod prereq;
+mod send_bench;
 
 use std::process::ExitCode;
 

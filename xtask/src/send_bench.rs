@@ -1,0 +1,145 @@
+//! The messaging half of `cargo xtask bench`, on a session paired with a simulator-backed daemon:
+//!
+//! - send latency with an idle queue: one `POST …/messages` at a time, from the moment the
+//!   request starts to the moment the simulated WhatsApp server holds the message (a blocking
+//!   pop of its delivery record);
+//! - accepted sends per second through the host: `POST …/messages` over keep-alive connections
+//!   while the session is stopped, so the outbox only fills (the host runs with a raised cap).
+
+use crate::Result;
+use crate::bench::{Probe, Stats, load, ms};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Messages sent one at a time for the latency figure (within the session's 1,000 a minute).
+const LATENCY_MESSAGES: usize = 200;
+const SPACING: Duration = Duration::from_millis(5);
+
+pub async fn run(host: &str, redis_url: &str, redis: &ConnectionManager, org: &str, key: &str, seconds: u64) -> Result {
+    let gateway = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let data = crate::prereq::root().join("target/bench").join(&gateway);
+    let mut daemon = crate::prereq::daemon_command(redis_url)
+        .env("BACKEND", "simulator")
+        .env("GATEWAY_ID", &gateway)
+        .env("DATA_DIR", &data)
+        .env("SIM_CONNECT_MS", "20")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let outcome = measure(host, redis, org, key, seconds).await;
+    daemon.kill()?;
+    daemon.wait()?;
+    let mut redis = redis.clone();
+    redis.del::<_, ()>(&[
+        shared::keys::gateway_alive(&gateway), shared::keys::gateway_sessions(&gateway), shared::keys::gateway_commands(&gateway),
+        shared::keys::simulator_delivered(),
+    ]).await?;
+    redis.srem::<_, _, ()>(shared::keys::gateways(), &gateway).await?;
+    let _ = std::fs::remove_dir_all(&data);
+    outcome
+}
+
+async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str, seconds: u64) -> Result {
+    let client = Http { host: host.to_owned(), key: key.to_owned() };
+    let session = paired_session(&client, redis).await?;
+    let messages = format!("/api/v1/sessions/{session}/messages");
+    let mut redis = redis.clone();
+    redis.del::<_, ()>(shared::keys::simulator_delivered()).await?;
+
+    let mut latencies = Vec::with_capacity(LATENCY_MESSAGES);
+    for i in 0..LATENCY_MESSAGES {
+        let started = Instant::now();
+        let (status, body) = client.call("POST", &messages, &json!({"to": "6281200000000", "text": format!("latency {i}")})).await?;
+        if status != 202 {
+            return Err(format!("a send answered {status}: {body}").into());
+        }
+        let popped: Option<(String, String)> = redis.blpop(shared::keys::simulator_delivered(), 5.0).await?;
+        if popped.is_none() {
+            return Err("a message did not reach the simulated server within 5 s".into());
+        }
+        latencies.push(started.elapsed());
+        idle_outbox(&mut redis, org, &session).await?;
+        tokio::time::sleep(SPACING).await;
+    }
+    let stats = Stats::of(&mut latencies, Duration::ZERO);
+    println!("send latency, POST → simulated WhatsApp server, idle queue, {LATENCY_MESSAGES} messages: p50 {}, p99 {}", ms(stats.p50), ms(stats.p99));
+
+    let (status, body) = client.call("POST", &format!("/api/v1/sessions/{session}:stop"), &Value::Null).await?;
+    if status != 200 {
+        return Err(format!(":stop answered {status}: {body}").into());
+    }
+    let probe = Probe { method: "POST", path: messages, body: json!({"to": "6281200000000", "text": "throughput"}).to_string(), expect: 202 };
+    let elapsed = Duration::from_secs(seconds.max(1));
+    let mut accepted = load(host, key, elapsed, &probe).await?;
+    let stats = Stats::of(&mut accepted, elapsed);
+    println!("accepted sends through the host (session stopped, outbox filling): {:.0}/s, p50 {}, p99 {}", stats.rps, ms(stats.p50), ms(stats.p99));
+    Ok(())
+}
+
+/// Waits until WhatsApp's (simulated) server acknowledged what was sent, so the next message
+/// finds the queue idle.
+async fn idle_outbox(redis: &mut ConnectionManager, org: &str, session: &str) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.llen::<_, usize>(shared::keys::session_outbox(org, session)).await? > 0 {
+        if Instant::now() > deadline {
+            return Err("a sent message was not acknowledged within 5 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// A session created to start, paired by scanning its first QR code on the simulated phone.
+async fn paired_session(client: &Http, redis: &ConnectionManager) -> Result<String> {
+    let (status, created) = client.call("POST", "/api/v1/sessions", &json!({"start": true, "ratePerMin": 1000, "ratePerHour": 60000})).await?;
+    if status != 201 {
+        return Err(format!("creating the session answered {status}: {created}").into());
+    }
+    let id = created["id"].as_str().ok_or("no session id")?.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut scanned = false;
+    while Instant::now() < deadline {
+        if !scanned {
+            let (status, qr) = client.call("GET", &format!("/api/v1/sessions/{id}/qr"), &Value::Null).await?;
+            if let (200, Some(code)) = (status, qr["code"].as_str()) {
+                let entry = [("action", "scan"), ("code", code), ("phone", "6281100000000")];
+                redis.clone().xadd::<_, _, _, _, ()>(shared::keys::simulator_control(), "*", &entry).await?;
+                scanned = true;
+            }
+        }
+        let (_, row) = client.call("GET", &format!("/api/v1/sessions/{id}"), &Value::Null).await?;
+        if row["status"] == "working" {
+            return Ok(id);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("the bench session did not pair within 20 s".into())
+}
+
+/// One request at a time over a fresh connection: setting up the bench, not measured.
+struct Http {
+    host: String,
+    key: String,
+}
+
+impl Http {
+    async fn call(&self, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(&self.host).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.host)
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+}
