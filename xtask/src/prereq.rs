@@ -171,7 +171,8 @@ pub async fn spin(redis_url: &str) -> Result<bool> {
         .env("SPIN_VARIABLE_REDIS_URL", redis_url)
         .stdout(std::process::Stdio::null())
         .spawn()?;
-    let ready = wait_for_port(&listen).await;
+    // Compiling the components for the cache takes a while on a small machine (cold: minutes).
+    let ready = wait_for_port_within(&listen, Duration::from_secs(300)).await;
     // SIGTERM, not SIGKILL: `spin up` runs the trigger as a child process and stops it on TERM.
     Command::new("kill").args(["-TERM", &warm.id().to_string()]).status()?;
     warm.wait()?;
@@ -179,11 +180,17 @@ pub async fn spin(redis_url: &str) -> Result<bool> {
 }
 
 pub async fn wait_for_port(addr: &str) -> Result {
-    for _ in 0..100 {
+    wait_for_port_within(addr, Duration::from_secs(10)).await
+}
+
+/// [`wait_for_port`] with its own patience: Spin compiles every component before it listens.
+pub async fn wait_for_port_within(addr: &str, within: Duration) -> Result {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!("the host did not start listening on {addr}").into())
+    Err(format!("the host did not start listening on {addr} within {within:?}").into())
 }
