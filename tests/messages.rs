@@ -285,3 +285,46 @@ async fn a_daemon_killed_mid_burst_loses_and_repeats_nothing() {
     let expected: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
     assert_eq!(texts, expected, "every message once, in order");
 }
+
+/// Messages accepted for one number never go out from another: after a logout and a pairing
+/// with a new number, what was still queued fails instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_messages_never_leave_from_a_number_paired_later() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let (id, _) = stack.paired_session(&key, "628111000011").await;
+    assert_eq!(stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await.status, 200);
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    let queued = accepted(&stack, &key, &id, json!({"to": "628222000011", "text": "for the first number"})).await;
+    assert_eq!(stack.client.post(&stack.session_url(&id, ":logout"), &key, "").await.status, 200);
+    stack.row_until(&key, &id, SOON, |row| row["waJid"].is_null() && row["status"] == "stopped").await;
+
+    assert_eq!(stack.client.post(&stack.session_url(&id, ":start"), &key, "").await.status, 200);
+    let qr = stack.qr_until(&key, &id, None, SOON).await;
+    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "628111000012")]).await;
+    stack.status_until(&key, &id, "working", SOON).await;
+    let failed = message_until(&stack, &key, &id, queued["id"].as_str().unwrap(), SOON, |m| m["status"] == "failed").await;
+    assert_eq!(failed["error"]["code"], "number_changed");
+    assert!(delivered(&stack).await.is_empty(), "nothing went out from the new number");
+}
+
+/// A message that waited queued past `message_max_queued_secs` fails as `expired` when the
+/// session runs again, rather than arriving late.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_queued_too_long_expires_instead_of_arriving_late() {
+    let stack = Stack::start_configured(&[("BACKEND", "simulator")], &[("message_max_queued_secs", "1")]);
+    let key = stack.key(&new_org()).await;
+    let (id, _) = stack.paired_session(&key, "628111000013").await;
+    assert_eq!(stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await.status, 200);
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    let stale = accepted(&stack, &key, &id, json!({"to": "628222000013", "text": "your code is 123456"})).await;
+    assert!(stale["expiresAt"].as_i64().unwrap() <= stale["createdAt"].as_i64().unwrap() + 1_000, "{stale}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(stack.client.post(&stack.session_url(&id, ":start"), &key, "").await.status, 200);
+    let failed = message_until(&stack, &key, &id, stale["id"].as_str().unwrap(), SOON, |m| m["status"] == "failed").await;
+    assert_eq!(failed["error"]["code"], "expired");
+    let fresh = accepted(&stack, &key, &id, json!({"to": "628222000013", "text": "your new code is 654321"})).await;
+    message_until(&stack, &key, &id, fresh["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    let texts: Vec<Value> = delivered(&stack).await.iter().map(|r| r["text"].clone()).collect();
+    assert_eq!(texts, [json!("your new code is 654321")]);
+}

@@ -3,6 +3,9 @@
 //! was given when accepted, and waits for WhatsApp's server to acknowledge it before the next
 //! one, so messages go out one at a time, in order.
 //!
+//! A message goes out only from the number it was accepted for: after a logout and a pairing
+//! with another number, what was queued fails (`number_changed`) instead.
+//!
 //! Nothing accepted is lost or sent twice: a message leaves the outbox only when acknowledged
 //! (`sent`) or failed, so a daemon that dies mid-send leaves it at the head, and whoever runs
 //! the session next sends it again with the same id, which WhatsApp delivers once. Every write
@@ -39,11 +42,12 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Starts sending the session's outbox through `client`, under the lease value `lease`.
-    pub fn start(daemon: Arc<Daemon>, client: Arc<dyn Client>, org: String, session_id: String, lease: String) -> Sender {
+    /// Starts sending the session's outbox through `client`, logged in as `me` (its JID), under
+    /// the lease value `lease`.
+    pub fn start(daemon: Arc<Daemon>, client: Arc<dyn Client>, org: String, session_id: String, me: String, lease: String) -> Sender {
         let wake = Arc::new(Notify::new());
         let (acks, inbox) = mpsc::unbounded_channel();
-        let run = Run { daemon, client, org, session_id, lease, wake: wake.clone(), acks: inbox };
+        let run = Run { daemon, client, org, session_id, me, lease, wake: wake.clone(), acks: inbox };
         Sender { wake, acks, task: tokio::spawn(run.run()) }
     }
 
@@ -69,6 +73,7 @@ struct Run {
     client: Arc<dyn Client>,
     org: String,
     session_id: String,
+    me: String,
     lease: String,
     wake: Arc<Notify>,
     acks: mpsc::UnboundedReceiver<(String, Option<String>)>,
@@ -116,6 +121,11 @@ impl Run {
         if fields.get("status").map(String::as_str) != Some(MessageStatus::Queued.as_str()) {
             outbox::discard(redis, &self.org, &self.session_id, &id).await?;
             return Ok(Turn::Again);
+        }
+        if content.from.as_deref() != Some(self.me.as_str()) {
+            // Accepted for the number paired then; the session was paired with another since.
+            let error = failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent");
+            return self.record(&content, MessageStatus::Failed, Some(error)).await;
         }
         let begun = fields.contains_key("sendingAt");
         if !begun && content.expires_at.is_some_and(|at| at <= shared::time::now_millis()) {

@@ -286,9 +286,9 @@ impl Supervisor {
 
     /// Starts sending the outbox once the session is connected under a lease.
     fn start_sender(&mut self) {
-        let (Some(client), Some(fence), None) = (self.client.clone(), self.fence, &self.sender) else { return };
-        let lease = lease::value(&self.daemon, fence);
-        self.sender = Some(Sender::start(self.daemon.clone(), client, self.org.clone(), self.id.clone(), lease));
+        let (Some(client), Some(fence), Some(me), None) = (self.client.clone(), self.fence, self.identity.as_ref(), &self.sender) else { return };
+        let (lease, me) = (lease::value(&self.daemon, fence), me.jid.clone());
+        self.sender = Some(Sender::start(self.daemon.clone(), client, self.org.clone(), self.id.clone(), me, lease));
     }
 
     /// Applies the parked commands that are next in order, or whose wait ran out.
