@@ -47,12 +47,17 @@ async fn delivered(stack: &Stack) -> Vec<Value> {
     records.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
 }
 
-/// A session created with `body` and paired as `phone`.
-async fn paired_with(stack: &Stack, key: &str, body: &str, phone: &str) -> String {
-    let id = stack.create(key, body).await["id"].as_str().unwrap().to_owned();
-    let qr = stack.qr_until(key, &id, None, SOON).await;
-    stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", phone)]).await;
-    stack.status_until(key, &id, "working", SOON).await;
+/// A lifecycle action (`:stop`, `:start`, `:logout`) that must be accepted.
+async fn act(stack: &Stack, key: &str, session_id: &str, action: &str) {
+    let reply = stack.client.post(&stack.session_url(session_id, action), key, "").await;
+    assert_eq!(reply.status, 200, "{action}: {}", reply.body);
+}
+
+/// A paired session, stopped: what is sent to it waits in its outbox.
+async fn stopped_session(stack: &Stack, key: &str, phone: &str) -> String {
+    let (id, _) = stack.paired_session(key, phone).await;
+    act(stack, key, &id, ":stop").await;
+    stack.status_until(key, &id, "stopped", SOON).await;
     id
 }
 
@@ -179,10 +184,7 @@ async fn a_stopped_session_queues_messages_that_can_be_canceled_until_sent() {
     let stack = Stack::start();
     let org = new_org();
     let key = stack.key(&org).await;
-    let (id, _) = stack.paired_session(&key, "628111000005").await;
-    let stopped = stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await;
-    assert_eq!(stopped.status, 200, "{}", stopped.body);
-    stack.status_until(&key, &id, "stopped", SOON).await;
+    let id = stopped_session(&stack, &key, "628111000005").await;
 
     let canceled = accepted(&stack, &key, &id, json!({"to": "628222000005", "text": "never mind"})).await;
     let kept = accepted(&stack, &key, &id, json!({"to": "628222000005", "text": "still wanted"})).await;
@@ -195,8 +197,7 @@ async fn a_stopped_session_queues_messages_that_can_be_canceled_until_sent() {
     assert_eq!(outbox_len(&stack, &org, &id).await, 1);
 
     // Started again, the session sends what is still queued, and only that.
-    let started = stack.client.post(&stack.session_url(&id, ":start"), &key, "").await;
-    assert_eq!(started.status, 200, "{}", started.body);
+    act(&stack, &key, &id, ":start").await;
     let sent = message_until(&stack, &key, &id, kept["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
     let records = delivered(&stack).await;
     assert_eq!(records.iter().map(|r| r["text"].clone()).collect::<Vec<_>>(), [json!("still wanted")]);
@@ -239,7 +240,7 @@ async fn other_organizations_get_not_found_and_capabilities_hold() {
 async fn a_rate_of_ten_a_minute_holds_over_a_burst_of_twenty_five() {
     let stack = Stack::start();
     let key = stack.key(&new_org()).await;
-    let id = paired_with(&stack, &key, r#"{"start": true, "ratePerMin": 10, "ratePerHour": 600}"#, "628111000008").await;
+    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "ratePerMin": 10, "ratePerHour": 600}"#, "628111000008").await;
     let mut ids = Vec::new();
     let started = Instant::now();
     for i in 0..25 {
@@ -266,7 +267,7 @@ async fn a_rate_of_ten_a_minute_holds_over_a_burst_of_twenty_five() {
 async fn a_daemon_killed_mid_burst_loses_and_repeats_nothing() {
     let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_ACK_MS", "40")]);
     let key = stack.key(&new_org()).await;
-    let id = paired_with(&stack, &key, r#"{"start": true, "ratePerMin": 1000, "ratePerHour": 60000}"#, "628111000010").await;
+    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "ratePerMin": 1000, "ratePerHour": 60000}"#, "628111000010").await;
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(accepted(&stack, &key, &id, json!({"to": "628222000010", "text": format!("m{i:02}")})).await["id"].as_str().unwrap().to_owned());
@@ -292,14 +293,12 @@ async fn a_daemon_killed_mid_burst_loses_and_repeats_nothing() {
 async fn queued_messages_never_leave_from_a_number_paired_later() {
     let stack = Stack::start();
     let key = stack.key(&new_org()).await;
-    let (id, _) = stack.paired_session(&key, "628111000011").await;
-    assert_eq!(stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await.status, 200);
-    stack.status_until(&key, &id, "stopped", SOON).await;
+    let id = stopped_session(&stack, &key, "628111000011").await;
     let queued = accepted(&stack, &key, &id, json!({"to": "628222000011", "text": "for the first number"})).await;
-    assert_eq!(stack.client.post(&stack.session_url(&id, ":logout"), &key, "").await.status, 200);
+    act(&stack, &key, &id, ":logout").await;
     stack.row_until(&key, &id, SOON, |row| row["waJid"].is_null() && row["status"] == "stopped").await;
 
-    assert_eq!(stack.client.post(&stack.session_url(&id, ":start"), &key, "").await.status, 200);
+    act(&stack, &key, &id, ":start").await;
     let qr = stack.qr_until(&key, &id, None, SOON).await;
     stack.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", "628111000012")]).await;
     stack.status_until(&key, &id, "working", SOON).await;
@@ -314,13 +313,11 @@ async fn queued_messages_never_leave_from_a_number_paired_later() {
 async fn a_message_queued_too_long_expires_instead_of_arriving_late() {
     let stack = Stack::start_configured(&[("BACKEND", "simulator")], &[("message_max_queued_secs", "1")]);
     let key = stack.key(&new_org()).await;
-    let (id, _) = stack.paired_session(&key, "628111000013").await;
-    assert_eq!(stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await.status, 200);
-    stack.status_until(&key, &id, "stopped", SOON).await;
+    let id = stopped_session(&stack, &key, "628111000013").await;
     let stale = accepted(&stack, &key, &id, json!({"to": "628222000013", "text": "your code is 123456"})).await;
     assert!(stale["expiresAt"].as_i64().unwrap() <= stale["createdAt"].as_i64().unwrap() + 1_000, "{stale}");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(stack.client.post(&stack.session_url(&id, ":start"), &key, "").await.status, 200);
+    act(&stack, &key, &id, ":start").await;
     let failed = message_until(&stack, &key, &id, stale["id"].as_str().unwrap(), SOON, |m| m["status"] == "failed").await;
     assert_eq!(failed["error"]["code"], "expired");
     let fresh = accepted(&stack, &key, &id, json!({"to": "628222000013", "text": "your new code is 654321"})).await;

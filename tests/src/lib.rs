@@ -601,8 +601,13 @@ impl Stack {
 
     /// A new session paired by scanning its first QR code as `phone`; returns its id and row.
     pub async fn paired_session(&self, key: &str, phone: &str) -> (String, Value) {
+        self.paired_session_with(key, r#"{"start": true}"#, phone).await
+    }
+
+    /// [`Stack::paired_session`], created with `body` (which must start it).
+    pub async fn paired_session_with(&self, key: &str, body: &str, phone: &str) -> (String, Value) {
         let within = Duration::from_secs(10);
-        let id = self.create(key, r#"{"start": true}"#).await["id"].as_str().unwrap().to_owned();
+        let id = self.create(key, body).await["id"].as_str().unwrap().to_owned();
         let qr = self.qr_until(key, &id, None, within).await;
         self.phone("scan", &[("code", qr["code"].as_str().unwrap()), ("phone", phone)]).await;
         let row = self.status_until(key, &id, "working", within).await;
