@@ -13,10 +13,11 @@
 
 use crate::backend::{Client, SendFailure};
 use crate::daemon::Daemon;
-use crate::limiter::{self, Rates};
+use crate::limiter::{self, limiter_lua};
 use shared::message::{Content, MessageError, MessageStatus};
-use shared::outbox::{self, Advanced, Claim, Step, failure};
-use shared::ApiError;
+use shared::outbox::{self, Advanced, Step, failure};
+use shared::redis::{Redis, Reply};
+use shared::{ApiError, args, keys};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -33,6 +34,40 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 const PAUSE: Duration = Duration::from_secs(1);
 /// The longest single wait for rate room, after which the session's rates are read again.
 const RATE_RECHECK: Duration = Duration::from_secs(5);
+
+/// One look at the outbox, in one round trip: the head message (KEYS[1]; messages under the
+/// key prefix ARGV[1]), dropped from the outbox when it is no longer queued; then, unless it
+/// was accepted for another number than ARGV[3] or waited past its `expiresAt` unsent, and
+/// while this gateway holds the lease (KEYS[4] = ARGV[2]), a place within the rates of the
+/// row (KEYS[2]) in the session's sends (KEYS[3]), and the claim (`sendingAt`: no cancel
+/// after it). Answers `{verdict, content, sends so far}`.
+const NEXT: &str = concat!(
+    limiter_lua!(),
+    r"
+local id = redis.call('LINDEX', KEYS[1], 0)
+if not id then return {'idle'} end
+local key = ARGV[1] .. id
+if redis.call('HGET', key, 'status') ~= 'queued' then
+  redis.call('LREM', KEYS[1], 0, id)
+  return {'again'}
+end
+local doc = redis.call('HGET', key, 'doc')
+local content = cjson.decode(doc)
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local begun = redis.call('HEXISTS', key, 'sendingAt') == 1
+if content['from'] ~= ARGV[3] then return {'number_changed', doc} end
+local expires = tonumber(content['expiresAt'])
+if not begun and expires and expires <= now then return {'expired', doc} end
+if redis.call('GET', KEYS[4]) ~= ARGV[2] then return {'fenced'} end
+local raw = redis.call('GET', KEYS[2])
+if not raw then return {'gone'} end
+local row = cjson.decode(raw)
+local wait = take_place(KEYS[3], id, tonumber(row['ratePerMin']) or 1, tonumber(row['ratePerHour']) or 1, now, tonumber(ARGV[4]))
+if wait > 0 then return {'wait', tostring(wait)} end
+redis.call('HSETNX', key, 'sendingAt', now)
+return {'send', doc, tonumber(redis.call('HGET', key, 'attempts') or '0')}"
+);
 
 /// The running sender of one session; dropping it stops it.
 pub struct Sender {
@@ -112,33 +147,35 @@ impl Run {
 
     async fn turn(&mut self) -> Result<Turn, ApiError> {
         let redis = &self.daemon.redis;
-        let Some(id) = outbox::head(redis, &self.org, &self.session_id).await? else { return Ok(Turn::Idle) };
-        let Some((content, fields)) = outbox::content(redis, &self.org, &id).await? else {
-            // Past its retention: nothing left to send.
-            outbox::discard(redis, &self.org, &self.session_id, &id).await?;
-            return Ok(Turn::Again);
-        };
-        if fields.get("status").map(String::as_str) != Some(MessageStatus::Queued.as_str()) {
-            outbox::discard(redis, &self.org, &self.session_id, &id).await?;
-            return Ok(Turn::Again);
-        }
-        if content.from.as_deref() != Some(self.me.as_str()) {
-            // Accepted for the number paired then; the session was paired with another since.
-            let error = failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent");
-            return self.record(&content, MessageStatus::Failed, Some(error)).await;
-        }
-        let begun = fields.contains_key("sendingAt");
-        if !begun && content.expires_at.is_some_and(|at| at <= shared::time::now_millis()) {
-            let error = failure("expired", "the message waited in the outbox past its maximum age; it was not sent");
-            return self.record(&content, MessageStatus::Failed, Some(error)).await;
-        }
-        if !self.room(&content).await? {
-            return Ok(Turn::Stop);
-        }
-        let attempts = match outbox::claim(redis, &self.org, &self.session_id, &id, &self.lease).await? {
-            Claim::Fenced => return Ok(Turn::Fenced),
-            Claim::Settled => return Ok(Turn::Again),
-            Claim::Attempt(n) => n,
+        let (org, session) = (self.org.as_str(), self.session_id.as_str());
+        let argv = args![
+            NEXT, 4,
+            keys::session_outbox(org, session), keys::session(org, session), keys::session_sends(org, session), keys::session_lease(org, session),
+            keys::message(org, ""), self.lease.as_str(), self.me.as_str(), limiter::MARGIN_MS,
+        ];
+        let mut reply = redis.execute("EVAL", argv).await?.into_iter().map(Reply::into_string);
+        let verdict = reply.next().flatten().unwrap_or_default();
+        let (content, attempts) = match verdict.as_str() {
+            "idle" => return Ok(Turn::Idle),
+            "again" => return Ok(Turn::Again),
+            "fenced" => return Ok(Turn::Fenced),
+            "gone" => return Ok(Turn::Stop),
+            "wait" => {
+                let wait = reply.next().flatten().and_then(|ms| ms.parse().ok()).unwrap_or(1_000);
+                tokio::time::sleep(Duration::from_millis(wait).min(RATE_RECHECK)).await;
+                return Ok(Turn::Again);
+            }
+            "number_changed" => {
+                // Accepted for the number paired then; the session was paired with another since.
+                let error = failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent");
+                return self.record(&content_of(reply.next().flatten())?, MessageStatus::Failed, Some(error)).await;
+            }
+            "expired" => {
+                let error = failure("expired", "the message waited in the outbox past its maximum age; it was not sent");
+                return self.record(&content_of(reply.next().flatten())?, MessageStatus::Failed, Some(error)).await;
+            }
+            "send" => (content_of(reply.next().flatten())?, reply.next().flatten().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0)),
+            other => return Err(ApiError::internal(format!("unexpected outbox verdict {other:?}"))),
         };
         if attempts >= MAX_ATTEMPTS {
             let error = failure("no_server_ack", format!("WhatsApp's server did not acknowledge the message after {MAX_ATTEMPTS} sends"));
@@ -150,25 +187,13 @@ impl Run {
                 return self.record(&content, MessageStatus::Failed, Some(failure("rejected", reason))).await;
             }
             Err(SendFailure::NotConnected(reason)) => {
-                tracing::info!(session = %self.session_id, message = %id, "not sent, the connection is not ready: {reason}");
+                tracing::info!(session = %self.session_id, message = %content.id, "not sent, the connection is not ready: {reason}");
                 tokio::time::sleep(PAUSE).await;
                 return Ok(Turn::Again);
             }
         }
-        outbox::count_attempt(redis, &self.org, &id).await?;
+        outbox::count_attempt(redis, org, &content.id).await?;
         self.await_ack(&content).await
-    }
-
-    /// Waits for room within the session's rates; `false` when the session's row is gone.
-    async fn room(&self, content: &Content) -> Result<bool, ApiError> {
-        loop {
-            let Some((row, _)) = shared::store::get_with_control(&self.daemon.redis, &self.org, &self.session_id).await? else { return Ok(false) };
-            let rates = Rates { per_min: row.rate_per_min, per_hour: row.rate_per_hour };
-            match limiter::take(&self.daemon, &self.org, &self.session_id, &content.id, rates).await? {
-                None => return Ok(true),
-                Some(wait) => tokio::time::sleep(wait.min(RATE_RECHECK)).await,
-            }
-        }
     }
 
     /// Waits for WhatsApp's server to take or refuse the message; unanswered, it is sent again.
@@ -209,4 +234,9 @@ impl Run {
             Advanced::Moved | Advanced::Unchanged => Ok(Turn::Again),
         }
     }
+}
+
+/// A message's content as the outbox script returned it.
+fn content_of(doc: Option<String>) -> Result<Content, ApiError> {
+    serde_json::from_str(&doc.unwrap_or_default()).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))
 }

@@ -83,17 +83,6 @@ log_events(KEYS[3], ARGV[11], 14, tonumber(ARGV[4]), tonumber(ARGV[12]), tonumbe
 return 1"
 );
 
-/// Marks the head message as being sent (from the first time on: `sendingAt`, after which it
-/// can no longer be canceled), under the lease ARGV[1] of KEYS[2]. Answers how many sends went
-/// out before, or the status that is not `queued`.
-const CLAIM: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return redis.status_reply('fenced') end
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return redis.status_reply('gone') end
-if status ~= 'queued' then return redis.status_reply(status) end
-redis.call('HSETNX', KEYS[1], 'sendingAt', ARGV[2])
-return tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')";
-
 /// Settings the API applies when it accepts a message.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -110,8 +99,8 @@ pub struct Limits {
 /// What accepting a message did.
 #[derive(Debug)]
 pub enum Accepted {
-    /// Queued now.
-    New,
+    /// Queued now: the message as stored.
+    New(Message),
     /// The idempotency key was used before for this message id, with a body whose hash was this.
     Seen { message_id: String, body_hash: String },
 }
@@ -132,6 +121,7 @@ pub async fn accept<R: Redis>(
     let wake = Command::new(CommandKind::Send, session_id, org).to_json();
     let doc = encode(content)?;
     let queued = status_event(org, session_id, &content.id, MessageStatus::Queued, None, None, &content.chat)?;
+    let now = crate::time::now_millis();
     let reply = routed(r, org, session_id, session.gateway_id.clone(), async |holder| {
         let mut argv = args![
             ACCEPT, 9,
@@ -140,7 +130,7 @@ pub async fn accept<R: Redis>(
         ];
         argv.extend(route_keys(holder));
         argv.extend(args![
-            doc.as_str(), crate::time::now_millis(), limits.retention_ms as i64, key_hash,
+            doc.as_str(), now, limits.retention_ms as i64, key_hash,
             format!("{} {body_hash}", content.id), limits.idempotency_ms as i64, limits.queue_max as i64,
             holder.unwrap_or(""), wake.as_str(), content.id.as_str(),
         ]);
@@ -149,7 +139,10 @@ pub async fn accept<R: Redis>(
     })
     .await;
     match reply? {
-        Reply::Status(s) if s == "queued" => Ok(Accepted::New),
+        Reply::Status(s) if s == "queued" => {
+            let stored = [("doc", doc), ("status", MessageStatus::Queued.as_str().to_owned()), ("queuedAt", now.to_string()), ("updatedAt", now.to_string())];
+            Ok(Accepted::New(Message::from_fields(&stored.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())?))
+        }
         Reply::Status(s) if s == "gone" => Err(ApiError::session_not_found()),
         Reply::Status(s) if s == "not_paired" => Err(ApiError::new(ErrorCode::Conflict, "the session is not paired with a WhatsApp number; pair it first")
             .with_detail("reason", "not_paired")),
@@ -185,11 +178,9 @@ pub async fn get<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str)
 }
 
 /// The stored content of a message (what the daemon sends), if it is still kept.
-pub async fn content<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<Option<(Content, HashMap<String, String>)>, ApiError> {
-    let fields = hash(r, &keys::message(org, message_id)).await?;
-    let Some(doc) = fields.get("doc") else { return Ok(None) };
-    let content = serde_json::from_str(doc).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))?;
-    Ok(Some((content, fields)))
+pub async fn content<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<Option<Content>, ApiError> {
+    let Some(doc) = first(r, "HGET", args![keys::message(org, message_id), "doc"]).await?.into_string() else { return Ok(None) };
+    serde_json::from_str(&doc).map(Some).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))
 }
 
 async fn hash<R: Redis>(r: &R, key: &str) -> Result<HashMap<String, String>, RedisError> {
@@ -289,39 +280,9 @@ pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiEr
     }
 }
 
-/// What a claim of the head message found.
-#[derive(Debug, PartialEq)]
-pub enum Claim {
-    /// Send it; n sends of it went out before.
-    Attempt(i64),
-    /// It is no longer queued (canceled, sent, gone): take the next one.
-    Settled,
-    Fenced,
-}
-
-/// Marks a message as being sent under the lease `lease` (see [`CLAIM`]).
-pub async fn claim<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str, lease: &str) -> Result<Claim, RedisError> {
-    let argv = args![CLAIM, 2, keys::message(org, message_id), keys::session_lease(org, session_id), lease, crate::time::now_millis()];
-    Ok(match first(r, "EVAL", argv).await? {
-        Reply::Int(n) => Claim::Attempt(n),
-        Reply::Status(s) if s == "fenced" => Claim::Fenced,
-        _ => Claim::Settled,
-    })
-}
-
 /// Counts a send of the message that went out (WhatsApp's answer still to come).
 pub async fn count_attempt<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<(), RedisError> {
     r.execute("HINCRBY", args![keys::message(org, message_id), "attempts", 1]).await.map(drop)
-}
-
-/// The message at the head of the session's outbox.
-pub async fn head<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Option<String>, RedisError> {
-    Ok(first(r, "LINDEX", args![keys::session_outbox(org, session_id), 0]).await?.into_string())
-}
-
-/// Drops a message id from the outbox whose message is no longer kept.
-pub async fn discard<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str) -> Result<(), RedisError> {
-    r.execute("LREM", args![keys::session_outbox(org, session_id), 0, message_id]).await.map(drop)
 }
 
 /// Our id of the message the session sent with WhatsApp id `wa_message_id`.

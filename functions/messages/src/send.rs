@@ -43,7 +43,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
     let (key_hash, body_hash) = (idempotency_key.map(secret::sha256_hex), secret::sha256_hex(body));
     let idempotency = key_hash.as_deref().map(|key| (key, body_hash.as_str()));
     let message_id = match outbox::accept(&ctx.redis, &session, &content, idempotency, limits).await? {
-        Accepted::New => content.id,
+        Accepted::New(message) => return Ok(Answer::accepted(&message)),
         Accepted::Seen { message_id, body_hash: first_body } if first_body == body_hash => message_id,
         Accepted::Seen { .. } => {
             return Err(ApiError::new(ErrorCode::Conflict, "this Idempotency-Key was used with another request body")
@@ -57,7 +57,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
 /// The message a reply quotes: one of this session's, known to WhatsApp by its id.
 async fn quoted(ctx: &Context, org: &str, session_id: &str, message_id: &str) -> Result<Quote, ApiError> {
     let unknown = || ApiError::invalid_field("replyTo", "no such message in this session");
-    let Some((original, _)) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
+    let Some(original) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
     if original.session_id != session_id {
         return Err(unknown());
     }
