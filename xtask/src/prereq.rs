@@ -16,6 +16,25 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Cargo, in the workspace, with the environment of a shell. `cargo xtask` runs this binary
+/// through `cargo run`, which sets `CARGO_MANIFEST_DIR` and the package's variables; build
+/// scripts that watch one of them (ring's watches `CARGO_MANIFEST_DIR`) would otherwise see a
+/// change between a `cargo xtask` build and a plain `cargo test`, and rebuild ring, rustls,
+/// whatsapp-rust and wasmtime-wasi-http each time.
+pub fn cargo() -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(root());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR" || name == "CARGO_MANIFEST_PATH" || name == "CARGO_PRIMARY_PACKAGE" || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_BIN_NAME" || name.starts_with("CARGO_PKG_")
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
 fn run(command: &mut Command) -> Result {
     let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("{command:?} failed with {status}").into()) }
@@ -47,16 +66,15 @@ fn function_packages() -> Result<Vec<String>> {
 
 pub fn build() -> Result {
     ensure_wasm_target()?;
-    let cargo = env!("CARGO");
-    let mut components = Command::new(cargo);
-    components.current_dir(root()).args(["build", "--profile", "component", "--target", WASM_TARGET]);
+    let mut components = cargo();
+    components.args(["build", "--profile", "component", "--target", WASM_TARGET]);
     for name in function_packages()? {
         components.args(["-p", &name]);
     }
     run(&mut components)?;
     // All default members, exactly as `cargo test --release` resolves them: the host binary the
     // tests run is then the one built here, not a second build with other features.
-    run(Command::new(cargo).current_dir(root()).args(["build", "--release"]))
+    run(cargo().args(["build", "--release"]))
 }
 
 async fn ping(url: &str) -> bool {
