@@ -539,10 +539,13 @@ impl Supervisor {
         let applying = self.applying.take();
         let (jid, lid, phone) = self.identity_fields();
         let push_name = self.identity.as_ref().and_then(|i| i.push_name.clone());
+        // A session that stopped or failed names no gateway in the same write that says so: the
+        // lease goes right after, and no reader may see a halted session still held.
+        let halted = matches!(self.status, SessionStatus::Stopped | SessionStatus::Failed);
         let mut update = update
             .set("_applied", applying.unwrap_or(self.applied))
             .set("_process", self.daemon.process.as_str())
-            .set("gatewayId", self.daemon.gateway_id.as_str())
+            .set("gatewayId", (!halted).then_some(self.daemon.gateway_id.as_str()))
             .set("waJid", jid)
             .set("waLid", lid)
             .set("phoneNumber", phone)
