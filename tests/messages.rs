@@ -156,7 +156,8 @@ async fn bad_requests_name_their_field_and_queue_nothing() {
     assert_eq!(outbox_len(&stack, &org, &id).await + outbox_len(&stack, &org, &unpaired).await, 0);
     assert!(delivered(&stack).await.is_empty());
     // Wrong methods and unknown message paths.
-    stack.client.get(&stack.session_url(&id, "/messages"), &key).await.expect_error(405, "method_not_allowed");
+    let put = stack.client.send("PUT", &stack.session_url(&id, "/messages"), Some(&key), Some("{}")).await;
+    put.expect_error(405, "method_not_allowed");
     stack.client.post(&stack.session_url(&id, "/messages/01J"), &key, "{}").await.expect_error(405, "method_not_allowed");
     stack.client.get(&stack.session_url(&id, "/messages/01JNOSUCHMESSAGE"), &key).await.expect_error(404, "not_found");
 }
@@ -240,7 +241,7 @@ async fn other_organizations_get_not_found_and_capabilities_hold() {
 async fn a_rate_of_ten_a_minute_holds_over_a_burst_of_twenty_five() {
     let stack = Stack::start();
     let key = stack.key(&new_org()).await;
-    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "ratePerMin": 10, "ratePerHour": 600}"#, "628111000008").await;
+    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "ratePerMin": 10, "ratePerHour": 600, "presenceTyping": false}"#, "628111000008").await;
     let mut ids = Vec::new();
     let started = Instant::now();
     for i in 0..25 {
@@ -267,7 +268,7 @@ async fn a_rate_of_ten_a_minute_holds_over_a_burst_of_twenty_five() {
 async fn a_daemon_killed_mid_burst_loses_and_repeats_nothing() {
     let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_ACK_MS", "40")]);
     let key = stack.key(&new_org()).await;
-    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "ratePerMin": 1000, "ratePerHour": 60000}"#, "628111000010").await;
+    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "ratePerMin": 1000, "ratePerHour": 60000, "presenceTyping": false}"#, "628111000010").await;
     let mut ids = Vec::new();
     for i in 0..30 {
         ids.push(accepted(&stack, &key, &id, json!({"to": "628222000010", "text": format!("m{i:02}")})).await["id"].as_str().unwrap().to_owned());
@@ -324,4 +325,28 @@ async fn a_message_queued_too_long_expires_instead_of_arriving_late() {
     message_until(&stack, &key, &id, fresh["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
     let texts: Vec<Value> = delivered(&stack).await.iter().map(|r| r["text"].clone()).collect();
     assert_eq!(texts, [json!("your new code is 654321")]);
+}
+
+/// With `presenceTyping` (on by default), "typing…" shows in the chat before a text goes out, for longer the
+/// longer the text; without it, nothing shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_typing_shows_typing_in_the_chat_before_a_text() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let (typist, _) = stack.paired_session_with(&key, r#"{"start": true, "presenceTyping": true}"#, "628111000014").await;
+    let (plain, _) = stack.paired_session_with(&key, r#"{"start": true, "presenceTyping": false}"#, "628111000015").await;
+    let text = "Thanks for waiting, your parcel left the warehouse this morning";
+    let typed = accepted(&stack, &key, &typist, json!({"to": "628222000014", "text": text})).await;
+    let untyped = accepted(&stack, &key, &plain, json!({"to": "628222000015", "text": "no typing"})).await;
+    for (session, message) in [(&typist, &typed), (&plain, &untyped)] {
+        message_until(&stack, &key, session, message["id"].as_str().unwrap(), SOON, |m| m["sentAt"].is_i64()).await;
+    }
+    let states: Vec<String> = redis::AsyncCommands::lrange(&mut stack.redis().await, shared::keys::simulator_chat_states(), 0, -1).await.unwrap();
+    let states: Vec<Value> = states.iter().map(|s| serde_json::from_str(s).unwrap()).collect();
+    assert_eq!(states.len(), 1, "typing once, for the session that asks: {states:#?}");
+    assert_eq!((&states[0]["session"], &states[0]["chat"], &states[0]["state"]), (&json!(typist), &json!("628222000014@s.whatsapp.net"), &json!("composing")));
+    let arrived = delivered(&stack).await.into_iter().find(|r| r["session"] == typist.as_str()).unwrap();
+    let shown_for = arrived["at"].as_i64().unwrap() - states[0]["at"].as_i64().unwrap();
+    let expected = 500 + 30 * text.chars().count() as i64;
+    assert!((expected..expected + 2_000).contains(&shown_for), "typing showed {shown_for} ms before the text, expected about {expected}");
 }

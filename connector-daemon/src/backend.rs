@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use shared::directory::{Contact, Group};
+use shared::inbox::{Incoming, Stored};
 use shared::message::{Content, MessageStatus};
 use std::path::Path;
 use std::sync::Arc;
@@ -59,14 +60,26 @@ pub enum SendFailure {
 
 pub type Events = mpsc::UnboundedSender<BackendEvent>;
 
+/// Where a client hands the messages it receives. WhatsApp's server is told they arrived only
+/// once `store` answered `Ok`; on `Err` they stay unacknowledged and WhatsApp delivers them
+/// again, so a client must not drop a batch it could not hand over. A batch may repeat
+/// messages stored before (their acknowledgement was lost): they are stored once.
+#[async_trait]
+pub trait Inbox: Send + Sync {
+    /// `Ok` once the batch is durable; with [`Stored::auto_read`], the client then sends read
+    /// receipts for it.
+    async fn store(&self, batch: Vec<Incoming>) -> Result<Stored, String>;
+}
+
 /// What a backend is given to work with. A session's store is plain files in a directory, so
 /// wiping it is removing the directory: the backend has no say in it, as WhatsApp has none in
 /// what a client deletes locally (the device stays linked on WhatsApp's side until unlinked).
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// Starts a client for the session from the pairing stored in `store` (or to pair, with
-    /// none). It connects in the background and reports on `events`.
-    async fn connect(&self, session_id: &str, store: &Path, events: Events) -> Result<Arc<dyn Client>, String>;
+    /// none). It connects in the background, reports on `events`, and hands the messages it
+    /// receives to `inbox`.
+    async fn connect(&self, session_id: &str, store: &Path, events: Events, inbox: Arc<dyn Inbox>) -> Result<Arc<dyn Client>, String>;
 }
 
 #[async_trait]
@@ -78,10 +91,13 @@ pub trait Client: Send + Sync {
     /// took it. The client is not used again afterwards; the store is the caller's to wipe.
     async fn logout(&self) -> Result<(), String>;
 
-    /// Sends a message with the WhatsApp id it carries (`wa_id`), so sending it again after a
-    /// crash is the same message to WhatsApp and the recipient sees it once. `Ok` means the
-    /// stanza went out; WhatsApp's answer comes as [`BackendEvent::ServerAck`].
-    async fn send(&self, message: &Content) -> Result<(), SendFailure>;
+    /// Sends a message with the WhatsApp id `wa_id` it was given when accepted, so sending it
+    /// again after a crash is the same message to WhatsApp and the recipient sees it once. `Ok`
+    /// means the stanza went out; WhatsApp's answer comes as [`BackendEvent::ServerAck`].
+    async fn send(&self, wa_id: &str, message: &Content) -> Result<(), SendFailure>;
+
+    /// Shows "typing…" in a chat (`true`), or stops showing it (`false`).
+    async fn typing(&self, chat: &str, typing: bool) -> Result<(), String>;
 
     /// The groups the number is in, with their members, fetched from WhatsApp.
     async fn groups(&self) -> Result<Vec<Group>, String>;

@@ -59,6 +59,9 @@ pub struct Config {
     /// ...and every event younger than this, whichever is more.
     #[arg(long, env = "EVENT_RETENTION_SECS", default_value_t = 24 * 60 * 60)]
     pub event_retention_secs: u64,
+    /// How long received messages are kept; the same as the functions' `message_retention_secs`.
+    #[arg(long, env = "MESSAGE_RETENTION_SECS", default_value_t = 7 * 24 * 60 * 60)]
+    pub message_retention_secs: u64,
     /// Exit when standard input closes: a supervisor (xtask, the tests) holds the other end.
     #[arg(long)]
     pub stop_on_stdin_close: bool,
@@ -100,6 +103,13 @@ pub struct SimulatorTimings {
     /// Time until the recipient reads a message (read receipt); 0 never.
     #[arg(long, env = "SIM_READ_MS", default_value_t = 0)]
     pub sim_read_ms: u64,
+    /// Time the simulated server waits, after a client stored a batch of received messages,
+    /// before it takes the acknowledgement (a daemon killed in between gets them again).
+    #[arg(long, env = "SIM_INBOUND_ACK_MS", default_value_t = 0)]
+    pub sim_inbound_ack_ms: u64,
+    /// Received messages the simulated server hands a client at once, at most.
+    #[arg(long, env = "SIM_INBOUND_BATCH", default_value_t = 20)]
+    pub sim_inbound_batch: usize,
 }
 
 impl Config {
@@ -116,6 +126,10 @@ impl Config {
 
     pub fn retention(&self) -> Retention {
         Retention { count: self.event_retention_count.max(1), max_age_ms: self.event_retention_secs.saturating_mul(1000) }
+    }
+
+    pub fn message_retention_ms(&self) -> u64 {
+        self.message_retention_secs.max(60).saturating_mul(1000)
     }
 
     pub fn lease(&self) -> Duration {

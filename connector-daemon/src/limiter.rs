@@ -7,6 +7,9 @@
 //! a crash already holds its place. The sender takes a place in the same script that picks the
 //! message (see `outbox`), so a send costs one round trip before it goes out.
 
+use shared::redis::{Redis, RedisError};
+use shared::{args, keys};
+
 /// A Lua function: `take_place(sends, message, per_min, per_hour, now, margin)` takes a place
 /// for `message` in the sorted set `sends` unless a window is full; 0 when taken (or the
 /// message holds one already), else how many ms until the full window has room. Each window is
@@ -37,3 +40,15 @@ pub(crate) use limiter_lua;
 
 /// How much wider than 60 s and 3,600 s the windows are counted.
 pub const MARGIN_MS: i64 = 250;
+
+/// Moves a message's place (ARGV[1]) in the sends (KEYS[1]) to now, by Redis's clock.
+const RESTAMP: &str = r"
+local time = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000), ARGV[1])
+return 1";
+
+/// A send that waited after taking its place (while "typing…" showed) counts from when it
+/// goes out, so the windows hold as WhatsApp sees them.
+pub async fn restamp<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str) -> Result<(), RedisError> {
+    r.execute("EVAL", args![RESTAMP, 1, keys::session_sends(org, session_id), message_id]).await.map(drop)
+}

@@ -8,6 +8,7 @@ mod backend;
 mod commands;
 mod config;
 mod daemon;
+mod inbound;
 mod lease;
 mod limiter;
 mod outbox;

@@ -40,7 +40,7 @@ const RATE_RECHECK: Duration = Duration::from_secs(5);
 /// was accepted for another number than ARGV[3] or waited past its `expiresAt` unsent, and
 /// while this gateway holds the lease (KEYS[4] = ARGV[2]), a place within the rates of the
 /// row (KEYS[2]) in the session's sends (KEYS[3]), and the claim (`sendingAt`: no cancel
-/// after it). Answers `{verdict, content, sends so far}`.
+/// after it). Answers `{verdict, content, sends so far, WhatsApp id, presenceTyping}`.
 const NEXT: &str = concat!(
     limiter_lua!(),
     r"
@@ -66,7 +66,8 @@ local row = cjson.decode(raw)
 local wait = take_place(KEYS[3], id, tonumber(row['ratePerMin']) or 1, tonumber(row['ratePerHour']) or 1, now, tonumber(ARGV[4]))
 if wait > 0 then return {'wait', tostring(wait)} end
 redis.call('HSETNX', key, 'sendingAt', now)
-return {'send', doc, tonumber(redis.call('HGET', key, 'attempts') or '0')}"
+local typing = row['presenceTyping'] == true and 1 or 0
+return {'send', doc, tonumber(redis.call('HGET', key, 'attempts') or '0'), redis.call('HGET', key, 'waId'), typing}"
 );
 
 /// The running sender of one session; dropping it stops it.
@@ -155,7 +156,7 @@ impl Run {
         ];
         let mut reply = redis.execute("EVAL", argv).await?.into_iter().map(Reply::into_string);
         let verdict = reply.next().flatten().unwrap_or_default();
-        let (content, attempts) = match verdict.as_str() {
+        let (content, attempts, wa_id, presence_typing) = match verdict.as_str() {
             "idle" => return Ok(Turn::Idle),
             "again" => return Ok(Turn::Again),
             "fenced" => return Ok(Turn::Fenced),
@@ -168,23 +169,34 @@ impl Run {
             "number_changed" => {
                 // Accepted for the number paired then; the session was paired with another since.
                 let error = failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent");
-                return self.record(&content_of(reply.next().flatten())?, MessageStatus::Failed, Some(error)).await;
+                return self.record(&content_of(reply.next().flatten())?, None, MessageStatus::Failed, Some(error)).await;
             }
             "expired" => {
                 let error = failure("expired", "the message waited in the outbox past its maximum age; it was not sent");
-                return self.record(&content_of(reply.next().flatten())?, MessageStatus::Failed, Some(error)).await;
+                return self.record(&content_of(reply.next().flatten())?, None, MessageStatus::Failed, Some(error)).await;
             }
-            "send" => (content_of(reply.next().flatten())?, reply.next().flatten().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0)),
+            "send" => (
+                content_of(reply.next().flatten())?,
+                reply.next().flatten().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0),
+                reply.next().flatten().ok_or_else(|| ApiError::internal("a queued message has no WhatsApp id"))?,
+                reply.next().flatten().as_deref() == Some("1"),
+            ),
             other => return Err(ApiError::internal(format!("unexpected outbox verdict {other:?}"))),
         };
         if attempts >= MAX_ATTEMPTS {
             let error = failure("no_server_ack", format!("WhatsApp's server did not acknowledge the message after {MAX_ATTEMPTS} sends"));
-            return self.record(&content, MessageStatus::Failed, Some(error)).await;
+            return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
         }
-        match self.client.send(&content).await {
+        // "typing…" before a text's first send, for a time that grows with the text.
+        let typing = presence_typing && attempts == 0 && content.text.is_some() && self.show_typing(&content).await;
+        let sent = self.client.send(&wa_id, &content).await;
+        if typing && sent.is_err() {
+            let _ = self.client.typing(&content.chat, false).await;
+        }
+        match sent {
             Ok(()) => {}
             Err(SendFailure::Rejected(reason)) => {
-                return self.record(&content, MessageStatus::Failed, Some(failure("rejected", reason))).await;
+                return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(failure("rejected", reason))).await;
             }
             Err(SendFailure::NotConnected(reason)) => {
                 tracing::info!(session = %self.session_id, message = %content.id, "not sent, the connection is not ready: {reason}");
@@ -193,19 +205,33 @@ impl Run {
             }
         }
         outbox::count_attempt(redis, org, &content.id).await?;
-        self.await_ack(&content).await
+        self.await_ack(&content, &wa_id).await
+    }
+
+    /// Shows "typing…" in the message's chat for its [`typing_time`], then moves the message's
+    /// rate place to now (it goes out now, not when the place was taken). `false` when the
+    /// indicator could not be shown: the message then goes at once.
+    async fn show_typing(&self, content: &Content) -> bool {
+        if let Err(e) = self.client.typing(&content.chat, true).await {
+            tracing::info!(session = %self.session_id, "cannot show typing: {e}");
+            return false;
+        }
+        tokio::time::sleep(typing_time(content.text.as_deref().unwrap_or_default())).await;
+        if let Err(e) = limiter::restamp(&self.daemon.redis, &self.org, &self.session_id, &content.id).await {
+            tracing::warn!(session = %self.session_id, "cannot move the rate place of a typed message: {e}");
+        }
+        true
     }
 
     /// Waits for WhatsApp's server to take or refuse the message; unanswered, it is sent again.
-    async fn await_ack(&mut self, content: &Content) -> Result<Turn, ApiError> {
-        let wa_id = content.wa_id.as_deref().unwrap_or_default();
+    async fn await_ack(&mut self, content: &Content, wa_id: &str) -> Result<Turn, ApiError> {
         let deadline = Instant::now() + ACK_TIMEOUT;
         loop {
             match tokio::time::timeout_at(deadline, self.acks.recv()).await {
-                Ok(Some((id, None))) if id == wa_id => return self.record(content, MessageStatus::Sent, None).await,
+                Ok(Some((id, None))) if id == wa_id => return self.record(content, Some(wa_id), MessageStatus::Sent, None).await,
                 Ok(Some((id, Some(code)))) if id == wa_id => {
                     let error = failure("server_refused", format!("WhatsApp's server refused the message (code {code})"));
-                    return self.record(content, MessageStatus::Failed, Some(error)).await;
+                    return self.record(content, Some(wa_id), MessageStatus::Failed, Some(error)).await;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(Turn::Stop),
@@ -217,13 +243,13 @@ impl Run {
         }
     }
 
-    async fn record(&self, content: &Content, status: MessageStatus, error: Option<MessageError>) -> Result<Turn, ApiError> {
+    async fn record(&self, content: &Content, wa_id: Option<&str>, status: MessageStatus, error: Option<MessageError>) -> Result<Turn, ApiError> {
         let step = Step {
             org: &self.org,
             session_id: &self.session_id,
             message_id: &content.id,
             chat: &content.chat,
-            wa_message_id: content.wa_id.as_deref(),
+            wa_message_id: wa_id,
             status,
             error,
             lease: Some(self.lease.clone()),
@@ -236,7 +262,12 @@ impl Run {
     }
 }
 
+/// How long "typing…" shows before a text: half a second and 30 ms a character, at most 4 s.
+fn typing_time(text: &str) -> Duration {
+    Duration::from_millis((500 + 30 * text.chars().count() as u64).min(4_000))
+}
+
 /// A message's content as the outbox script returned it.
 fn content_of(doc: Option<String>) -> Result<Content, ApiError> {
-    serde_json::from_str(&doc.unwrap_or_default()).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))
+    outbox::decode_content(&doc.unwrap_or_default())
 }

@@ -12,7 +12,7 @@ pub async fn apply(daemon: &Daemon, org: &str, session_id: &str, wa_ids: &[Strin
     for wa_id in wa_ids {
         let step = move || async move {
             let Some(message_id) = outbox::by_wa_id(&daemon.redis, org, session_id, wa_id).await? else { return Ok::<(), shared::ApiError>(()) };
-            let Some(content) = outbox::content(&daemon.redis, org, &message_id).await? else { return Ok(()) };
+            let Some((content, _)) = outbox::content(&daemon.redis, org, &message_id).await? else { return Ok(()) };
             let step = Step {
                 org,
                 session_id,

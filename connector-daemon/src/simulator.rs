@@ -14,6 +14,14 @@
 //! | `replace` | `session` | another client takes over the session's stream |
 //! | `ban` | `session` | WhatsApp bans the number for a while |
 //! | `replace_client` | `client` | the server ends that client: another logged in with its device |
+//! | `message` | `to`, `from`, … | the phone `from` sends the number `to` a message (see [`PhoneMessage`]) |
+//!
+//! A received message waits on the simulated server, per linked device, until the device's
+//! client has stored it (its inbox answered) and `sim_inbound_ack_ms` more have passed; a client
+//! that dies before then gets it again at its next login, as WhatsApp redelivers what was not
+//! acknowledged. When the session reads what arrives, its read receipts are recorded under
+//! `gw:simulator:read-receipts`; what it shows while writing (typing, paused), under
+//! `gw:simulator:chat-states`.
 //!
 //! A sent message reaches the simulated server once per WhatsApp id (a resend with the same id
 //! is acknowledged again, not delivered again) and is recorded under `gw:simulator:delivered`
@@ -35,7 +43,7 @@
 //! records it under `gw:simulator:replacements`. A gateway that never runs a session twice never
 //! causes a record, so tests can tell.
 
-use crate::backend::{Backend, BackendEvent, Client, Events, Identity, SendFailure};
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity, Inbox, SendFailure};
 use crate::config::{Config, SimulatorTimings};
 use shared::directory::{Contact, Group, Participant, Role};
 use async_trait::async_trait;
@@ -44,12 +52,14 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
+use shared::inbox::Incoming;
 use shared::keys;
-use shared::message::{Content, MessageStatus};
+use shared::message::{Content, Location, Media, MessageStatus, Quote, Reaction, Sender};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// The linked device a simulated session stores, as WhatsApp's store holds the real one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,13 +123,16 @@ impl Simulator {
             };
             for entry in entries {
                 last_id = entry.id.clone();
-                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-                self.act(&field("action"), &field("code"), &field("phone"), &field("session"), &field("client")).await;
+                let fields: HashMap<String, String> =
+                    entry.map.keys().filter_map(|name| Some((name.clone(), entry.get::<String>(name)?))).collect();
+                self.act(&entry.id, &fields).await;
             }
         }
     }
 
-    async fn act(&self, action: &str, code: &str, phone: &str, session: &str, client: &str) {
+    async fn act(&self, entry_id: &str, fields: &HashMap<String, String>) {
+        let field = |name: &str| fields.get(name).map_or("", String::as_str);
+        let (action, code, phone, session, client) = (field("action"), field("code"), field("phone"), field("session"), field("client"));
         tracing::info!(action, code, phone, session, "simulator: phone-side action");
         let by_session = || self.clients().into_iter().find(|c| c.session_id == session);
         match action {
@@ -147,14 +160,111 @@ impl Simulator {
                 self.clients().into_iter().filter(|c| c.token == client).for_each(|c| c.end(BackendEvent::StreamReplaced));
             }
             "ban" => by_session().into_iter().for_each(|c| c.end(BackendEvent::TemporaryBan { reason: "simulated ban".into() })),
+            "message" => self.phone_message(entry_id, fields).await,
             other => tracing::warn!("simulator: unknown action {other:?}"),
         }
     }
 }
 
+impl Simulator {
+    /// A phone sends the number `to` a message: the server keeps it for each linked device of
+    /// that number until the device's client acknowledges it. Every daemon's simulator follows
+    /// the control stream; keeping it under the entry's id makes that one message.
+    async fn phone_message(&self, entry_id: &str, fields: &HashMap<String, String>) {
+        let message = match PhoneMessage::parse(fields) {
+            Ok(message) => message,
+            Err(e) => return tracing::warn!("simulator: ignoring a phone message: {e}"),
+        };
+        let mut redis = self.redis.clone();
+        let devices: HashMap<String, String> = redis.hgetall(keys::simulator_linked_devices()).await.unwrap_or_default();
+        let record = serde_json::to_string(&message).unwrap_or_default();
+        for (device, _) in devices.iter().filter(|(_, phone)| **phone == message.to) {
+            let _: redis::RedisResult<bool> = redis.hset_nx(keys::simulator_inbound(device), entry_id, &record).await;
+        }
+        for client in self.clients().into_iter().filter(|c| c.linked_phone().as_deref() == Some(message.to.as_str())) {
+            client.arrivals.notify_one();
+        }
+    }
+}
+
+/// What a simulated phone sends, from the control entry's fields: `to` and `from` (phone
+/// numbers), `id` (WhatsApp's id, random when absent), `type` (`text` by default, `location`,
+/// `reaction`, `image`, `video`, `audio`, `document`, `sticker`, or anything else for a kind the
+/// gateway does not read), `text`, `latitude`/`longitude`/`name`/`address`, `emoji` and
+/// `target` (the WhatsApp id reacted to), `quote` and `quote_from` (a reply), `mentions`
+/// (comma-separated phones), `mime`/`caption`/`file_name`/`size`/`voice_note` (media), `group`
+/// (a group JID: the message is written there), `addressing` (`lid` when WhatsApp addresses the
+/// sender by LID, giving the phone number beside it; else the phone number, with the LID).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PhoneMessage {
+    to: String,
+    from: String,
+    id: String,
+    fields: HashMap<String, String>,
+}
+
+impl PhoneMessage {
+    fn parse(fields: &HashMap<String, String>) -> Result<PhoneMessage, String> {
+        let phone = |name: &str| {
+            fields.get(name).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).cloned().ok_or(format!("{name} must be a phone number"))
+        };
+        let id = fields.get("id").cloned().unwrap_or_else(|| format!("3A{:018X}", rand::random::<u128>() & ((1u128 << 72) - 1)));
+        Ok(PhoneMessage { to: phone("to")?, from: phone("from")?, id, fields: fields.clone() })
+    }
+
+    /// The message as the receiving session's client gets it.
+    fn incoming(&self, session_id: &str, me: &str) -> Incoming {
+        let field = |name: &str| self.fields.get(name).filter(|v| !v.is_empty()).cloned();
+        let (phone_jid, lid) = (format!("{}@s.whatsapp.net", self.from), lid_of(&self.from));
+        let from = if field("addressing").as_deref() == Some("lid") { lid.clone() } else { phone_jid.clone() };
+        let chat = field("group").unwrap_or_else(|| from.clone());
+        let kind = field("type").unwrap_or_else(|| "text".to_owned());
+        let known = ["text", "location", "reaction", "image", "video", "audio", "document", "sticker"];
+        let mut content = Content::inbound(session_id, &chat, &from, Some(me), if known.contains(&kind.as_str()) { kind.as_str() } else { "unsupported" });
+        content.sender = Some(Sender { phone_jid: Some(phone_jid), lid: Some(lid), push_name: Some(field("push_name").unwrap_or(format!("Push {}", self.from))) });
+        content.text = field("text");
+        content.quoted = field("quote").map(|wa_message_id| Quote { wa_message_id, participant: field("quote_from") });
+        content.mentions = field("mentions").map(|m| m.split(',').map(|p| format!("{p}@s.whatsapp.net")).collect()).unwrap_or_default();
+        let number = |name: &str| field(name).and_then(|v| v.parse::<f64>().ok());
+        match kind.as_str() {
+            "location" => {
+                content.location =
+                    Some(Location { latitude: number("latitude").unwrap_or(0.0), longitude: number("longitude").unwrap_or(0.0), name: field("name"), address: field("address") });
+            }
+            "reaction" => {
+                content.text = None;
+                content.reaction = Some(Reaction { wa_message_id: field("target").unwrap_or_default(), message_id: None, emoji: field("emoji").unwrap_or_default() });
+            }
+            "image" | "video" | "audio" | "document" | "sticker" => {
+                content.text = None;
+                content.media = Some(Media {
+                    mime_type: field("mime"),
+                    caption: field("caption"),
+                    file_name: field("file_name"),
+                    size: number("size").map(|n| n as u64),
+                    voice_note: field("voice_note").as_deref() == Some("true"),
+                });
+            }
+            _ => {}
+        }
+        Incoming { content, wa_id: self.id.clone() }
+    }
+}
+
+/// A simulated phone's LID: fixed per number, as WhatsApp's is.
+fn lid_of(phone: &str) -> String {
+    format!("9{phone}@lid")
+}
+
+/// A control entry id (`<ms>-<seq>`) as a number pair, to keep received messages in order.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 #[async_trait]
 impl Backend for Simulator {
-    async fn connect(&self, session_id: &str, store: &Path, events: Events) -> Result<Arc<dyn Client>, String> {
+    async fn connect(&self, session_id: &str, store: &Path, events: Events, inbox: Arc<dyn Inbox>) -> Result<Arc<dyn Client>, String> {
         let client = Arc::new(SimClient {
             session_id: session_id.to_owned(),
             token: ulid::Ulid::new().to_string(),
@@ -162,6 +272,8 @@ impl Backend for Simulator {
             device_file: store.join(DEVICE_FILE),
             redis: self.redis.clone(),
             events,
+            inbox,
+            arrivals: Notify::new(),
             state: Mutex::default(),
             clients: self.clients.clone(),
         });
@@ -221,6 +333,9 @@ struct SimClient {
     device_file: PathBuf,
     redis: ConnectionManager,
     events: Events,
+    inbox: Arc<dyn Inbox>,
+    /// Rung when a message for this client's number arrived.
+    arrivals: Notify,
     state: Mutex<SimState>,
     clients: Arc<Mutex<HashMap<String, Arc<SimClient>>>>,
 }
@@ -260,7 +375,7 @@ impl SimClient {
             match linked {
                 Ok(true) => {
                     if self.logged_in(&state, &device) {
-                        tokio::spawn(self.clone().stay_online(device.device_id.clone()));
+                        self.go_online(&device);
                         state.device = Some(device);
                     }
                 }
@@ -335,9 +450,72 @@ impl SimClient {
         state.qr = None;
         state.pairing_code = None;
         if self.emit_if_open(&state, BackendEvent::Paired(device.identity())) && self.logged_in(&state, &device) {
-            tokio::spawn(self.clone().stay_online(device.device_id.clone()));
+            self.go_online(&device);
         }
         state.device = Some(device);
+    }
+
+    /// Logged in: the server keeps this client's record and hands it what arrived for it.
+    fn go_online(self: &Arc<Self>, device: &Device) {
+        tokio::spawn(self.clone().stay_online(device.device_id.clone()));
+        tokio::spawn(self.clone().receive(device.clone()));
+    }
+
+    /// Hands the client what arrived for its device, oldest first, a batch at a time, until it
+    /// closes. A batch stays on the server until the client stored it and the acknowledgement
+    /// came through (`sim_inbound_ack_ms` later).
+    async fn receive(self: Arc<Self>, device: Device) {
+        let mut redis = self.redis.clone();
+        let key = keys::simulator_inbound(&device.device_id);
+        while !self.state().closed {
+            let pending: redis::RedisResult<HashMap<String, String>> = redis.hgetall(&key).await;
+            let Ok(pending) = pending else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let mut pending: Vec<(String, PhoneMessage)> =
+                pending.into_iter().filter_map(|(entry, record)| Some((entry, serde_json::from_str(&record).ok()?))).collect();
+            if pending.is_empty() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.arrivals.notified()).await;
+                continue;
+            }
+            pending.sort_by_key(|(entry, _)| entry_order(entry));
+            pending.truncate(self.timings.sim_inbound_batch.max(1));
+            let batch: Vec<Incoming> = pending.iter().map(|(_, m)| m.incoming(&self.session_id, &device.jid)).collect();
+            let stored = match self.inbox.store(batch.clone()).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::warn!(session = %self.session_id, "simulator: the client did not store received messages: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(self.timings.sim_inbound_ack_ms)).await;
+            if self.state().closed {
+                return;
+            }
+            let entries: Vec<&str> = pending.iter().map(|(entry, _)| entry.as_str()).collect();
+            let _: redis::RedisResult<i64> = redis.hdel(&key, &entries).await;
+            if stored.auto_read {
+                self.mark_read(&mut redis, &batch).await;
+            }
+        }
+    }
+
+    /// Read receipts for received messages, per chat and sender, as WhatsApp Web sends them.
+    async fn mark_read(&self, redis: &mut ConnectionManager, batch: &[Incoming]) {
+        let mut by_chat: Vec<((String, String), Vec<String>)> = Vec::new();
+        for Incoming { content, wa_id } in batch {
+            let who = (content.chat.clone(), content.from.clone().unwrap_or_default());
+            match by_chat.iter_mut().find(|(key, _)| *key == who) {
+                Some((_, ids)) => ids.push(wa_id.clone()),
+                None => by_chat.push((who, vec![wa_id.clone()])),
+            }
+        }
+        for ((chat, sender), ids) in by_chat {
+            let record = serde_json::json!({ "session": self.session_id, "chat": chat, "sender": sender, "ids": ids, "at": shared::time::now_millis() });
+            let _: redis::RedisResult<i64> = redis.rpush(keys::simulator_read_receipts(), record.to_string()).await;
+        }
     }
 
     /// The simulated server's record of this client while it is logged in, refreshed until the
@@ -435,7 +613,7 @@ impl Client for SimClient {
         unlinked
     }
 
-    async fn send(&self, message: &Content) -> Result<(), SendFailure> {
+    async fn send(&self, wa_id: &str, message: &Content) -> Result<(), SendFailure> {
         let device = {
             let state = self.state();
             match (&state.device, state.closed) {
@@ -445,13 +623,13 @@ impl Client for SimClient {
         };
         let mut redis = self.redis.clone();
         reachable(&mut redis).await.map_err(SendFailure::NotConnected)?;
-        let id = message.wa_id.clone().ok_or_else(|| SendFailure::Rejected("the message has no WhatsApp id".into()))?;
+        let id = wa_id.to_owned();
         let unreachable = |e: redis::RedisError| SendFailure::NotConnected(format!("the simulated server is unreachable: {e}"));
         let first_time: bool = redis.sadd(keys::simulator_delivered_ids(&device.device_id), &id).await.map_err(unreachable)?;
         if first_time {
             let record = serde_json::json!({
                 "session": self.session_id, "from": device.jid, "to": message.chat, "waMessageId": id, "type": message.kind,
-                "text": message.text, "location": message.location, "quote": message.quote, "mentions": message.mentions,
+                "text": message.text, "location": message.location, "quote": message.quoted, "mentions": message.mentions,
                 "at": shared::time::now_millis(),
             });
             let _: i64 = redis.rpush(keys::simulator_delivered(), record.to_string()).await.map_err(unreachable)?;
@@ -470,6 +648,16 @@ impl Client for SimClient {
             });
         }
         Ok(())
+    }
+
+    async fn typing(&self, chat: &str, typing: bool) -> Result<(), String> {
+        if self.state().device.is_none() {
+            return Err("not logged in".into());
+        }
+        let state = if typing { "composing" } else { "paused" };
+        let record = serde_json::json!({ "session": self.session_id, "chat": chat, "state": state, "at": shared::time::now_millis() });
+        let mut redis = self.redis.clone();
+        redis.rpush::<_, _, i64>(keys::simulator_chat_states(), record.to_string()).await.map(drop).map_err(|e| e.to_string())
     }
 
     async fn groups(&self) -> Result<Vec<Group>, String> {

@@ -11,6 +11,7 @@
 
 use crate::backend::{BackendEvent, Client, Identity, format_pairing_code};
 use crate::daemon::{Daemon, Held, persist};
+use crate::inbound::SessionInbox;
 use crate::lease::{self, Acquired};
 use crate::outbox::Sender;
 use crate::{backfill, receipts, unlinks};
@@ -480,11 +481,12 @@ impl Supervisor {
     }
 
     async fn connect(&mut self) {
-        let (events, inbox) = mpsc::unbounded_channel();
-        match self.daemon.backend.connect(&self.id, &self.daemon.config.session_dir(&self.id), events).await {
+        let (events, reports) = mpsc::unbounded_channel();
+        let inbox = Arc::new(SessionInbox { daemon: self.daemon.clone(), org: self.org.clone(), session_id: self.id.clone() });
+        match self.daemon.backend.connect(&self.id, &self.daemon.config.session_dir(&self.id), events, inbox).await {
             Ok(client) => {
                 self.client = Some(client);
-                self.events = Some(inbox);
+                self.events = Some(reports);
             }
             Err(reason) => self.connection_lost(reason).await,
         }

@@ -9,6 +9,7 @@
 
 use crate::backend::BackendEvent;
 use crate::daemon::Daemon;
+use crate::inbound;
 use serde::{Deserialize, Serialize};
 use shared::event::{Event, EventType};
 use shared::redis::{Redis, first};
@@ -40,7 +41,7 @@ async fn unlink(daemon: &Daemon, session_id: &str, store: &Path) -> Result<(), S
         return Ok(());
     }
     let (events, mut inbox) = mpsc::unbounded_channel();
-    let client = daemon.backend.connect(session_id, store, events).await?;
+    let client = daemon.backend.connect(session_id, store, events, Arc::new(inbound::Refuse)).await?;
     let outcome = tokio::time::timeout(UNLINK_DEADLINE, async {
         while let Some(event) = inbox.recv().await {
             match event {

@@ -4,16 +4,21 @@
 //! The library's own reconnect is switched off: the supervisor owns reconnects, so that every
 //! drop is reported, backed off and counted the same way for every backend. Events are taken
 //! on the library's dispatch path (a raw handler), which keeps them in order and never drops one.
+//!
+//! Received messages go through the library's inbound durability hook: WhatsApp's server is
+//! acknowledged only once the session's inbox stored them, and redelivers them otherwise.
 
-use crate::backend::{Backend, BackendEvent, Client, Events, Identity, SendFailure};
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity, Inbox, SendFailure};
 use crate::config::Config;
 use async_trait::async_trait;
 use shared::directory::{Contact, Group, Participant, Role};
-use shared::message::{Content, MessageStatus};
+use shared::inbox::Incoming;
+use shared::message::{Content, Location, Media, MessageStatus, Quote, Reaction, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use whatsapp_rust::pair_code::PairCodeOptions;
-use whatsapp_rust::prelude::{Bot, Event, EventHandler, Jid, SendError, SendOptions};
+use whatsapp_rust::InboundDurabilityHook;
+use whatsapp_rust::prelude::{Bot, Event, EventHandler, InboundMessage, Jid, MessageExt, SendError, SendOptions};
 use whatsapp_rust::types::presence::ReceiptType;
 use whatsapp_rust::buffa::MessageField;
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -37,7 +42,7 @@ impl WhatsApp {
 
 #[async_trait]
 impl Backend for WhatsApp {
-    async fn connect(&self, _session_id: &str, dir: &Path, events: Events) -> Result<Arc<dyn Client>, String> {
+    async fn connect(&self, session_id: &str, dir: &Path, events: Events, inbox: Arc<dyn Inbox>) -> Result<Arc<dyn Client>, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(STORE_FILE);
         let store = SqliteStore::new(&path.to_string_lossy()).await.map_err(|e| format!("cannot open the session store: {e}"))?;
@@ -51,6 +56,7 @@ impl Backend for WhatsApp {
             .with_backend(store)
             .with_transport_factory(transport)
             .with_event_handler(SharedForwarder(forwarder.clone()))
+            .with_inbound_durability_hook(Keeper { session_id: session_id.to_owned(), inbox })
             .skip_history_sync()
             .build()
             .await
@@ -97,15 +103,21 @@ impl Client for WaClient {
         unlinked
     }
 
-    async fn send(&self, message: &Content) -> Result<(), SendFailure> {
+    async fn send(&self, wa_id: &str, message: &Content) -> Result<(), SendFailure> {
         let to: Jid = message.chat.parse().map_err(|e| SendFailure::Rejected(format!("the recipient {} is not a JID: {e}", message.chat)))?;
-        let id = message.wa_id.clone().ok_or_else(|| SendFailure::Rejected("the message has no WhatsApp id".to_owned()))?;
-        let options = SendOptions::default().with_message_id(id);
+        let options = SendOptions::default().with_message_id(wa_id.to_owned());
         match self.client.send_message_with_options(to, wa_message(message)?, options).await {
             Ok(_) => Ok(()),
             Err(SendError::InvalidRequest(reason)) => Err(SendFailure::Rejected(reason)),
             Err(e) => Err(SendFailure::NotConnected(e.to_string())),
         }
+    }
+
+    async fn typing(&self, chat: &str, typing: bool) -> Result<(), String> {
+        let jid: Jid = chat.parse().map_err(|e| format!("{chat} is not a JID: {e}"))?;
+        let chatstate = self.client.chatstate();
+        let shown = if typing { chatstate.send_composing(&jid).await } else { chatstate.send_paused(&jid).await };
+        shown.map_err(|e| e.to_string())
     }
 
     async fn groups(&self) -> Result<Vec<Group>, String> {
@@ -122,9 +134,9 @@ impl Client for WaClient {
 /// The protocol message for a message's content: text (extended when it quotes or mentions),
 /// or a location.
 fn wa_message(message: &Content) -> Result<wa::Message, SendFailure> {
-    let context = (message.quote.is_some() || !message.mentions.is_empty()).then(|| wa::ContextInfo {
-        stanza_id: message.quote.as_ref().map(|q| q.wa_message_id.clone()),
-        participant: message.quote.as_ref().and_then(|q| q.participant.clone()),
+    let context = (message.quoted.is_some() || !message.mentions.is_empty()).then(|| wa::ContextInfo {
+        stanza_id: message.quoted.as_ref().map(|q| q.wa_message_id.clone()),
+        participant: message.quoted.as_ref().and_then(|q| q.participant.clone()),
         mentioned_jid: message.mentions.clone(),
         ..Default::default()
     });
@@ -156,6 +168,134 @@ fn wa_message(message: &Content) -> Result<wa::Message, SendFailure> {
         });
     }
     Err(SendFailure::Rejected(format!("{} messages cannot be sent by this build", message.kind)))
+}
+
+/// Hands what arrives to the session's inbox before WhatsApp's server is acknowledged; an
+/// `Err` leaves the batch unacknowledged, and WhatsApp delivers it again at the next connect.
+struct Keeper {
+    session_id: String,
+    inbox: Arc<dyn Inbox>,
+}
+
+#[async_trait]
+impl InboundDurabilityHook for Keeper {
+    async fn on_messages(&self, client: Arc<whatsapp_rust::Client>, batch: &[InboundMessage]) -> whatsapp_rust::anyhow::Result<()> {
+        let me = client.pn().map(|pn| pn.to_non_ad_string());
+        let kept: Vec<(Incoming, &InboundMessage)> =
+            batch.iter().filter_map(|inbound| Some((incoming(&self.session_id, me.as_deref(), inbound)?, inbound))).collect();
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let stored = self.inbox.store(kept.iter().map(|(incoming, _)| incoming.clone()).collect()).await.map_err(whatsapp_rust::anyhow::Error::msg)?;
+        if stored.auto_read {
+            // Not awaited here: the hook runs inside the receive pipeline, under the senders' locks.
+            let read: Vec<(Jid, Option<Jid>, String)> = kept
+                .iter()
+                .map(|(_, m)| (m.info.source.chat.clone(), m.info.source.is_group.then(|| m.info.source.sender.clone()), m.info.id.clone()))
+                .collect();
+            tokio::spawn(mark_read(client, read));
+        }
+        Ok(())
+    }
+}
+
+/// Read receipts, one per chat and sender (the group member who wrote), as WhatsApp Web sends them.
+async fn mark_read(client: Arc<whatsapp_rust::Client>, read: Vec<(Jid, Option<Jid>, String)>) {
+    let mut groups: Vec<((Jid, Option<Jid>), Vec<String>)> = Vec::new();
+    for (chat, sender, id) in read {
+        match groups.iter_mut().find(|(key, _)| key.0 == chat && key.1 == sender) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push(((chat, sender), vec![id])),
+        }
+    }
+    for ((chat, sender), ids) in groups {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        if let Err(e) = client.mark_as_read(&chat, sender.as_ref(), &ids).await {
+            tracing::warn!(%chat, "cannot send read receipts: {e}");
+        }
+    }
+}
+
+/// A received message as the gateway keeps it; `None` for what is no message to show: the
+/// number's own messages from its other devices, and protocol messages (revokes, edits, key
+/// shares, history-sync notices).
+fn incoming(session_id: &str, me: Option<&str>, inbound: &InboundMessage) -> Option<Incoming> {
+    let (info, base) = (&inbound.info, inbound.message.get_base_message());
+    let source = &info.source;
+    if source.is_from_me || base.protocol_message.is_set() {
+        return None;
+    }
+    let sender = source.sender.to_non_ad();
+    let alt = source.sender_alt.as_ref().map(Jid::to_non_ad);
+    let (phone_jid, lid) = if sender.is_lid() { (alt.filter(Jid::is_pn), Some(sender.clone())) } else { (Some(sender.clone()), alt.filter(Jid::is_lid)) };
+    let media = |mime: &Option<String>, caption: Option<&String>, file_name: Option<&String>, size: Option<u64>, voice_note: bool| Media {
+        mime_type: mime.clone(),
+        caption: caption.cloned(),
+        file_name: file_name.cloned(),
+        size,
+        voice_note,
+    };
+    let (kind, media) = if let Some(m) = base.image_message.as_option() {
+        ("image", Some(media(&m.mimetype, m.caption.as_ref(), None, m.file_length, false)))
+    } else if let Some(m) = base.video_message.as_option() {
+        ("video", Some(media(&m.mimetype, m.caption.as_ref(), None, m.file_length, false)))
+    } else if let Some(m) = base.audio_message.as_option() {
+        ("audio", Some(media(&m.mimetype, None, None, m.file_length, m.ptt.unwrap_or(false))))
+    } else if let Some(m) = base.document_message.as_option() {
+        ("document", Some(media(&m.mimetype, m.caption.as_ref(), m.file_name.as_ref(), m.file_length, false)))
+    } else if let Some(m) = base.sticker_message.as_option() {
+        ("sticker", Some(media(&m.mimetype, None, None, m.file_length, false)))
+    } else if base.reaction_message.is_set() {
+        ("reaction", None)
+    } else if base.location_message.is_set() {
+        ("location", None)
+    } else if base.text_content().is_some() {
+        ("text", None)
+    } else {
+        ("unsupported", None)
+    };
+    let mut content = Content::inbound(session_id, &source.chat.to_non_ad_string(), &sender.to_string(), me, kind);
+    content.created_at = info.timestamp.timestamp_millis();
+    content.media = media;
+    content.text = base.text_content().map(str::to_owned);
+    content.sender = Some(Sender {
+        phone_jid: phone_jid.map(|j| j.to_string()),
+        lid: lid.map(|j| j.to_string()),
+        push_name: Some(info.push_name.clone()).filter(|n| !n.is_empty()),
+    });
+    if let Some(l) = base.location_message.as_option() {
+        content.location = Some(Location {
+            latitude: l.degrees_latitude.unwrap_or_default(),
+            longitude: l.degrees_longitude.unwrap_or_default(),
+            name: l.name.clone(),
+            address: l.address.clone(),
+        });
+    }
+    if let Some(r) = base.reaction_message.as_option() {
+        let target = r.key.as_option().and_then(|k| k.id.clone()).unwrap_or_default();
+        content.reaction = Some(Reaction { wa_message_id: target, message_id: None, emoji: r.text.clone().unwrap_or_default() });
+    }
+    if let Some(context) = context_of(base) {
+        content.quoted = context.stanza_id.clone().map(|wa_message_id| Quote { wa_message_id, participant: context.participant.clone() });
+        content.mentions = context.mentioned_jid.clone();
+    }
+    Some(Incoming { content, wa_id: info.id.clone() })
+}
+
+/// The context (quoted message, mentions) of the kinds of message the gateway reads.
+fn context_of(base: &wa::Message) -> Option<&wa::ContextInfo> {
+    [
+        base.extended_text_message.as_option().and_then(|m| m.context_info.as_option()),
+        base.image_message.as_option().and_then(|m| m.context_info.as_option()),
+        base.video_message.as_option().and_then(|m| m.context_info.as_option()),
+        base.audio_message.as_option().and_then(|m| m.context_info.as_option()),
+        base.document_message.as_option().and_then(|m| m.context_info.as_option()),
+        base.sticker_message.as_option().and_then(|m| m.context_info.as_option()),
+        base.location_message.as_option().and_then(|m| m.context_info.as_option()),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
 }
 
 /// The phone number a JID stands for, when it is a phone-number JID.

@@ -1,5 +1,8 @@
 //! What a successful endpoint answers, independent of the host that carries it.
 
+use crate::ApiError;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 /// A JSON body is serialized once, when the answer is made: straight from the endpoint's types
@@ -26,6 +29,20 @@ impl Answer {
     fn json(status: u16, body: &impl Serialize) -> Answer {
         Answer::Json(status, serde_json::to_vec(body).unwrap_or_default())
     }
+}
+
+/// A list's cursor for a position in it (the last key of a page): opaque to clients.
+pub fn cursor(position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(position)
+}
+
+/// The position a cursor of [`cursor`] stands for; 400 for anything else.
+pub fn position(cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::invalid_field("cursor", "is not a cursor this endpoint returned"))
 }
 
 /// One page of a list endpoint, in the reference's shape for every list.

@@ -6,8 +6,6 @@
 use crate::redis::{Arg, Redis, Reply};
 use crate::store::{decode, encode};
 use crate::{ApiError, args, keys};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,14 +184,7 @@ pub async fn page<R: Redis>(
 ) -> Result<(Vec<serde_json::Value>, Option<String>), ApiError> {
     let start = match cursor {
         None => "-".to_owned(),
-        Some(cursor) => {
-            let jid = URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::invalid_field("cursor", "is not a cursor this endpoint returned"))?;
-            format!("({jid}")
-        }
+        Some(cursor) => format!("({}", crate::answer::position(cursor)?),
     };
     let [data, index] = keys_of(org, session_id, kind);
     // One more than asked, to know whether another page follows.
@@ -205,7 +196,7 @@ pub async fn page<R: Redis>(
     }
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let next = more.then(|| rows.last().map(|(jid, _)| URL_SAFE_NO_PAD.encode(jid))).flatten();
+    let next = more.then(|| rows.last().map(|(jid, _)| crate::answer::cursor(jid))).flatten();
     let mut docs = Vec::with_capacity(rows.len());
     for (_, doc) in rows {
         // A JID whose document is gone (removed between the two reads) is skipped.

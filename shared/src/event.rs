@@ -30,6 +30,12 @@ pub enum EventType {
     /// played, or failed with its error.
     #[serde(rename = "message.status")]
     MessageStatus,
+    /// A message arrived (the Message, `direction: inbound`).
+    #[serde(rename = "message.received")]
+    MessageReceived,
+    /// A reaction arrived (the Message of type `reaction`; an empty emoji takes one back).
+    #[serde(rename = "message.reaction")]
+    MessageReaction,
 }
 
 impl EventType {
@@ -44,6 +50,8 @@ impl EventType {
         EventType::BackfillCompleted,
         EventType::BackfillFailed,
         EventType::MessageStatus,
+        EventType::MessageReceived,
+        EventType::MessageReaction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +66,8 @@ impl EventType {
             EventType::BackfillCompleted => "backfill.completed",
             EventType::BackfillFailed => "backfill.failed",
             EventType::MessageStatus => "message.status",
+            EventType::MessageReceived => "message.received",
+            EventType::MessageReaction => "message.reaction",
         }
     }
 }

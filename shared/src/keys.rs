@@ -88,7 +88,26 @@ pub fn session_sends(org: &str, session_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:sends")
 }
 
-/// WhatsApp's id of a message the session sent → our message id, to file acks and receipts.
+/// The session's messages both ways, kept for the retention: a sorted set of message ids (ULIDs)
+/// with equal scores, so lexical order is time order and a page starts after any id.
+pub fn session_messages(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:messages")
+}
+
+/// The session's messages in one chat (a JID), as [`session_messages`].
+pub fn session_chat_messages(org: &str, session_id: &str, chat: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:chat:{chat}:messages")
+}
+
+/// An inbound message already stored (chat, sender, WhatsApp id) → our message id: WhatsApp
+/// delivers a message again when its acknowledgement was lost, and it must be logged once.
+pub fn session_inbound(org: &str, session_id: &str, chat: &str, sender: &str, wa_message_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:inbound:{chat}:{sender}:{wa_message_id}")
+}
+
+/// WhatsApp's id of a message of the session → our message id, to file acks and receipts and
+/// to resolve replies and reactions. An outbound message's entry is written when accepted; an
+/// inbound one's only if the id is not taken (a sender chooses its ids).
 pub fn session_wa_message(org: &str, session_id: &str, wa_message_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:wa:{wa_message_id}")
 }
@@ -196,6 +215,24 @@ pub fn simulator_delivered_ids(device_id: &str) -> String {
     format!("{PREFIX}:simulator:delivered-ids:{device_id}")
 }
 
+/// Messages the simulated phones sent to one linked device that its client has not yet
+/// acknowledged (a hash: control-stream entry id → JSON), delivered again at every login as
+/// WhatsApp's server does.
+pub fn simulator_inbound(device_id: &str) -> String {
+    format!("{PREFIX}:simulator:inbound:{device_id}")
+}
+
+/// The chat states (typing, paused) sessions showed through the simulated server: one JSON
+/// record each, oldest first.
+pub fn simulator_chat_states() -> String {
+    format!("{PREFIX}:simulator:chat-states")
+}
+
+/// The read receipts sessions sent through the simulated server: one JSON record each, oldest first.
+pub fn simulator_read_receipts() -> String {
+    format!("{PREFIX}:simulator:read-receipts")
+}
+
 /// Every time the simulated server saw a second live client of one device (which replaces the
 /// first): one JSON record each, newest first. A correct gateway never causes one.
 pub fn simulator_replacements() -> String {
@@ -252,6 +289,9 @@ mod tests {
         assert_eq!(tag(&org_sessions("acme")), tag(&session_outbox("acme", "01J")));
         assert_eq!(tag(&org_sessions("acme")), tag(&session_sends("acme", "01J")));
         assert_eq!(tag(&org_sessions("acme")), tag(&session_wa_message("acme", "01J", "3EB0")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_messages("acme", "01J")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_chat_messages("acme", "01J", "62811@s.whatsapp.net")));
+        assert_eq!(tag(&org_sessions("acme")), tag(&session_inbound("acme", "01J", "a@g.us", "b@lid", "3EB0")));
         assert_eq!(tag(&org_sessions("acme")), tag(&message_idempotency("acme", "01J", "ab")));
         assert_ne!(session("acme", "01J"), session("globex", "01J"));
     }

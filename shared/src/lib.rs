@@ -14,6 +14,8 @@ pub mod directory;
 pub mod error;
 pub mod event;
 pub mod event_log;
+pub mod history;
+pub mod inbox;
 pub mod keys;
 pub mod lifecycle;
 pub mod message;

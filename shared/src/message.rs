@@ -29,17 +29,30 @@ const NOT_YET: &[&str] = &["image", "video", "audio", "document", "sticker", "re
 pub enum MessageStatus {
     Queued,
     Sent,
+    /// An inbound message, stored by the gateway.
+    Received,
     Delivered,
     Read,
     Played,
     Failed,
 }
 
+const STATUSES: [MessageStatus; 7] = [
+    MessageStatus::Queued,
+    MessageStatus::Sent,
+    MessageStatus::Received,
+    MessageStatus::Delivered,
+    MessageStatus::Read,
+    MessageStatus::Played,
+    MessageStatus::Failed,
+];
+
 impl MessageStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             MessageStatus::Queued => "queued",
             MessageStatus::Sent => "sent",
+            MessageStatus::Received => "received",
             MessageStatus::Delivered => "delivered",
             MessageStatus::Read => "read",
             MessageStatus::Played => "played",
@@ -48,16 +61,17 @@ impl MessageStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Queued, Self::Sent, Self::Delivered, Self::Read, Self::Played, Self::Failed].into_iter().find(|m| m.as_str() == s)
+        STATUSES.into_iter().find(|m| m.as_str() == s)
     }
 
     /// How far a message got: a late receipt (`delivered` after `read`) never moves it back.
-    /// `failed` ends a message that was never acknowledged by WhatsApp.
+    /// `failed` ends a message that was never acknowledged by WhatsApp. An inbound message
+    /// starts `received`, level with `delivered`: it is on the session's side.
     pub fn rank(self) -> u8 {
         match self {
             MessageStatus::Queued => 0,
             MessageStatus::Sent => 1,
-            MessageStatus::Delivered => 2,
+            MessageStatus::Received | MessageStatus::Delivered => 2,
             MessageStatus::Read => 3,
             MessageStatus::Played => 4,
             MessageStatus::Failed => 5,
@@ -69,6 +83,7 @@ impl MessageStatus {
         match self {
             MessageStatus::Queued => "queuedAt",
             MessageStatus::Sent => "sentAt",
+            MessageStatus::Received => "receivedAt",
             MessageStatus::Delivered => "deliveredAt",
             MessageStatus::Read => "readAt",
             MessageStatus::Played => "playedAt",
@@ -84,6 +99,16 @@ pub enum Direction {
     Inbound,
 }
 
+impl Direction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "outbound" => Some(Direction::Outbound),
+            "inbound" => Some(Direction::Inbound),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Location {
@@ -93,7 +118,7 @@ pub struct Location {
     pub address: Option<String>,
 }
 
-/// The message a quoted reply points at, as WhatsApp names it.
+/// The message a reply quotes, as WhatsApp names it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Quote {
@@ -102,7 +127,43 @@ pub struct Quote {
     pub participant: Option<String>,
 }
 
-/// What a message says and to whom: fixed once the API accepted it.
+/// A reaction to a message: `emoji` empty when the reaction was taken back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reaction {
+    /// WhatsApp's id of the message reacted to.
+    pub wa_message_id: String,
+    /// Our id of that message, when the gateway has it.
+    pub message_id: Option<String>,
+    pub emoji: String,
+}
+
+/// What WhatsApp said of an inbound message's media (the bytes stay on WhatsApp's servers).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Media {
+    pub mime_type: Option<String>,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+    /// Bytes, when WhatsApp tells.
+    pub size: Option<u64>,
+    /// An audio message recorded as a voice note.
+    #[serde(default)]
+    pub voice_note: bool,
+}
+
+/// Who wrote an inbound message, in each of WhatsApp's addressings it gave: the phone-number
+/// JID, the LID (WhatsApp's privacy-preserving id), and the name they chose.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sender {
+    pub phone_jid: Option<String>,
+    pub lid: Option<String>,
+    pub push_name: Option<String>,
+}
+
+/// What a message says, between whom: fixed once stored (the hash field `doc`). In a group,
+/// `chat` is the group and `from` the member who wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Content {
@@ -118,18 +179,48 @@ pub struct Content {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<Reaction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+    /// Our id of the message this one replies to, when the gateway has it.
     pub reply_to: Option<String>,
+    /// The message this one replies to, as WhatsApp names it.
+    #[serde(default)]
+    pub quoted: Option<Quote>,
     #[serde(default)]
     pub mentions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Sender>,
     pub created_at: i64,
     /// A message still queued at this time (Unix ms) fails as `expired` instead of going out late.
+    #[serde(default)]
     pub expires_at: Option<i64>,
-    /// WhatsApp's id for the message, chosen when it is accepted, so a resend after a crash
-    /// reuses it and the recipient sees the message once. Shown once sent.
-    #[serde(rename = "_waId", default, skip_serializing_if = "Option::is_none")]
-    pub wa_id: Option<String>,
-    #[serde(rename = "_quote", default, skip_serializing_if = "Option::is_none")]
-    pub quote: Option<Quote>,
+}
+
+impl Content {
+    /// A received message's content, its contents still to fill in: a fresh id, written now.
+    pub fn inbound(session_id: &str, chat: &str, from: &str, to: Option<&str>, kind: &str) -> Content {
+        Content {
+            id: ulid::Ulid::new().to_string(),
+            session_id: session_id.to_owned(),
+            direction: Direction::Inbound,
+            chat: chat.to_owned(),
+            from: Some(from.to_owned()),
+            to: to.map(str::to_owned),
+            kind: kind.to_owned(),
+            text: None,
+            location: None,
+            reaction: None,
+            media: None,
+            reply_to: None,
+            quoted: None,
+            mentions: Vec::new(),
+            sender: None,
+            created_at: crate::time::now_millis(),
+            expires_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,36 +229,32 @@ pub struct MessageError {
     pub message: String,
 }
 
-/// A message as the API shows it: its content, where it got, and when.
+/// Where a message got, and when (the hash's fields beside `doc`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Message {
-    pub id: String,
-    pub session_id: String,
-    pub direction: Direction,
-    pub chat: String,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub location: Option<Location>,
-    pub reply_to: Option<String>,
-    pub mentions: Vec<String>,
+pub struct Progress {
     pub status: MessageStatus,
     pub error: Option<MessageError>,
+    /// WhatsApp's id: an outbound message's is chosen when it is accepted, so a resend after a
+    /// crash reuses it, and shown once sent.
     pub wa_message_id: Option<String>,
-    pub created_at: i64,
-    pub expires_at: Option<i64>,
     pub queued_at: Option<i64>,
     pub sent_at: Option<i64>,
+    pub received_at: Option<i64>,
     pub delivered_at: Option<i64>,
     pub read_at: Option<i64>,
     pub played_at: Option<i64>,
     pub failed_at: Option<i64>,
     pub updated_at: i64,
+}
+
+/// A message as the API shows it: its content and its progress, side by side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    #[serde(flatten)]
+    pub content: Content,
+    #[serde(flatten)]
+    pub progress: Progress,
 }
 
 impl Message {
@@ -178,33 +265,22 @@ impl Message {
             .map_err(|e| unreadable(&e.to_string()))?;
         let status = fields.get("status").and_then(|s| MessageStatus::parse(s)).ok_or_else(|| unreadable("status"))?;
         let time = |status: MessageStatus| fields.get(status.time_field()).and_then(|t| t.parse::<i64>().ok());
-        let error = fields.get("error").and_then(|e| serde_json::from_str(e).ok());
         let sent_at = time(MessageStatus::Sent);
-        Ok(Message {
-            id: content.id,
-            session_id: content.session_id,
-            direction: content.direction,
-            chat: content.chat,
-            from: content.from,
-            to: content.to,
-            kind: content.kind,
-            text: content.text,
-            location: content.location,
-            reply_to: content.reply_to,
-            mentions: content.mentions,
+        let shown = sent_at.is_some() || content.direction == Direction::Inbound;
+        let progress = Progress {
             status,
-            error,
-            wa_message_id: content.wa_id.filter(|_| sent_at.is_some()),
-            created_at: content.created_at,
-            expires_at: content.expires_at,
+            error: fields.get("error").and_then(|e| serde_json::from_str(e).ok()),
+            wa_message_id: fields.get("waId").filter(|_| shown).cloned(),
             queued_at: time(MessageStatus::Queued),
             sent_at,
+            received_at: time(MessageStatus::Received),
             delivered_at: time(MessageStatus::Delivered),
             read_at: time(MessageStatus::Read),
             played_at: time(MessageStatus::Played),
             failed_at: time(MessageStatus::Failed),
             updated_at: fields.get("updatedAt").and_then(|t| t.parse().ok()).unwrap_or(content.created_at),
-        })
+        };
+        Ok(Message { content, progress })
     }
 }
 
@@ -267,7 +343,12 @@ fn recipient(value: Option<&Value>) -> Result<String, ApiError> {
     let Some(Value::String(to)) = value else {
         return Err(if value.is_none_or(Value::is_null) { ApiError::invalid_field("to", "is required") } else { bad() });
     };
-    person(&Value::String(to.clone())).or_else(|| group(to)).ok_or_else(bad)
+    chat_jid(to).ok_or_else(bad)
+}
+
+/// A chat as a client names it (a phone number, a user JID or a group JID), as a JID.
+pub fn chat_jid(s: &str) -> Option<String> {
+    person(&Value::String(s.to_owned())).or_else(|| group(s))
 }
 
 /// A user: a phone number or a user JID.

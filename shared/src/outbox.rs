@@ -14,17 +14,19 @@ use crate::event::{Event, EventType};
 use crate::message::{Content, Message, MessageError, MessageStatus};
 use crate::redis::{Redis, RedisError, Reply, first};
 use crate::session::Session;
+use crate::history::{self, index_message_lua};
 use crate::store::{encode, log_events_args, log_events_lua, queue_command_lua, route_keys, routed};
 use crate::{ApiError, ErrorCode, args, keys};
 use std::collections::HashMap;
 
 /// Stores a message at the end of the session's outbox (see the module doc). `KEYS`: message,
-/// outbox, row, idempotency key, WhatsApp id index, event log, then the routing keys.
-/// Answers the stored value of an idempotency key already used (bulk), else a status:
-/// `queued`, `gone`, `not_paired`, `full`, `moved`.
+/// outbox, row, idempotency key, WhatsApp id index, event log, the routing keys, then the
+/// session's and the chat's message indexes. Answers the stored value of an idempotency key
+/// already used (bulk), else a status: `queued`, `gone`, `not_paired`, `full`, `moved`.
 const ACCEPT: &str = concat!(
     log_events_lua!(),
     queue_command_lua!(),
+    index_message_lua!(),
     r"
 if ARGV[4] ~= '' then
   local seen = redis.call('GET', KEYS[4])
@@ -36,15 +38,16 @@ local row = cjson.decode(raw)
 if type(row['waJid']) ~= 'string' then return redis.status_reply('not_paired') end
 if holder_of(row) ~= ARGV[8] then return redis.status_reply('moved') end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[7]) then return redis.status_reply('full') end
-redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'status', 'queued', 'rank', 0, 'queuedAt', ARGV[2], 'updatedAt', ARGV[2])
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'waId', ARGV[11], 'status', 'queued', 'rank', 0, 'queuedAt', ARGV[2], 'updatedAt', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[10])
+index_message(KEYS[10], KEYS[11], ARGV[10], ARGV[12], ARGV[3])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
 if holder_of(row) ~= '' and redis.call('EXISTS', KEYS[9]) == 1 then
   redis.call('XADD', KEYS[8], '*', 'command', ARGV[9])
 end
-log_events(KEYS[6], ARGV[11], 14, tonumber(ARGV[2]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+log_events(KEYS[6], ARGV[13], 16, tonumber(ARGV[2]), tonumber(ARGV[14]), tonumber(ARGV[15]))
 return redis.status_reply('queued')"
 );
 
@@ -105,34 +108,35 @@ pub enum Accepted {
     Seen { message_id: String, body_hash: String },
 }
 
-/// Accepts a message into the session's outbox (see [`ACCEPT`]). `idempotency` is the key's
-/// hash and the request body's hash.
+/// Accepts a message into the session's outbox (see [`ACCEPT`]), to go out with the WhatsApp
+/// id `wa_id`. `idempotency` is the key's hash and the request body's hash.
 pub async fn accept<R: Redis>(
     r: &R,
     session: &Session,
     content: &Content,
+    wa_id: &str,
     idempotency: Option<(&str, &str)>,
     limits: Limits,
 ) -> Result<Accepted, ApiError> {
     let (org, session_id) = (&session.organization_id, &session.id);
-    let wa_id = content.wa_id.as_deref().unwrap_or_default();
     let (key_hash, body_hash) = idempotency.unwrap_or(("", ""));
     let idempotency_key = keys::message_idempotency(org, session_id, if key_hash.is_empty() { "-" } else { key_hash });
     let wake = Command::new(CommandKind::Send, session_id, org).to_json();
     let doc = encode(content)?;
-    let queued = status_event(org, session_id, &content.id, MessageStatus::Queued, None, None, &content.chat)?;
+    let queued = status_event(org, session_id, &content.id, MessageStatus::Queued, None, None, &content.chat);
     let now = crate::time::now_millis();
     let reply = routed(r, org, session_id, session.gateway_id.clone(), async |holder| {
         let mut argv = args![
-            ACCEPT, 9,
+            ACCEPT, 11,
             keys::message(org, &content.id), keys::session_outbox(org, session_id), keys::session(org, session_id),
             idempotency_key.as_str(), keys::session_wa_message(org, session_id, wa_id), keys::org_events(org),
         ];
         argv.extend(route_keys(holder));
+        argv.extend(args![keys::session_messages(org, session_id), keys::session_chat_messages(org, session_id, &content.chat)]);
         argv.extend(args![
             doc.as_str(), now, limits.retention_ms as i64, key_hash,
             format!("{} {body_hash}", content.id), limits.idempotency_ms as i64, limits.queue_max as i64,
-            holder.unwrap_or(""), wake.as_str(), content.id.as_str(),
+            holder.unwrap_or(""), wake.as_str(), content.id.as_str(), wa_id, history::floor(now, limits.retention_ms),
         ]);
         argv.extend(log_events_args(org, None, std::slice::from_ref(&queued))?);
         Ok(first(r, "EVAL", argv).await?.into())
@@ -140,7 +144,13 @@ pub async fn accept<R: Redis>(
     .await;
     match reply? {
         Reply::Status(s) if s == "queued" => {
-            let stored = [("doc", doc), ("status", MessageStatus::Queued.as_str().to_owned()), ("queuedAt", now.to_string()), ("updatedAt", now.to_string())];
+            let stored = [
+                ("doc", doc),
+                ("waId", wa_id.to_owned()),
+                ("status", MessageStatus::Queued.as_str().to_owned()),
+                ("queuedAt", now.to_string()),
+                ("updatedAt", now.to_string()),
+            ];
             Ok(Accepted::New(Message::from_fields(&stored.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())?))
         }
         Reply::Status(s) if s == "gone" => Err(ApiError::session_not_found()),
@@ -171,16 +181,22 @@ pub async fn get<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str)
         return Err(not_found());
     }
     let message = Message::from_fields(&fields)?;
-    if message.session_id != session_id {
+    if message.content.session_id != session_id {
         return Err(not_found());
     }
     Ok(message)
 }
 
-/// The stored content of a message (what the daemon sends), if it is still kept.
-pub async fn content<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<Option<Content>, ApiError> {
-    let Some(doc) = first(r, "HGET", args![keys::message(org, message_id), "doc"]).await?.into_string() else { return Ok(None) };
-    serde_json::from_str(&doc).map(Some).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))
+/// The stored content of a message and its WhatsApp id, if it is still kept.
+pub async fn content<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<Option<(Content, Option<String>)>, ApiError> {
+    let mut fields = r.execute("HMGET", args![keys::message(org, message_id), "doc", "waId"]).await?.into_iter().map(Reply::into_string);
+    let (Some(Some(doc)), wa_id) = (fields.next(), fields.next().flatten()) else { return Ok(None) };
+    Ok(Some((decode_content(&doc)?, wa_id)))
+}
+
+/// A message's content as stored.
+pub fn decode_content(doc: &str) -> Result<Content, ApiError> {
+    serde_json::from_str(doc).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))
 }
 
 async fn hash<R: Redis>(r: &R, key: &str) -> Result<HashMap<String, String>, RedisError> {
@@ -196,10 +212,11 @@ async fn hash<R: Redis>(r: &R, key: &str) -> Result<HashMap<String, String>, Red
 /// Cancels a message still queued; 409 once a daemon began sending it or it ended.
 pub async fn cancel<R: Redis>(r: &R, message: &Message, org: &str) -> Result<(), ApiError> {
     let error = MessageError { code: "canceled".to_owned(), message: "canceled through the API before it was sent".to_owned() };
-    let event = status_event(org, &message.session_id, &message.id, MessageStatus::Failed, Some(&error), None, &message.chat)?;
+    let Content { id, session_id, chat, .. } = &message.content;
+    let event = status_event(org, session_id, id, MessageStatus::Failed, Some(&error), None, chat);
     let mut argv = args![
-        CANCEL, 3, keys::message(org, &message.id), keys::session_outbox(org, &message.session_id), keys::org_events(org),
-        message.id.as_str(), crate::time::now_millis(), encode(&error)?, MessageStatus::Failed.rank() as i64,
+        CANCEL, 3, keys::message(org, id), keys::session_outbox(org, session_id), keys::org_events(org),
+        id.as_str(), crate::time::now_millis(), encode(&error)?, MessageStatus::Failed.rank() as i64,
     ];
     argv.extend(log_events_args(org, None, &[event])?);
     match first(r, "EVAL", argv).await? {
@@ -221,11 +238,11 @@ pub fn status_event(
     error: Option<&MessageError>,
     wa_message_id: Option<&str>,
     chat: &str,
-) -> Result<Event, ApiError> {
+) -> Event {
     let data = serde_json::json!({
         "messageId": message_id, "status": status, "chat": chat, "waMessageId": wa_message_id, "error": error,
     });
-    Ok(Event::new(EventType::MessageStatus, org, session_id, data))
+    Event::new(EventType::MessageStatus, org, session_id, data)
 }
 
 /// One step of a message's progress, as the daemon records it.
@@ -257,7 +274,7 @@ pub enum Advanced {
 pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiError> {
     let Step { org, session_id, message_id, status, .. } = *step;
     let now = crate::time::now_millis();
-    let event = status_event(org, session_id, message_id, status, step.error.as_ref(), step.wa_message_id, step.chat)?;
+    let event = status_event(org, session_id, message_id, status, step.error.as_ref(), step.wa_message_id, step.chat);
     let error = match &step.error {
         Some(error) => encode(error)?,
         None => String::new(),
@@ -291,9 +308,9 @@ pub async fn by_wa_id<R: Redis>(r: &R, org: &str, session_id: &str, wa_message_i
 }
 
 /// The keys of a session's messaging state that go when the session is deleted (the messages
-/// themselves expire with their retention).
-pub fn session_keys(org: &str, session_id: &str) -> [String; 2] {
-    [keys::session_outbox(org, session_id), keys::session_sends(org, session_id)]
+/// themselves, and the per-chat indexes, expire with their retention).
+pub fn session_keys(org: &str, session_id: &str) -> [String; 3] {
+    [keys::session_outbox(org, session_id), keys::session_sends(org, session_id), keys::session_messages(org, session_id)]
 }
 
 /// Why a message the daemon could not send failed.

@@ -14,27 +14,31 @@ use crate::session::{Control, Session, SessionStatus};
 use crate::{ApiError, args, keys};
 use serde_json::{Map, Value};
 
-/// A Lua function for the scripts below: appends `ARGV[first..]` (event JSONs) to the log
-/// `log` and announces each on `channel` as `<log entry id> <event JSON>`. With a retention
+/// Lua functions for the scripts below: `log_events` appends `ARGV[first..]` (event JSONs) to
+/// the log `log` and announces each on `channel` as `<log entry id> <event JSON>` (`log_event`:
+/// one), then trims the log (`trim_log`). With a retention
 /// (`keep` entries, `max_age` ms; `keep` 0 = none), up to 100 entries that are both outside the
 /// newest `keep` and older than `max_age` go per call: bounded work per write that still
 /// outpaces the one-by-one growth.
 macro_rules! log_events_lua {
     () => {
         r"
+local function log_event(log, channel, event)
+  local id = redis.call('XADD', log, '*', 'event', event)
+  redis.call('PUBLISH', channel, id .. ' ' .. event)
+end
+local function trim_log(log, now, keep, max_age)
+  if keep <= 0 then return end
+  local excess = redis.call('XLEN', log) - keep
+  local cutoff = now - max_age
+  if excess > 0 and cutoff > 0 then
+    local old = redis.call('XRANGE', log, '-', string.format('(%d-0', cutoff), 'COUNT', math.min(excess, 100))
+    for _, entry in ipairs(old) do redis.call('XDEL', log, entry[1]) end
+  end
+end
 local function log_events(log, channel, first, now, keep, max_age)
-  for i = first, #ARGV do
-    local id = redis.call('XADD', log, '*', 'event', ARGV[i])
-    redis.call('PUBLISH', channel, id .. ' ' .. ARGV[i])
-  end
-  if keep > 0 and #ARGV >= first then
-    local excess = redis.call('XLEN', log) - keep
-    local cutoff = now - max_age
-    if excess > 0 and cutoff > 0 then
-      local old = redis.call('XRANGE', log, '-', string.format('(%d-0', cutoff), 'COUNT', math.min(excess, 100))
-      for _, entry in ipairs(old) do redis.call('XDEL', log, entry[1]) end
-    end
-  end
+  for i = first, #ARGV do log_event(log, channel, ARGV[i]) end
+  if #ARGV >= first then trim_log(log, now, keep, max_age) end
 end
 "
     };

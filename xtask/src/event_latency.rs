@@ -19,13 +19,17 @@ use tokio::sync::mpsc;
 pub const EVENTS: usize = 1_000;
 const SPACING: Duration = Duration::from_millis(2);
 
-/// Latencies of `EVENTS` events published for `session` and read back through the host.
-pub async fn measure(host: &str, key: &str, redis: &ConnectionManager, org: &str, session: &str) -> Result<Vec<Duration>> {
+/// Arrivals of numbered events on an event stream: `(number, when it was parsed)`.
+pub type Arrivals = mpsc::UnboundedReceiver<(usize, Instant)>;
+
+/// Opens `GET /api/v1/events?<query>` through the host and stamps each event as a client
+/// parses it, for every event `number` finds a number in. Stamping stops when the handle drops.
+pub async fn stamped_events(host: &str, key: &str, query: &str, number: fn(&serde_json::Value) -> Option<u64>) -> Result<(Arrivals, tokio::task::JoinHandle<()>)> {
     let stream = tokio::net::TcpStream::connect(host).await?;
     stream.set_nodelay(true)?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = hyper::Request::get(format!("/api/v1/events?session={session}"))
+    let request = hyper::Request::get(format!("/api/v1/events?{query}"))
         .header(http::header::HOST, host)
         .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
         .body(Empty::<Bytes>::new())?;
@@ -36,11 +40,10 @@ pub async fn measure(host: &str, key: &str, redis: &ConnectionManager, org: &str
     let frames = BodyStream::new(response.into_body()).filter_map(|frame| async { frame.map(|f| f.into_data().ok()).transpose() });
     let mut events = Box::pin(frames.eventsource());
 
-    // The reader stamps each event as it is parsed.
-    let (arrived, mut arrivals) = mpsc::unbounded_channel();
+    let (arrived, arrivals) = mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         while let Some(Ok(event)) = events.next().await {
-            let seq = serde_json::from_str::<serde_json::Value>(&event.data).ok().and_then(|e| e["data"]["seq"].as_u64());
+            let seq = serde_json::from_str::<serde_json::Value>(&event.data).ok().and_then(|e| number(&e));
             if let Some(seq) = seq {
                 if arrived.send((seq as usize, Instant::now())).is_err() {
                     break;
@@ -48,6 +51,12 @@ pub async fn measure(host: &str, key: &str, redis: &ConnectionManager, org: &str
             }
         }
     });
+    Ok((arrivals, reader))
+}
+
+/// Latencies of `EVENTS` events published for `session` and read back through the host.
+pub async fn measure(host: &str, key: &str, redis: &ConnectionManager, org: &str, session: &str) -> Result<Vec<Duration>> {
+    let (mut arrivals, reader) = stamped_events(host, key, &format!("session={session}"), |e| e["data"]["seq"].as_u64()).await?;
 
     let retention = Retention::default();
     let mut sent = Vec::with_capacity(EVENTS);

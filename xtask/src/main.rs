@@ -69,7 +69,7 @@ async fn up() -> Result {
 
 /// The suites that run a second time with real Spin as the host, and the tests among them that
 /// are about the embedded host's own limits (Spin has its own).
-const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits", "messages"];
+const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits", "messages", "inbound"];
 const EMBEDDED_HOST_ONLY: &[&str] = &["the_host_answers_503_in_the_envelope_when_out_of_instances_or_connections"];
 
 /// Every test of the workspace with the embedded host, then the HTTP suites again with real
@@ -82,9 +82,9 @@ async fn test(extra: &[String]) -> Result {
     prereq::ensure_redis(&redis_url).await?;
     prereq::build()?;
     let cargo_test = |args: &[String], spin: bool| -> Result {
-        let mut command = std::process::Command::new(env!("CARGO"));
+        let mut command = prereq::cargo();
         // The default members: every native crate; the components were built for wasm above.
-        command.args(["test", "--release"]).args(args).env("REDIS_URL", &redis_url).current_dir(prereq::root());
+        command.args(["test", "--release"]).args(args).env("REDIS_URL", &redis_url);
         if spin {
             command.env("E2E_HOST", "spin");
         }

@@ -3,6 +3,9 @@
 //! - send latency with an idle queue: one `POST …/messages` at a time, from the moment the
 //!   request starts to the moment the simulated WhatsApp server holds the message (a blocking
 //!   pop of its delivery record);
+//! - inbound latency: a simulated phone sends the session a message (an entry on the
+//!   simulator's control stream) until an SSE client of `GET /api/v1/events` has parsed its
+//!   `message.received`, one at a time;
 //! - accepted sends per second through the host: `POST …/messages` over keep-alive connections
 //!   while the session is stopped, so the outbox only fills (the host runs with a raised cap).
 
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 /// Messages sent one at a time for the latency figure (within the session's 1,000 a minute).
 const LATENCY_MESSAGES: usize = 200;
 const SPACING: Duration = Duration::from_millis(5);
+/// The number the bench's session pairs with.
+const PHONE: &str = "6281100000000";
 
 pub async fn run(host: &str, redis_url: &str, redis: &ConnectionManager, org: &str, key: &str, seconds: u64) -> Result {
     let gateway = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
@@ -66,6 +71,10 @@ async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str, se
     let stats = Stats::of(&mut latencies, Duration::ZERO);
     println!("send latency, POST → simulated WhatsApp server, idle queue, {LATENCY_MESSAGES} messages: p50 {}, p99 {}", ms(stats.p50), ms(stats.p99));
 
+    let mut latencies = inbound_latencies(&client, &mut redis, &session).await?;
+    let stats = Stats::of(&mut latencies, Duration::ZERO);
+    println!("inbound latency, phone → SSE client (message.received), {LATENCY_MESSAGES} messages: p50 {}, p99 {}", ms(stats.p50), ms(stats.p99));
+
     let (status, body) = client.call("POST", &format!("/api/v1/sessions/{session}:stop"), &Value::Null).await?;
     if status != 200 {
         return Err(format!(":stop answered {status}: {body}").into());
@@ -76,6 +85,29 @@ async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str, se
     let stats = Stats::of(&mut accepted, elapsed);
     println!("accepted sends through the host (session stopped, outbox filling): {:.0}/s, p50 {}, p99 {}", stats.rps, ms(stats.p50), ms(stats.p99));
     Ok(())
+}
+
+/// One message at a time from a simulated phone to the session, each timed until the event
+/// stream delivered it.
+async fn inbound_latencies(client: &Http, redis: &mut ConnectionManager, session: &str) -> Result<Vec<Duration>> {
+    let query = format!("session={session}&types=message.received");
+    let number = |e: &Value| e["data"]["text"].as_str()?.strip_prefix("inbound ")?.parse::<u64>().ok();
+    let (mut arrivals, reader) = crate::event_latency::stamped_events(&client.host, &client.key, &query, number).await?;
+    let mut latencies = Vec::with_capacity(LATENCY_MESSAGES);
+    for i in 0..LATENCY_MESSAGES {
+        let text = format!("inbound {i}");
+        let entry = [("action", "message"), ("to", PHONE), ("from", "6281300000000"), ("text", text.as_str())];
+        let sent = Instant::now();
+        redis.xadd::<_, _, _, _, ()>(shared::keys::simulator_control(), "*", &entry).await?;
+        match tokio::time::timeout(Duration::from_secs(5), arrivals.recv()).await {
+            Ok(Some((n, at))) if n == i => latencies.push(at - sent),
+            Ok(Some((n, _))) => return Err(format!("inbound message {n} arrived while {i} was awaited").into()),
+            _ => return Err(format!("inbound message {i} did not reach the event stream within 5 s").into()),
+        }
+        tokio::time::sleep(SPACING).await;
+    }
+    reader.abort();
+    Ok(latencies)
 }
 
 /// Waits until WhatsApp's (simulated) server acknowledged what was sent, so the next message
@@ -92,8 +124,10 @@ async fn idle_outbox(redis: &mut ConnectionManager, org: &str, session: &str) ->
 }
 
 /// A session created to start, paired by scanning its first QR code on the simulated phone.
+/// Without `presenceTyping`: its deliberate pause before a text is not the gateway's latency.
 async fn paired_session(client: &Http, redis: &ConnectionManager) -> Result<String> {
-    let (status, created) = client.call("POST", "/api/v1/sessions", &json!({"start": true, "ratePerMin": 1000, "ratePerHour": 60000})).await?;
+    let body = json!({"start": true, "ratePerMin": 1000, "ratePerHour": 60000, "presenceTyping": false});
+    let (status, created) = client.call("POST", "/api/v1/sessions", &body).await?;
     if status != 201 {
         return Err(format!("creating the session answered {status}: {created}").into());
     }
@@ -104,7 +138,7 @@ async fn paired_session(client: &Http, redis: &ConnectionManager) -> Result<Stri
         if !scanned {
             let (status, qr) = client.call("GET", &format!("/api/v1/sessions/{id}/qr"), &Value::Null).await?;
             if let (200, Some(code)) = (status, qr["code"].as_str()) {
-                let entry = [("action", "scan"), ("code", code), ("phone", "6281100000000")];
+                let entry = [("action", "scan"), ("code", code), ("phone", PHONE)];
                 redis.clone().xadd::<_, _, _, _, ()>(shared::keys::simulator_control(), "*", &entry).await?;
                 scanned = true;
             }

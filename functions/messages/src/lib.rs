@@ -1,8 +1,10 @@
 //! `/api/v1/sessions/{session}/messages[/{message}]`: sending a message through a session,
-//! reading one back, cancelling one still queued; one module per endpoint.
+//! listing the session's messages, reading one back, cancelling one still queued; one module
+//! per endpoint.
 
 mod cancel;
 mod get;
+mod list;
 mod send;
 
 use shared::answer::Answer;
@@ -14,6 +16,7 @@ use spin_sdk::http_service;
 
 enum Endpoint {
     Send(String),
+    List(String),
     Get(String, String),
     Cancel(String, String),
 }
@@ -24,7 +27,8 @@ impl Endpoint {
         match session_path(path) {
             Some(SessionPath::Resource(id, "messages")) => match *method {
                 Method::POST => Ok(Endpoint::Send(id.to_owned())),
-                _ => Err(ApiError::method_not_allowed(method.as_str(), &["POST"])),
+                Method::GET => Ok(Endpoint::List(id.to_owned())),
+                _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "POST"])),
             },
             Some(SessionPath::Item(id, "messages", message)) => match *method {
                 Method::GET => Ok(Endpoint::Get(id.to_owned(), message.to_owned())),
@@ -49,6 +53,7 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
             let body = ctx.body(req).await?;
             send::apply(&ctx, &caller, &id, key.as_deref(), &body).await
         }
+        Endpoint::List(id) => list::apply(&ctx, &caller, &id, req.uri().query()).await,
         Endpoint::Get(id, message) => get::apply(&ctx, &caller, &id, &message).await,
         Endpoint::Cancel(id, message) => cancel::apply(&ctx, &caller, &id, &message).await,
     }

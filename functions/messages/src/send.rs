@@ -17,7 +17,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
     let org = caller.org_with(Capability::Send)?;
     let session = store::get(&ctx.redis, org, session_id).await?;
     let request = send_request(body)?;
-    let quote = match &request.reply_to {
+    let quoted = match &request.reply_to {
         Some(id) => Some(quoted(ctx, org, session_id, id).await?),
         None => None,
     };
@@ -33,16 +33,18 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
         kind: request.kind.to_owned(),
         text: request.text,
         location: request.location,
+        reaction: None,
+        media: None,
         reply_to: request.reply_to,
+        quoted,
         mentions: request.mentions,
+        sender: None,
         created_at: now,
         expires_at: Some(now + limits.max_queued_ms as i64),
-        wa_id: Some(new_wa_message_id()),
-        quote,
     };
     let (key_hash, body_hash) = (idempotency_key.map(secret::sha256_hex), secret::sha256_hex(body));
     let idempotency = key_hash.as_deref().map(|key| (key, body_hash.as_str()));
-    let message_id = match outbox::accept(&ctx.redis, &session, &content, idempotency, limits).await? {
+    let message_id = match outbox::accept(&ctx.redis, &session, &content, &new_wa_message_id(), idempotency, limits).await? {
         Accepted::New(message) => return Ok(Answer::accepted(&message)),
         Accepted::Seen { message_id, body_hash: first_body } if first_body == body_hash => message_id,
         Accepted::Seen { .. } => {
@@ -57,9 +59,9 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
 /// The message a reply quotes: one of this session's, known to WhatsApp by its id.
 async fn quoted(ctx: &Context, org: &str, session_id: &str, message_id: &str) -> Result<Quote, ApiError> {
     let unknown = || ApiError::invalid_field("replyTo", "no such message in this session");
-    let Some(original) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
+    let Some((original, wa_id)) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
     if original.session_id != session_id {
         return Err(unknown());
     }
-    Ok(Quote { wa_message_id: original.wa_id.ok_or_else(unknown)?, participant: original.from })
+    Ok(Quote { wa_message_id: wa_id.ok_or_else(unknown)?, participant: original.from })
 }

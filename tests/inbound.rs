@@ -1,0 +1,233 @@
+//! Receiving end to end: simulated phones send a paired session messages through the simulated
+//! WhatsApp server; the session stores each once, announces it on the event stream, lists it,
+//! and sends read receipts when it reads automatically.
+
+use e2e::{Stack, api_key_at, new_org};
+use serde_json::{Value, json};
+use shared::auth::Capability;
+use std::time::{Duration, Instant};
+
+const SOON: Duration = Duration::from_secs(10);
+
+/// A phone (`from`) sends the number `to` a message with these fields.
+async fn phone_sends(stack: &Stack, to: &str, from: &str, fields: &[(&str, &str)]) {
+    let mut all = vec![("to", to), ("from", from)];
+    all.extend_from_slice(fields);
+    stack.phone("message", &all).await;
+}
+
+/// The organization's logged events of `kind`, oldest first, once there are `count` of them.
+async fn logged(stack: &Stack, org: &str, kind: &str, count: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let events: Vec<Value> = stack.events(org).await.into_iter().filter(|e| e["type"] == kind).collect();
+        if events.len() >= count {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "{} of {count} {kind} events; saw {events:#?}", events.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn list(stack: &Stack, key: &str, session_id: &str, query: &str) -> Value {
+    let reply = stack.client.get(&stack.session_url(session_id, &format!("/messages?{query}")), key).await;
+    assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+    reply.body
+}
+
+fn texts(page: &Value) -> Vec<&str> {
+    page["data"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap_or("")).collect()
+}
+
+async fn records(stack: &Stack, key: &str) -> Vec<Value> {
+    let records: Vec<String> = redis::AsyncCommands::lrange(&mut stack.redis().await, key, 0, -1).await.unwrap();
+    records.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_message_arrives_as_message_received_with_phone_and_lid() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, row) = stack.paired_session(&key, "628111100001").await;
+    let me = "628111100001";
+    phone_sends(&stack, me, "628333100001", &[("id", "3A0000000000000000001"), ("text", "hello gateway"), ("push_name", "Budi")]).await;
+    phone_sends(&stack, me, "628333100002", &[("text", "by lid"), ("addressing", "lid")]).await;
+    phone_sends(&stack, me, "628333100001", &[("type", "location"), ("latitude", "-6.1754"), ("longitude", "106.8272"), ("name", "Monas")]).await;
+    phone_sends(&stack, me, "628333100001", &[("type", "image"), ("mime", "image/jpeg"), ("caption", "look"), ("size", "2048")]).await;
+    phone_sends(&stack, me, "628333100001", &[("type", "audio"), ("mime", "audio/ogg; codecs=opus"), ("voice_note", "true")]).await;
+    phone_sends(&stack, me, "628333100001", &[("type", "document"), ("mime", "application/pdf"), ("file_name", "invoice.pdf")]).await;
+    phone_sends(&stack, me, "628333100003", &[("text", "in the group"), ("group", "120363000000000001@g.us")]).await;
+    phone_sends(&stack, me, "628333100001", &[("type", "poll")]).await;
+    phone_sends(&stack, me, "628333100001", &[("text", "a reply"), ("quote", "3A0000000000000000001"), ("quote_from", "628333100001@s.whatsapp.net"), ("mentions", "628111100001")]).await;
+
+    let received = logged(&stack, &org, "message.received", 9, SOON).await;
+    assert_eq!(received.len(), 9, "each once: {received:#?}");
+    let data: Vec<&Value> = received.iter().map(|e| &e["data"]).collect();
+    for (event, message) in received.iter().zip(&data) {
+        assert_eq!(event["sessionId"], id.as_str());
+        assert_eq!((&message["direction"], &message["status"], &message["to"]), (&json!("inbound"), &json!("received"), &row["waJid"]));
+        assert!(message["receivedAt"].is_i64() && message["waMessageId"].is_string(), "{message}");
+    }
+    let text = data[0];
+    assert_eq!((&text["type"], &text["text"], &text["waMessageId"]), (&json!("text"), &json!("hello gateway"), &json!("3A0000000000000000001")));
+    assert_eq!((&text["chat"], &text["from"]), (&json!("628333100001@s.whatsapp.net"), &json!("628333100001@s.whatsapp.net")));
+    assert_eq!(text["sender"], json!({"phoneJid": "628333100001@s.whatsapp.net", "lid": "9628333100001@lid", "pushName": "Budi"}));
+    let by_lid = data[1];
+    assert_eq!((&by_lid["chat"], &by_lid["from"]), (&json!("9628333100002@lid"), &json!("9628333100002@lid")));
+    assert_eq!(by_lid["sender"]["phoneJid"], "628333100002@s.whatsapp.net", "the phone number beside the LID");
+    assert_eq!(data[2]["location"], json!({"latitude": -6.1754, "longitude": 106.8272, "name": "Monas", "address": null}));
+    assert_eq!((&data[3]["type"], &data[3]["media"]["mimeType"], &data[3]["media"]["caption"]), (&json!("image"), &json!("image/jpeg"), &json!("look")));
+    assert_eq!(data[3]["media"]["size"], 2048);
+    assert_eq!((&data[4]["type"], &data[4]["media"]["voiceNote"]), (&json!("audio"), &json!(true)));
+    assert_eq!(data[5]["media"]["fileName"], "invoice.pdf");
+    let group = data[6];
+    assert_eq!((&group["chat"], &group["from"]), (&json!("120363000000000001@g.us"), &json!("628333100003@s.whatsapp.net")), "the group and the member who wrote");
+    assert_eq!(data[7]["type"], "unsupported");
+    let reply = data[8];
+    assert_eq!(reply["quoted"], json!({"waMessageId": "3A0000000000000000001", "participant": "628333100001@s.whatsapp.net"}));
+    assert_eq!(reply["replyTo"], text["id"], "the quoted message is one the gateway has");
+    assert_eq!(reply["mentions"], json!(["628111100001@s.whatsapp.net"]));
+
+    let stored = stack.client.get(&stack.session_url(&id, &format!("/messages/{}", text["id"].as_str().unwrap())), &key).await;
+    assert_eq!(stored.status, 200);
+    assert_eq!(&stored.body, text, "the API shows what the event carried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reaction_to_a_sent_message_arrives_as_message_reaction() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111100002").await;
+    let sent = stack.client.post(&stack.session_url(&id, "/messages"), &key, r#"{"to": "628333100010", "text": "rate us"}"#).await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    let ours = sent.body["id"].as_str().unwrap();
+    let status = logged(&stack, &org, "message.status", 2, SOON).await;
+    let wa_id = status.iter().find_map(|e| e["data"]["waMessageId"].as_str()).unwrap().to_owned();
+
+    phone_sends(&stack, "628111100002", "628333100010", &[("type", "reaction"), ("target", &wa_id), ("emoji", "👍")]).await;
+    phone_sends(&stack, "628111100002", "628333100010", &[("type", "reaction"), ("target", &wa_id), ("emoji", "")]).await;
+    let reactions = logged(&stack, &org, "message.reaction", 2, SOON).await;
+    assert_eq!(reactions[0]["data"]["reaction"], json!({"waMessageId": wa_id, "messageId": ours, "emoji": "👍"}));
+    assert_eq!(reactions[1]["data"]["reaction"]["emoji"], "", "an empty emoji takes the reaction back");
+    assert!(stack.events(&org).await.iter().all(|e| e["type"] != "message.received"), "a reaction is not a received message");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_read_sends_read_receipts_only_for_sessions_that_ask() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (reader, _) = stack.paired_session_with(&key, r#"{"start": true, "autoRead": true}"#, "628111100003").await;
+    let (other, _) = stack.paired_session(&key, "628111100004").await;
+    phone_sends(&stack, "628111100003", "628333100020", &[("id", "3A0000000000000000020"), ("text", "read me")]).await;
+    phone_sends(&stack, "628111100003", "628333100021", &[("id", "3A0000000000000000021"), ("text", "in a group"), ("group", "120363000000000002@g.us")]).await;
+    phone_sends(&stack, "628111100004", "628333100020", &[("text", "leave me unread")]).await;
+    logged(&stack, &org, "message.received", 3, SOON).await;
+
+    let deadline = Instant::now() + SOON;
+    let receipts = loop {
+        let receipts = records(&stack, &shared::keys::simulator_read_receipts()).await;
+        if receipts.len() >= 2 || Instant::now() > deadline {
+            break receipts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let receipts_now = records(&stack, &shared::keys::simulator_read_receipts()).await;
+    assert_eq!(receipts, receipts_now, "no more receipts came");
+    let seen: Vec<(&str, &str, &str, Value)> = receipts
+        .iter()
+        .map(|r| (r["session"].as_str().unwrap(), r["chat"].as_str().unwrap(), r["sender"].as_str().unwrap(), r["ids"].clone()))
+        .collect();
+    assert_eq!(seen.len(), 2, "{receipts:#?}");
+    assert!(seen.contains(&(reader.as_str(), "628333100020@s.whatsapp.net", "628333100020@s.whatsapp.net", json!(["3A0000000000000000020"]))));
+    assert!(seen.contains(&(reader.as_str(), "120363000000000002@g.us", "628333100021@s.whatsapp.net", json!(["3A0000000000000000021"]))));
+    assert!(seen.iter().all(|r| r.0 != other), "the session without autoRead sent none");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_list_pages_both_ways_newest_first_filtered_by_chat_and_direction() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111100005").await;
+    let me = "628111100005";
+    for (i, (from, text)) in [("628333100030", "in 1"), ("628333100031", "other 1"), ("628333100030", "in 2")].iter().enumerate() {
+        phone_sends(&stack, me, from, &[("text", text)]).await;
+        logged(&stack, &org, "message.received", i + 1, SOON).await;
+    }
+    for text in ["out 1", "out 2"] {
+        let sent = stack.client.post(&stack.session_url(&id, "/messages"), &key, &json!({"to": "628333100030", "text": text}).to_string()).await;
+        assert_eq!(sent.status, 202, "{}", sent.body);
+    }
+
+    let first = list(&stack, &key, &id, "limit=2").await;
+    assert_eq!(texts(&first), ["out 2", "out 1"], "newest first");
+    let cursor = first["nextCursor"].as_str().expect("more follow");
+    let second = list(&stack, &key, &id, &format!("limit=2&cursor={cursor}")).await;
+    assert_eq!(texts(&second), ["in 2", "other 1"]);
+    let third = list(&stack, &key, &id, &format!("limit=2&cursor={}", second["nextCursor"].as_str().unwrap())).await;
+    assert_eq!(texts(&third), ["in 1"]);
+    assert_eq!(third["nextCursor"], Value::Null);
+
+    assert_eq!(texts(&list(&stack, &key, &id, "chat=%2B628333100030").await), ["out 2", "out 1", "in 2", "in 1"]);
+    assert_eq!(texts(&list(&stack, &key, &id, "chat=628333100031%40s.whatsapp.net").await), ["other 1"]);
+    assert_eq!(texts(&list(&stack, &key, &id, "direction=inbound").await), ["in 2", "other 1", "in 1"]);
+    assert_eq!(texts(&list(&stack, &key, &id, "direction=outbound&chat=628333100030").await), ["out 2", "out 1"]);
+    let inbound_page = list(&stack, &key, &id, "direction=inbound&limit=1").await;
+    let rest = list(&stack, &key, &id, &format!("direction=inbound&limit=5&cursor={}", inbound_page["nextCursor"].as_str().unwrap())).await;
+    assert_eq!((texts(&inbound_page), texts(&rest)), (vec!["in 2"], vec!["other 1", "in 1"]));
+
+    for (query, field) in [("direction=sideways", "direction"), ("chat=nobody", "chat"), ("cursor=%%%", "cursor"), ("limit=0", "limit"), ("colour=red", "colour")] {
+        let reply = stack.client.get(&stack.session_url(&id, &format!("/messages?{query}")), &key).await;
+        assert_eq!(reply.expect_error(400, "validation_error")["field"], field, "{query}");
+    }
+
+    // Another organization sees no such session; a `read` key may list, a `send` key may not.
+    let stranger = stack.key(&new_org()).await;
+    stack.client.get(&stack.session_url(&id, "/messages"), &stranger).await.expect_error(404, "not_found");
+    let (reader, _) = api_key_at(&stack.redis.url, &org, &[Capability::Read]).await;
+    assert_eq!(texts(&list(&stack, &reader, &id, "limit=1").await), ["out 2"]);
+    let (sender, _) = api_key_at(&stack.redis.url, &org, &[Capability::Send]).await;
+    stack.client.get(&stack.session_url(&id, "/messages"), &sender).await.expect_error(403, "forbidden");
+}
+
+/// kill -9 while batches of received messages are being stored and acknowledged: what was
+/// stored but not yet acknowledged comes again, and is logged once; what was not stored comes
+/// again and is stored. Messages that arrive while the session is stopped wait for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_mid_batch_loses_nothing_and_logs_nothing_twice() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_INBOUND_ACK_MS", "150"), ("SIM_INBOUND_BATCH", "4")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111100006").await;
+    for i in 0..40 {
+        phone_sends(&stack, "628111100006", "628333100040", &[("text", &format!("m{i:02}"))]).await;
+    }
+    logged(&stack, &org, "message.received", 8, SOON).await;
+    stack.daemon.kill();
+    stack.daemon.restart();
+    stack.status_until(&key, &id, "working", Duration::from_secs(30)).await;
+    let received = logged(&stack, &org, "message.received", 40, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received_now: Vec<Value> = stack.events(&org).await.into_iter().filter(|e| e["type"] == "message.received").collect();
+    assert_eq!(received_now.len(), received.len(), "nothing came twice later");
+    let seen: Vec<&str> = received.iter().map(|e| e["data"]["text"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(seen, expected, "every message once, in order");
+    let stored = list(&stack, &key, &id, "limit=100").await;
+    assert_eq!(stored["data"].as_array().unwrap().len(), 40);
+
+    let stop = stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await;
+    assert_eq!(stop.status, 200, "{}", stop.body);
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    phone_sends(&stack, "628111100006", "628333100040", &[("text", "while stopped")]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.events(&org).await.iter().filter(|e| e["type"] == "message.received").count(), 40, "not received while stopped");
+    let start = stack.client.post(&stack.session_url(&id, ":start"), &key, "").await;
+    assert_eq!(start.status, 200, "{}", start.body);
+    let after = logged(&stack, &org, "message.received", 41, SOON).await;
+    assert_eq!(after[40]["data"]["text"], "while stopped");
+}
