@@ -106,10 +106,11 @@ async fn a_reaction_to_a_sent_message_arrives_as_message_reaction() {
     let status = logged(&stack, &org, "message.status", 2, SOON).await;
     let wa_id = status.iter().find_map(|e| e["data"]["waMessageId"].as_str()).unwrap().to_owned();
 
-    phone_sends(&stack, "628111100002", "628333100010", &[("type", "reaction"), ("target", &wa_id), ("emoji", "👍")]).await;
+    let me = "628111100002@s.whatsapp.net";
+    phone_sends(&stack, "628111100002", "628333100010", &[("type", "reaction"), ("target", &wa_id), ("target_from", me), ("emoji", "👍")]).await;
     phone_sends(&stack, "628111100002", "628333100010", &[("type", "reaction"), ("target", &wa_id), ("emoji", "")]).await;
     let reactions = logged(&stack, &org, "message.reaction", 2, SOON).await;
-    assert_eq!(reactions[0]["data"]["reaction"], json!({"waMessageId": wa_id, "messageId": ours, "emoji": "👍"}));
+    assert_eq!(reactions[0]["data"]["reaction"], json!({"waMessageId": wa_id, "messageId": ours, "participant": me, "emoji": "👍"}));
     assert_eq!(reactions[1]["data"]["reaction"]["emoji"], "", "an empty emoji takes the reaction back");
     assert!(stack.events(&org).await.iter().all(|e| e["type"] != "message.received"), "a reaction is not a received message");
 }
@@ -230,4 +231,40 @@ async fn a_daemon_killed_mid_batch_loses_nothing_and_logs_nothing_twice() {
     assert_eq!(start.status, 200, "{}", start.body);
     let after = logged(&stack, &org, "message.received", 41, SOON).await;
     assert_eq!(after[40]["data"]["text"], "while stopped");
+}
+
+/// A reaction sent through the API goes to the message reacted to, in its chat; an empty emoji
+/// takes it back. It must name a message of that chat of the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reaction_sent_through_the_api_reaches_the_message_reacted_to() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111100007").await;
+    phone_sends(&stack, "628111100007", "628333100050", &[("id", "3A0000000000000000050"), ("text", "order arrived")]).await;
+    let received = logged(&stack, &org, "message.received", 1, SOON).await;
+    let target = received[0]["data"]["id"].as_str().unwrap();
+    let react = |emoji: &str, message: &str, to: &str| json!({"to": to, "reaction": {"messageId": message, "emoji": emoji}}).to_string();
+    let url = stack.session_url(&id, "/messages");
+    for emoji in ["🙏", ""] {
+        let sent = stack.client.post(&url, &key, &react(emoji, target, "628333100050")).await;
+        assert_eq!(sent.status, 202, "{}", sent.body);
+        assert_eq!(sent.body["type"], "reaction");
+    }
+    let deadline = Instant::now() + SOON;
+    let reactions = loop {
+        let reactions: Vec<Value> = records(&stack, &shared::keys::simulator_delivered()).await.into_iter().filter(|r| r["type"] == "reaction").collect();
+        if reactions.len() == 2 || Instant::now() > deadline {
+            break reactions;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let expected = |emoji: &str| json!({"waMessageId": "3A0000000000000000050", "messageId": target, "participant": "628333100050@s.whatsapp.net", "emoji": emoji});
+    assert_eq!(reactions.iter().map(|r| r["reaction"].clone()).collect::<Vec<_>>(), [expected("🙏"), expected("")]);
+    assert!(reactions.iter().all(|r| r["to"] == "628333100050@s.whatsapp.net"));
+
+    let elsewhere = stack.client.post(&url, &key, &react("🙏", target, "628333100051")).await;
+    assert_eq!(elsewhere.expect_error(400, "validation_error")["field"], "reaction.messageId", "not a message of that chat");
+    let unknown = stack.client.post(&url, &key, &react("🙏", "01K0000000000000000000000X", "628333100050")).await;
+    assert_eq!(unknown.expect_error(400, "validation_error")["field"], "reaction.messageId");
 }

@@ -61,6 +61,12 @@ async fn stopped_session(stack: &Stack, key: &str, phone: &str) -> String {
     id
 }
 
+async fn backlog(stack: &Stack, key: &str, session_id: &str) -> Value {
+    let reply = stack.client.get(&stack.session_url(session_id, "/outbox"), key).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
 async fn outbox_len(stack: &Stack, org: &str, session_id: &str) -> usize {
     redis::AsyncCommands::llen(&mut stack.redis().await, shared::keys::session_outbox(org, session_id)).await.unwrap()
 }
@@ -189,6 +195,7 @@ async fn a_stopped_session_queues_messages_that_can_be_canceled_until_sent() {
 
     let canceled = accepted(&stack, &key, &id, json!({"to": "628222000005", "text": "never mind"})).await;
     let kept = accepted(&stack, &key, &id, json!({"to": "628222000005", "text": "still wanted"})).await;
+    assert_eq!(backlog(&stack, &key, &id).await, json!({"depth": 2, "oldestQueuedAt": canceled["queuedAt"]}));
     let canceled_url = stack.session_url(&id, &format!("/messages/{}", canceled["id"].as_str().unwrap()));
     let reply = stack.client.delete(&canceled_url, &key).await;
     assert_eq!(reply.status, 204, "{}", reply.body);
@@ -196,12 +203,14 @@ async fn a_stopped_session_queues_messages_that_can_be_canceled_until_sent() {
     assert_eq!((&gone.body["status"], &gone.body["error"]["code"]), (&json!("failed"), &json!("canceled")));
     assert_eq!(stack.client.delete(&canceled_url, &key).await.expect_error(409, "conflict")["reason"], "not_queued");
     assert_eq!(outbox_len(&stack, &org, &id).await, 1);
+    assert_eq!(backlog(&stack, &key, &id).await, json!({"depth": 1, "oldestQueuedAt": kept["queuedAt"]}));
 
     // Started again, the session sends what is still queued, and only that.
     act(&stack, &key, &id, ":start").await;
     let sent = message_until(&stack, &key, &id, kept["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
     let records = delivered(&stack).await;
     assert_eq!(records.iter().map(|r| r["text"].clone()).collect::<Vec<_>>(), [json!("still wanted")]);
+    assert_eq!(backlog(&stack, &key, &id).await, json!({"depth": 0, "oldestQueuedAt": null}));
     let kept_url = stack.session_url(&id, &format!("/messages/{}", sent["id"].as_str().unwrap()));
     assert_eq!(stack.client.delete(&kept_url, &key).await.expect_error(409, "conflict")["status"], "delivered");
 }
@@ -220,6 +229,7 @@ async fn other_organizations_get_not_found_and_capabilities_hold() {
     send(&stack, &stranger, &id, &body, None).await.expect_error(404, "not_found");
     stack.client.get(&message_url, &stranger).await.expect_error(404, "not_found");
     stack.client.delete(&message_url, &stranger).await.expect_error(404, "not_found");
+    stack.client.get(&stack.session_url(&id, "/outbox"), &stranger).await.expect_error(404, "not_found");
     // A message id under another session of the same organization is not found either.
     let (other, _) = stack.paired_session(&key, "628111000007").await;
     let elsewhere = stack.session_url(&other, &format!("/messages/{}", message["id"].as_str().unwrap()));
@@ -232,6 +242,8 @@ async fn other_organizations_get_not_found_and_capabilities_hold() {
     let (sender, _) = api_key_at(&stack.redis.url, &org, &[Capability::Send]).await;
     assert_eq!(send(&stack, &sender, &id, &body, None).await.status, 202);
     stack.client.get(&message_url, &sender).await.expect_error(403, "forbidden");
+    stack.client.get(&stack.session_url(&id, "/outbox"), &sender).await.expect_error(403, "forbidden");
+    assert_eq!(stack.client.get(&stack.session_url(&id, "/outbox"), &reader).await.status, 200);
     send(&stack, "", &id, &body, None).await.expect_error(401, "unauthorized");
 }
 

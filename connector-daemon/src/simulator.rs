@@ -190,8 +190,8 @@ impl Simulator {
 /// What a simulated phone sends, from the control entry's fields: `to` and `from` (phone
 /// numbers), `id` (WhatsApp's id, random when absent), `type` (`text` by default, `location`,
 /// `reaction`, `image`, `video`, `audio`, `document`, `sticker`, or anything else for a kind the
-/// gateway does not read), `text`, `latitude`/`longitude`/`name`/`address`, `emoji` and
-/// `target` (the WhatsApp id reacted to), `quote` and `quote_from` (a reply), `mentions`
+/// gateway does not read), `text`, `latitude`/`longitude`/`name`/`address`, `emoji`, `target`
+/// and `target_from` (the WhatsApp id reacted to, and its author), `quote` and `quote_from` (a reply), `mentions`
 /// (comma-separated phones), `mime`/`caption`/`file_name`/`size`/`voice_note` (media), `group`
 /// (a group JID: the message is written there), `addressing` (`lid` when WhatsApp addresses the
 /// sender by LID, giving the phone number beside it; else the phone number, with the LID).
@@ -233,7 +233,12 @@ impl PhoneMessage {
             }
             "reaction" => {
                 content.text = None;
-                content.reaction = Some(Reaction { wa_message_id: field("target").unwrap_or_default(), message_id: None, emoji: field("emoji").unwrap_or_default() });
+                content.reaction = Some(Reaction {
+                    wa_message_id: field("target").unwrap_or_default(),
+                    message_id: None,
+                    participant: field("target_from"),
+                    emoji: field("emoji").unwrap_or_default(),
+                });
             }
             "image" | "video" | "audio" | "document" | "sticker" => {
                 content.text = None;
@@ -629,7 +634,7 @@ impl Client for SimClient {
         if first_time {
             let record = serde_json::json!({
                 "session": self.session_id, "from": device.jid, "to": message.chat, "waMessageId": id, "type": message.kind,
-                "text": message.text, "location": message.location, "quote": message.quoted, "mentions": message.mentions,
+                "text": message.text, "location": message.location, "reaction": message.reaction, "quote": message.quoted, "mentions": message.mentions,
                 "at": shared::time::now_millis(),
             });
             let _: i64 = redis.rpush(keys::simulator_delivered(), record.to_string()).await.map_err(unreachable)?;

@@ -106,7 +106,8 @@ impl Client for WaClient {
     async fn send(&self, wa_id: &str, message: &Content) -> Result<(), SendFailure> {
         let to: Jid = message.chat.parse().map_err(|e| SendFailure::Rejected(format!("the recipient {} is not a JID: {e}", message.chat)))?;
         let options = SendOptions::default().with_message_id(wa_id.to_owned());
-        match self.client.send_message_with_options(to, wa_message(message)?, options).await {
+        let me = [self.client.pn(), self.client.lid()].into_iter().flatten().map(|jid| jid.to_non_ad_string()).collect::<Vec<_>>();
+        match self.client.send_message_with_options(to, wa_message(message, &me)?, options).await {
             Ok(_) => Ok(()),
             Err(SendError::InvalidRequest(reason)) => Err(SendFailure::Rejected(reason)),
             Err(e) => Err(SendFailure::NotConnected(e.to_string())),
@@ -131,9 +132,27 @@ impl Client for WaClient {
     }
 }
 
-/// The protocol message for a message's content: text (extended when it quotes or mentions),
-/// or a location.
-fn wa_message(message: &Content) -> Result<wa::Message, SendFailure> {
+/// The protocol message for a message's content: text (extended when it quotes or mentions), a
+/// location, or a reaction (to a message the number, one of `me`, wrote or received).
+fn wa_message(message: &Content, me: &[String]) -> Result<wa::Message, SendFailure> {
+    if let Some(reaction) = &message.reaction {
+        let from_me = reaction.participant.as_ref().is_some_and(|p| me.contains(p));
+        let key = wa::MessageKey {
+            remote_jid: Some(message.chat.clone()),
+            from_me: Some(from_me),
+            id: Some(reaction.wa_message_id.clone()),
+            participant: reaction.participant.clone().filter(|_| message.chat.ends_with("@g.us")),
+        };
+        return Ok(wa::Message {
+            reaction_message: MessageField::some(wa::message::ReactionMessage {
+                key: MessageField::some(key),
+                text: Some(reaction.emoji.clone()),
+                sender_timestamp_ms: Some(shared::time::now_millis()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let context = (message.quoted.is_some() || !message.mentions.is_empty()).then(|| wa::ContextInfo {
         stanza_id: message.quoted.as_ref().map(|q| q.wa_message_id.clone()),
         participant: message.quoted.as_ref().and_then(|q| q.participant.clone()),
@@ -273,7 +292,8 @@ fn incoming(session_id: &str, me: Option<&str>, inbound: &InboundMessage) -> Opt
     }
     if let Some(r) = base.reaction_message.as_option() {
         let target = r.key.as_option().and_then(|k| k.id.clone()).unwrap_or_default();
-        content.reaction = Some(Reaction { wa_message_id: target, message_id: None, emoji: r.text.clone().unwrap_or_default() });
+        let participant = r.key.as_option().and_then(|k| k.participant.clone());
+        content.reaction = Some(Reaction { wa_message_id: target, message_id: None, participant, emoji: r.text.clone().unwrap_or_default() });
     }
     if let Some(context) = context_of(base) {
         content.quoted = context.stanza_id.clone().map(|wa_message_id| Quote { wa_message_id, participant: context.participant.clone() });

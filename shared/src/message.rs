@@ -22,7 +22,9 @@ pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// The contents a message may carry, exactly one per message.
 const CONTENTS: &[&str] = &["text", "image", "video", "audio", "document", "sticker", "location", "reaction"];
 /// Contents this build cannot send yet: answered 501, never queued.
-const NOT_YET: &[&str] = &["image", "video", "audio", "document", "sticker", "reaction"];
+const NOT_YET: &[&str] = &["image", "video", "audio", "document", "sticker"];
+/// The longest reaction: one emoji, however many code points it joins.
+pub const EMOJI_MAX_CHARS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,6 +137,9 @@ pub struct Reaction {
     pub wa_message_id: String,
     /// Our id of that message, when the gateway has it.
     pub message_id: Option<String>,
+    /// Who wrote the message reacted to (its JID), when known.
+    #[serde(default)]
+    pub participant: Option<String>,
     pub emoji: String,
 }
 
@@ -292,6 +297,8 @@ pub struct SendRequest {
     pub kind: &'static str,
     pub text: Option<String>,
     pub location: Option<Location>,
+    /// `(message id, emoji)`: a reaction to a message of this session.
+    pub reaction: Option<(String, String)>,
     /// The id of a message of this session the new one replies to.
     pub reply_to: Option<String>,
     pub mentions: Vec<String>,
@@ -320,6 +327,7 @@ pub fn send_request(body: &[u8]) -> Result<SendRequest, ApiError> {
     }
     let text = if kind == "text" { Some(text(&body["text"])?) } else { None };
     let location = if kind == "location" { Some(location(&body["location"])?) } else { None };
+    let reaction = if kind == "reaction" { Some(reaction(&body["reaction"])?) } else { None };
     let reply_to = match body.get("replyTo") {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) if crate::validate::is_safe_id(id) => Some(id.clone()),
@@ -333,7 +341,7 @@ pub fn send_request(body: &[u8]) -> Result<SendRequest, ApiError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(ApiError::invalid_field("mentions", format!("must be a list of at most {MENTIONS_MAX} phone numbers or JIDs"))),
     };
-    Ok(SendRequest { to, kind, text, location, reply_to, mentions })
+    Ok(SendRequest { to, kind, text, location, reaction, reply_to, mentions })
 }
 
 /// The recipient as a JID: digits in international format (an optional `+`), or a JID of a
@@ -403,6 +411,21 @@ fn location(value: &Value) -> Result<Location, ApiError> {
     })
 }
 
+fn reaction(value: &Value) -> Result<(String, String), ApiError> {
+    let Value::Object(fields) = value else { return Err(ApiError::invalid_field("reaction", "must be an object")) };
+    only_known_fields(fields, &["messageId", "emoji"])
+        .map_err(|e| ApiError::invalid_field(&format!("reaction.{}", e.details["field"].as_str().unwrap_or("")), "unknown field"))?;
+    let message_id = match fields.get("messageId") {
+        Some(Value::String(id)) if crate::validate::is_safe_id(id) => id.clone(),
+        _ => return Err(ApiError::invalid_field("reaction.messageId", "must be the id of a message of this session")),
+    };
+    let emoji = match fields.get("emoji") {
+        Some(Value::String(emoji)) if emoji.chars().count() <= EMOJI_MAX_CHARS && emoji.trim() == emoji => emoji.clone(),
+        _ => return Err(ApiError::invalid_field("reaction.emoji", format!("must be an emoji (at most {EMOJI_MAX_CHARS} characters), or empty to take the reaction back"))),
+    };
+    Ok((message_id, emoji))
+}
+
 fn place(fields: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match fields.get(field) {
         None | Some(Value::Null) => Ok(None),
@@ -460,6 +483,14 @@ mod tests {
         assert_eq!(check(&format!(r#"{{"to": {to}, "text": "a", "colour": 1}}"#)).unwrap_err().details["field"], "colour");
         let image = check(&format!(r#"{{"to": {to}, "image": {{"url": "https://x"}}}}"#)).unwrap_err();
         assert_eq!((image.status(), &image.details["field"]), (501, &Value::from("image")));
+        let reaction = check(&format!(r#"{{"to": {to}, "reaction": {{"messageId": "01K", "emoji": "🙏"}}}}"#)).unwrap();
+        assert_eq!(reaction.reaction, Some(("01K".to_owned(), "🙏".to_owned())));
+        let removal = check(&format!(r#"{{"to": {to}, "reaction": {{"messageId": "01K", "emoji": ""}}}}"#)).unwrap();
+        assert_eq!(removal.reaction.unwrap().1, "");
+        for (bad, field) in [(r#"{"emoji": "x"}"#, "reaction.messageId"), (r#"{"messageId": "01K", "emoji": 5}"#, "reaction.emoji"),
+            (r#"{"messageId": "01K", "emoji": "way too long for one emoji"}"#, "reaction.emoji"), (r#"{"messageId": "01K", "emoji": "", "x": 1}"#, "reaction.x")] {
+            assert_eq!(check(&format!(r#"{{"to": {to}, "reaction": {bad}}}"#)).unwrap_err().details["field"], field, "{bad}");
+        }
     }
 
     #[test]

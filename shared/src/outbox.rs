@@ -297,6 +297,27 @@ pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiEr
     }
 }
 
+/// What waits in a session's outbox: how many messages, and since when the oldest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backlog {
+    pub depth: u64,
+    pub oldest_queued_at: Option<i64>,
+}
+
+/// The outbox's length (KEYS[1]) and its head's `queuedAt` (messages under the prefix ARGV[1]).
+const BACKLOG: &str = r"
+local head = redis.call('LINDEX', KEYS[1], 0)
+local queued_at = head and redis.call('HGET', ARGV[1] .. head, 'queuedAt')
+return {redis.call('LLEN', KEYS[1]), queued_at}";
+
+pub async fn backlog<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Backlog, ApiError> {
+    let reply = r.execute("EVAL", args![BACKLOG, 1, keys::session_outbox(org, session_id), keys::message(org, "")]).await?;
+    let mut items = reply.iter();
+    let depth = items.next().and_then(Reply::as_int).unwrap_or(0).max(0) as u64;
+    Ok(Backlog { depth, oldest_queued_at: items.next().and_then(Reply::as_int) })
+}
+
 /// Counts a send of the message that went out (WhatsApp's answer still to come).
 pub async fn count_attempt<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<(), RedisError> {
     r.execute("HINCRBY", args![keys::message(org, message_id), "attempts", 1]).await.map(drop)

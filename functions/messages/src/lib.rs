@@ -1,10 +1,11 @@
-//! `/api/v1/sessions/{session}/messages[/{message}]`: sending a message through a session,
-//! listing the session's messages, reading one back, cancelling one still queued; one module
-//! per endpoint.
+//! `/api/v1/sessions/{session}/messages[/{message}]` and `…/outbox`: sending a message through
+//! a session, listing the session's messages, reading one back, cancelling one still queued,
+//! the outbox's backlog; one module per endpoint.
 
 mod cancel;
 mod get;
 mod list;
+mod outbox;
 mod send;
 
 use shared::answer::Answer;
@@ -17,6 +18,7 @@ use spin_sdk::http_service;
 enum Endpoint {
     Send(String),
     List(String),
+    Outbox(String),
     Get(String, String),
     Cancel(String, String),
 }
@@ -29,6 +31,10 @@ impl Endpoint {
                 Method::POST => Ok(Endpoint::Send(id.to_owned())),
                 Method::GET => Ok(Endpoint::List(id.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "POST"])),
+            },
+            Some(SessionPath::Resource(id, "outbox")) => match *method {
+                Method::GET => Ok(Endpoint::Outbox(id.to_owned())),
+                _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET"])),
             },
             Some(SessionPath::Item(id, "messages", message)) => match *method {
                 Method::GET => Ok(Endpoint::Get(id.to_owned(), message.to_owned())),
@@ -54,6 +60,7 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
             send::apply(&ctx, &caller, &id, key.as_deref(), &body).await
         }
         Endpoint::List(id) => list::apply(&ctx, &caller, &id, req.uri().query()).await,
+        Endpoint::Outbox(id) => outbox::apply(&ctx, &caller, &id).await,
         Endpoint::Get(id, message) => get::apply(&ctx, &caller, &id, &message).await,
         Endpoint::Cancel(id, message) => cancel::apply(&ctx, &caller, &id, &message).await,
     }

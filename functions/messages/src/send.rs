@@ -8,7 +8,7 @@
 
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
-use shared::message::{Content, Direction, Quote, new_wa_message_id, send_request};
+use shared::message::{Content, Direction, Quote, Reaction, new_wa_message_id, send_request};
 use shared::outbox::{self, Accepted};
 use shared::spin::{Context, SpinVariables};
 use shared::{ApiError, ErrorCode, config, secret, store};
@@ -19,6 +19,10 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
     let request = send_request(body)?;
     let quoted = match &request.reply_to {
         Some(id) => Some(quoted(ctx, org, session_id, id).await?),
+        None => None,
+    };
+    let reaction = match &request.reaction {
+        Some((id, emoji)) => Some(reaction(ctx, org, session_id, &request.to, id, emoji).await?),
         None => None,
     };
     let limits = config::message_limits(&SpinVariables).await;
@@ -33,7 +37,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
         kind: request.kind.to_owned(),
         text: request.text,
         location: request.location,
-        reaction: None,
+        reaction,
         media: None,
         reply_to: request.reply_to,
         quoted,
@@ -54,6 +58,16 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
         }
     };
     Ok(Answer::accepted(&outbox::get(&ctx.redis, org, session_id, &message_id).await?))
+}
+
+/// The message a reaction is for: one of this session's in the chat the reaction goes to.
+async fn reaction(ctx: &Context, org: &str, session_id: &str, chat: &str, message_id: &str, emoji: &str) -> Result<Reaction, ApiError> {
+    let unknown = || ApiError::invalid_field("reaction.messageId", "no such message in this chat of the session");
+    let Some((target, wa_id)) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
+    if target.session_id != session_id || target.chat != chat {
+        return Err(unknown());
+    }
+    Ok(Reaction { wa_message_id: wa_id.ok_or_else(unknown)?, message_id: Some(target.id), participant: target.from, emoji: emoji.to_owned() })
 }
 
 /// The message a reply quotes: one of this session's, known to WhatsApp by its id.
