@@ -521,12 +521,26 @@ async fn a_flapping_connection_backs_off_and_fails_with_its_reason_on_the_row() 
     assert!(failed["statusReason"].as_str().unwrap().starts_with("connection_failed: 3 attempts"), "{failed}");
     assert_eq!(failed["gatewayId"], Value::Null, "no gateway holds a failed session");
 
-    // A ban is a failure with its reason on the row too.
+    // A ban for an unknown time is a failure with its reason on the row too.
     act(&stack, &key, &id, "start").await;
     stack.status_until(&key, &id, "working", SOON).await;
     stack.phone("ban", &[("session", &id)]).await;
     let banned = stack.status_until(&key, &id, "failed", SOON).await;
     assert!(banned["statusReason"].as_str().unwrap().starts_with("temporary_ban"), "{banned}");
+
+    // A ban that lifts at a known time pauses the session (and its outbox) until then.
+    act(&stack, &key, &id, "start").await;
+    stack.status_until(&key, &id, "working", SOON).await;
+    stack.phone("ban", &[("session", &id), ("secs", "2")]).await;
+    let paused = stack.row_until(&key, &id, SOON, |row| row["statusReason"].as_str().is_some_and(|r| r.starts_with("temporary_ban"))).await;
+    assert_eq!(paused["status"], "starting", "{paused}");
+    let text = stack.client.post(&stack.session_url(&id, "/messages"), &key, r#"{"to": "61400000001", "text": "after the ban"}"#).await;
+    assert_eq!(text.status, 202, "{}", text.body);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let queued = stack.client.get(&stack.session_url(&id, &format!("/messages/{}", text.body["id"].as_str().unwrap())), &key).await;
+    assert_eq!(queued.body["status"], "queued", "nothing goes out while banned");
+    let lifted = stack.row_until(&key, &id, SOON, |row| row["status"] == "working").await;
+    assert!(lifted["lastConnectedAt"].as_i64() > paused["updatedAt"].as_i64(), "{lifted}");
 }
 
 /// Whether the simulated WhatsApp server still has a device linked for `phone`.

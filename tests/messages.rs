@@ -362,3 +362,30 @@ async fn presence_typing_shows_typing_in_the_chat_before_a_text() {
     let expected = 500 + 30 * text.chars().count() as i64;
     assert!((expected..expected + 2_000).contains(&shown_for), "typing showed {shown_for} ms before the text, expected about {expected}");
 }
+
+/// Anti-ban pacing: two sends to one chat are at least `SEND_CHAT_GAP_MS` apart, first in,
+/// first out (a message to another chat queued behind waits its turn, no longer); sends in a
+/// run leave at uneven intervals (`SEND_JITTER_MS`).
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_to_one_chat_keep_their_gap_and_runs_of_sends_are_uneven() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SEND_CHAT_GAP_MS", "1500"), ("SEND_JITTER_MS", "400")]);
+    let key = stack.key(&new_org()).await;
+    let body = r#"{"start": true, "ratePerMin": 1000, "ratePerHour": 60000, "presenceTyping": false}"#;
+    let (id, _) = stack.paired_session_with(&key, body, "628111000016").await;
+    let order = [("628222000016", "a1"), ("628222000017", "b1"), ("628222000016", "a2"), ("628222000018", "c1"), ("628222000016", "a3")];
+    let mut ids = Vec::new();
+    for (to, text) in order {
+        ids.push(accepted(&stack, &key, &id, json!({"to": to, "text": text})).await["id"].as_str().unwrap().to_owned());
+    }
+    for message in &ids {
+        message_until(&stack, &key, &id, message, Duration::from_secs(20), |m| m["sentAt"].is_i64()).await;
+    }
+    let records = delivered(&stack).await;
+    let texts: Vec<&str> = records.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["a1", "b1", "a2", "c1", "a3"], "first in, first out");
+    let at = |text: &str| records.iter().find(|r| r["text"] == text).unwrap()["at"].as_i64().unwrap();
+    assert!(at("a2") - at("a1") >= 1_500 && at("a3") - at("a2") >= 1_500, "{records:#?}");
+    assert!(at("a2") - at("a1") < 1_500 + 400 + 1_000, "no longer than the gap, the jitter and some slack: {records:#?}");
+    let gaps: Vec<i64> = records.windows(2).map(|w| w[1]["at"].as_i64().unwrap() - w[0]["at"].as_i64().unwrap()).collect();
+    assert!(gaps[0] <= 400 + 300 && gaps[2] <= 400 + 300, "another chat is not held back by the gap: {gaps:?}");
+}

@@ -37,8 +37,8 @@ pub enum BackendEvent {
     LoggedOut { reason: String },
     /// Another client logged in with the same credentials and took over the stream.
     StreamReplaced,
-    /// WhatsApp banned the number for a while.
-    TemporaryBan { reason: String },
+    /// WhatsApp banned the number for a while: `lifts_in` from now, when WhatsApp said.
+    TemporaryBan { reason: String, lifts_in: Option<Duration> },
     /// What WhatsApp told about contacts (address-book sync, push names): kept as they come,
     /// since WhatsApp offers no call that lists them later.
     Contacts(Vec<Contact>),

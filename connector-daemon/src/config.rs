@@ -62,6 +62,14 @@ pub struct Config {
     /// How long received messages are kept; the same as the functions' `message_retention_secs`.
     #[arg(long, env = "MESSAGE_RETENTION_SECS", default_value_t = 7 * 24 * 60 * 60)]
     pub message_retention_secs: u64,
+    /// Anti-ban pacing: the least time between two sends to one chat (WhatsApp's Cloud API
+    /// documents about one message every 6 s per user); 0 turns it off.
+    #[arg(long, env = "SEND_CHAT_GAP_MS", default_value_t = 6_000)]
+    pub send_chat_gap_ms: u64,
+    /// Anti-ban pacing: a random pause of up to this before a send that follows another at once
+    /// (a queue being worked through, not a message to an idle one); 0 turns it off.
+    #[arg(long, env = "SEND_JITTER_MS", default_value_t = 1_500)]
+    pub send_jitter_ms: u64,
     /// Exit when standard input closes: a supervisor (xtask, the tests) holds the other end.
     #[arg(long)]
     pub stop_on_stdin_close: bool,

@@ -1,5 +1,6 @@
 //! A session's send rate, enforced: at most `ratePerMin` messages in any 60 s window and
-//! `ratePerHour` in any 3,600 s window.
+//! `ratePerHour` in any 3,600 s window, and (anti-ban pacing) never two sends to one chat
+//! within the daemon's `SEND_CHAT_GAP_MS`.
 //!
 //! The record is the session's sends of the last hour in Redis (message id → send time, by
 //! Redis's clock so daemons' clocks never disagree), so a daemon restart or a failover to
@@ -10,16 +11,22 @@
 use shared::redis::{Redis, RedisError};
 use shared::{args, keys};
 
-/// A Lua function: `take_place(sends, message, per_min, per_hour, now, margin)` takes a place
-/// for `message` in the sorted set `sends` unless a window is full; 0 when taken (or the
-/// message holds one already), else how many ms until the full window has room. Each window is
+/// A Lua function: `take_place(sends, message, per_min, per_hour, now, margin, chat_sends,
+/// chat, gap)` takes a place for `message` in the sorted set `sends` unless a window is full or
+/// `chat` got a send (in `chat_sends`) less than `gap` ms ago; 0 when taken (or the message
+/// holds one already), else how many ms until there is room. Each window is
 /// counted `margin` ms wider than it is, so the time a send takes to reach WhatsApp after its
 /// place was taken never lets a window, seen from WhatsApp's side, hold one more.
 macro_rules! limiter_lua {
     () => {
         r"
-local function take_place(sends, message, per_min, per_hour, now, margin)
+local function take_place(sends, message, per_min, per_hour, now, margin, chat_sends, chat, gap)
   if redis.call('ZSCORE', sends, message) then return 0 end
+  if gap > 0 then
+    redis.call('ZREMRANGEBYSCORE', chat_sends, '-inf', now - gap)
+    local last = tonumber(redis.call('ZSCORE', chat_sends, chat))
+    if last then return last + gap - now end
+  end
   local function wait_for(window, limit)
     local count = redis.call('ZCOUNT', sends, '(' .. (now - window), '+inf')
     if count < limit then return 0 end
@@ -31,6 +38,10 @@ local function take_place(sends, message, per_min, per_hour, now, margin)
   redis.call('ZREMRANGEBYSCORE', sends, '-inf', now - 3600000 - margin)
   redis.call('ZADD', sends, now, message)
   redis.call('PEXPIRE', sends, 3600000 + margin)
+  if gap > 0 then
+    redis.call('ZADD', chat_sends, now, chat)
+    redis.call('PEXPIRE', chat_sends, gap)
+  end
   return 0
 end
 "
@@ -41,14 +52,18 @@ pub(crate) use limiter_lua;
 /// How much wider than 60 s and 3,600 s the windows are counted.
 pub const MARGIN_MS: i64 = 250;
 
-/// Moves a message's place (ARGV[1]) in the sends (KEYS[1]) to now, by Redis's clock.
+/// Moves a message's place (ARGV[1]) in the sends (KEYS[1]), and its chat's (ARGV[2]) last send
+/// (KEYS[2]), to now, by Redis's clock.
 const RESTAMP: &str = r"
 local time = redis.call('TIME')
-redis.call('ZADD', KEYS[1], 'XX', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000), ARGV[1])
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', now, ARGV[2])
 return 1";
 
 /// A send that waited after taking its place (while "typing…" showed) counts from when it
 /// goes out, so the windows hold as WhatsApp sees them.
-pub async fn restamp<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str) -> Result<(), RedisError> {
-    r.execute("EVAL", args![RESTAMP, 1, keys::session_sends(org, session_id), message_id]).await.map(drop)
+pub async fn restamp<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str, chat: &str) -> Result<(), RedisError> {
+    let argv = args![RESTAMP, 2, keys::session_sends(org, session_id), keys::session_chat_sends(org, session_id), message_id, chat];
+    r.execute("EVAL", argv).await.map(drop)
 }

@@ -34,12 +34,16 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 const PAUSE: Duration = Duration::from_secs(1);
 /// The longest single wait for rate room, after which the session's rates are read again.
 const RATE_RECHECK: Duration = Duration::from_secs(5);
+/// A send within this long of the previous one is part of a run through a queue: it waits a
+/// random pause first (`SEND_JITTER_MS`), so sends never leave at a machine's even beat.
+const STREAK: Duration = Duration::from_secs(10);
 
 /// One look at the outbox, in one round trip: the head message (KEYS[1]; messages under the
 /// key prefix ARGV[1]), dropped from the outbox when it is no longer queued; then, unless it
 /// was accepted for another number than ARGV[3] or waited past its `expiresAt` unsent, and
 /// while this gateway holds the lease (KEYS[4] = ARGV[2]), a place within the rates of the
-/// row (KEYS[2]) in the session's sends (KEYS[3]), and the claim (`sendingAt`: no cancel
+/// row (KEYS[2]) in the session's sends (KEYS[3]) and, ARGV[5] ms after the last send to the
+/// same chat (KEYS[5]), and the claim (`sendingAt`: no cancel
 /// after it). Answers `{verdict, content, sends so far, WhatsApp id, presenceTyping}`.
 const NEXT: &str = concat!(
     limiter_lua!(),
@@ -63,7 +67,8 @@ if redis.call('GET', KEYS[4]) ~= ARGV[2] then return {'fenced'} end
 local raw = redis.call('GET', KEYS[2])
 if not raw then return {'gone'} end
 local row = cjson.decode(raw)
-local wait = take_place(KEYS[3], id, tonumber(row['ratePerMin']) or 1, tonumber(row['ratePerHour']) or 1, now, tonumber(ARGV[4]))
+local per_min, per_hour = tonumber(row['ratePerMin']) or 1, tonumber(row['ratePerHour']) or 1
+local wait = take_place(KEYS[3], id, per_min, per_hour, now, tonumber(ARGV[4]), KEYS[5], content['chat'], tonumber(ARGV[5]))
 if wait > 0 then return {'wait', tostring(wait)} end
 redis.call('HSETNX', key, 'sendingAt', now)
 local typing = row['presenceTyping'] == true and 1 or 0
@@ -83,7 +88,7 @@ impl Sender {
     pub fn start(daemon: Arc<Daemon>, client: Arc<dyn Client>, org: String, session_id: String, me: String, lease: String) -> Sender {
         let wake = Arc::new(Notify::new());
         let (acks, inbox) = mpsc::unbounded_channel();
-        let run = Run { daemon, client, org, session_id, me, lease, wake: wake.clone(), acks: inbox };
+        let run = Run { daemon, client, org, session_id, me, lease, wake: wake.clone(), acks: inbox, last_sent: None };
         Sender { wake, acks, task: tokio::spawn(run.run()) }
     }
 
@@ -113,6 +118,8 @@ struct Run {
     lease: String,
     wake: Arc<Notify>,
     acks: mpsc::UnboundedReceiver<(String, Option<String>)>,
+    /// When the last message went out.
+    last_sent: Option<Instant>,
 }
 
 /// What one look at the outbox came to.
@@ -150,9 +157,10 @@ impl Run {
         let redis = &self.daemon.redis;
         let (org, session) = (self.org.as_str(), self.session_id.as_str());
         let argv = args![
-            NEXT, 4,
+            NEXT, 5,
             keys::session_outbox(org, session), keys::session(org, session), keys::session_sends(org, session), keys::session_lease(org, session),
-            keys::message(org, ""), self.lease.as_str(), self.me.as_str(), limiter::MARGIN_MS,
+            keys::session_chat_sends(org, session),
+            keys::message(org, ""), self.lease.as_str(), self.me.as_str(), limiter::MARGIN_MS, self.daemon.config.send_chat_gap_ms as i64,
         ];
         let mut reply = redis.execute("EVAL", argv).await?.into_iter().map(Reply::into_string);
         let verdict = reply.next().flatten().unwrap_or_default();
@@ -187,9 +195,15 @@ impl Run {
             let error = failure("no_server_ack", format!("WhatsApp's server did not acknowledge the message after {MAX_ATTEMPTS} sends"));
             return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
         }
-        // "typing…" before a text's first send, for a time that grows with the text.
+        // A random pause within a run of sends, then "typing…" before a text, for a time that
+        // grows with the text; either way the message's rate place moves to when it goes out.
+        let paused = attempts == 0 && self.jitter().await;
         let typing = presence_typing && attempts == 0 && content.text.is_some() && self.show_typing(&content).await;
+        if paused && !typing {
+            self.restamp(&content).await;
+        }
         let sent = self.client.send(&wa_id, &content).await;
+        self.last_sent = Some(Instant::now());
         if typing && sent.is_err() {
             let _ = self.client.typing(&content.chat, false).await;
         }
@@ -217,10 +231,26 @@ impl Run {
             return false;
         }
         tokio::time::sleep(typing_time(content.text.as_deref().unwrap_or_default())).await;
-        if let Err(e) = limiter::restamp(&self.daemon.redis, &self.org, &self.session_id, &content.id).await {
-            tracing::warn!(session = %self.session_id, "cannot move the rate place of a typed message: {e}");
-        }
+        self.restamp(content).await;
         true
+    }
+
+    /// Sleeps a random pause of up to `SEND_JITTER_MS` when the previous send was moments ago;
+    /// `true` when it did.
+    async fn jitter(&self) -> bool {
+        let jitter = self.daemon.config.send_jitter_ms;
+        if jitter == 0 || !self.last_sent.is_some_and(|at| at.elapsed() < STREAK) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..=jitter))).await;
+        true
+    }
+
+    /// The message goes out now, not when its rate place was taken: the place moves.
+    async fn restamp(&self, content: &Content) {
+        if let Err(e) = limiter::restamp(&self.daemon.redis, &self.org, &self.session_id, &content.id, &content.chat).await {
+            tracing::warn!(session = %self.session_id, "cannot move a delayed message's rate place: {e}");
+        }
     }
 
     /// Waits for WhatsApp's server to take or refuse the message; unanswered, it is sent again.

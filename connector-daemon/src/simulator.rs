@@ -12,7 +12,7 @@
 //! | `phone_logout` | `phone` | the phone unlinks every device of that number |
 //! | `drop` | `session` | the session's connection drops (the daemon reconnects) |
 //! | `replace` | `session` | another client takes over the session's stream |
-//! | `ban` | `session` | WhatsApp bans the number for a while |
+//! | `ban` | `session`, `secs` | WhatsApp bans the number for a while (lifting in `secs`, when given) |
 //! | `replace_client` | `client` | the server ends that client: another logged in with its device |
 //! | `message` | `to`, `from`, … | the phone `from` sends the number `to` a message (see [`PhoneMessage`]) |
 //!
@@ -159,7 +159,10 @@ impl Simulator {
             "replace_client" => {
                 self.clients().into_iter().filter(|c| c.token == client).for_each(|c| c.end(BackendEvent::StreamReplaced));
             }
-            "ban" => by_session().into_iter().for_each(|c| c.end(BackendEvent::TemporaryBan { reason: "simulated ban".into() })),
+            "ban" => {
+                let lifts_in = field("secs").parse().ok().map(Duration::from_secs);
+                by_session().into_iter().for_each(|c| c.end(BackendEvent::TemporaryBan { reason: "simulated ban".into(), lifts_in }));
+            }
             "message" => self.phone_message(entry_id, fields).await,
             other => tracing::warn!("simulator: unknown action {other:?}"),
         }

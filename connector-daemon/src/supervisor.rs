@@ -601,6 +601,19 @@ impl Supervisor {
         }
     }
 
+    /// WhatsApp banned the number for a while. When it said for how long, the session waits that
+    /// long, its outbox paused, and connects again (the reason, with when the ban lifts, on the
+    /// row and in `session.status`); else it fails with the reason.
+    async fn banned(&mut self, reason: &str, lifts_in: Option<Duration>) {
+        let Some(lifts_in) = lifts_in else { return self.halt(SessionStatus::Failed, &format!("temporary_ban: {reason}")).await };
+        self.drop_client().await;
+        self.retry_at = Some(Instant::now() + lifts_in);
+        let lifts_at = now_millis() + lifts_in.as_millis() as i64;
+        tracing::warn!(session = %self.id, ?lifts_in, "temporarily banned by WhatsApp: {reason}");
+        let update = self.status_change(SessionStatus::Starting, Some(&format!("temporary_ban: {reason}; lifts at {lifts_at}")));
+        self.write(update).await;
+    }
+
     /// The socket is gone: reconnect after a backoff, or give up as `failed` after too many
     /// failures in a row. A connection that dropped soon after it came up counts as a failure,
     /// so a flapping number backs off instead of hammering WhatsApp.
@@ -664,7 +677,7 @@ impl Supervisor {
             BackendEvent::StreamReplaced => {
                 self.halt(SessionStatus::Failed, "stream_replaced: another client connected with this session's credentials").await;
             }
-            BackendEvent::TemporaryBan { reason } => self.halt(SessionStatus::Failed, &format!("temporary_ban: {reason}")).await,
+            BackendEvent::TemporaryBan { reason, lifts_in } => self.banned(&reason, lifts_in).await,
             BackendEvent::ServerAck { id, error } => {
                 if let Some(sender) = &self.sender {
                     sender.acked(id, error);

@@ -50,7 +50,7 @@ async fn unlink(daemon: &Daemon, session_id: &str, store: &Path) -> Result<(), S
                 BackendEvent::Qr { .. } | BackendEvent::QrExhausted | BackendEvent::LoggedOut { .. } => return Ok(()),
                 BackendEvent::Disconnected { reason } => return Err(reason),
                 BackendEvent::StreamReplaced => return Err("another client took the device's stream".to_owned()),
-                BackendEvent::TemporaryBan { reason } => return Err(format!("temporarily banned: {reason}")),
+                BackendEvent::TemporaryBan { reason, .. } => return Err(format!("temporarily banned: {reason}")),
                 BackendEvent::Paired(_) | BackendEvent::Contacts(_) | BackendEvent::ServerAck { .. } | BackendEvent::Receipt { .. } => {}
             }
         }

@@ -398,12 +398,12 @@ fn map_event(event: &Event, identity_now: impl FnOnce() -> Option<Identity>) -> 
         Event::Disconnected(gone) => BackendEvent::Disconnected { reason: gone.reason.to_string() },
         Event::LoggedOut(out) => BackendEvent::LoggedOut { reason: failure_reason(&out.reason) },
         Event::StreamReplaced(_) => BackendEvent::StreamReplaced,
-        Event::TemporaryBan(ban) => BackendEvent::TemporaryBan { reason: format!("{:?}, lifted in {:?}", ban.code, ban.expire) },
+        Event::TemporaryBan(ban) => BackendEvent::TemporaryBan { reason: ban.code.to_string(), lifts_in: ban.expire.to_std().ok() },
         Event::ConnectFailure(failure) if failure.reason.is_logged_out() => {
             BackendEvent::LoggedOut { reason: failure_reason(&failure.reason) }
         }
         Event::ConnectFailure(failure) if failure.reason == ConnectFailureReason::TempBanned => {
-            BackendEvent::TemporaryBan { reason: failure.message.clone().unwrap_or_else(|| "temporarily banned".into()) }
+            BackendEvent::TemporaryBan { reason: failure.message.clone().unwrap_or_else(|| "temporarily banned".into()), lifts_in: None }
         }
         Event::ConnectFailure(failure) => BackendEvent::Disconnected {
             reason: format!("connect failure {}: {}", failure_reason(&failure.reason), failure.message.as_deref().unwrap_or("")),
@@ -490,7 +490,8 @@ mod tests {
         let replaced = Event::StreamReplaced(StreamReplaced::builder().build());
         assert_eq!(map_event(&replaced, me), Some(BackendEvent::StreamReplaced));
         let ban = Event::TemporaryBan(TemporaryBan::builder().code(TempBanReason::SentToTooManyPeople).expire(whatsapp_rust::chrono::TimeDelta::hours(1)).build());
-        assert!(matches!(map_event(&ban, me), Some(BackendEvent::TemporaryBan { .. })));
+        let Some(BackendEvent::TemporaryBan { lifts_in, .. }) = map_event(&ban, me) else { panic!("not a ban") };
+        assert_eq!(lifts_in, Some(Duration::from_secs(3600)));
         let locked = Event::ConnectFailure(ConnectFailure::builder().reason(ConnectFailureReason::AccountLocked).build());
         assert!(matches!(map_event(&locked, me), Some(BackendEvent::LoggedOut { .. })));
         let busy = Event::ConnectFailure(ConnectFailure::builder().reason(ConnectFailureReason::ServiceUnavailable).build());

@@ -112,6 +112,12 @@ pub fn session_wa_message(org: &str, session_id: &str, wa_message_id: &str) -> S
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:wa:{wa_message_id}")
 }
 
+/// When the session last sent to each chat (a sorted set: chat → Unix ms), kept for the
+/// minimum gap between two sends to one chat.
+pub fn session_chat_sends(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:chat-sends")
+}
+
 /// An `Idempotency-Key` a client sent with a message (its SHA-256) → the message it created.
 pub fn message_idempotency(org: &str, session_id: &str, key_hash: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:idempotency:{key_hash}")

@@ -330,8 +330,13 @@ pub async fn by_wa_id<R: Redis>(r: &R, org: &str, session_id: &str, wa_message_i
 
 /// The keys of a session's messaging state that go when the session is deleted (the messages
 /// themselves, and the per-chat indexes, expire with their retention).
-pub fn session_keys(org: &str, session_id: &str) -> [String; 3] {
-    [keys::session_outbox(org, session_id), keys::session_sends(org, session_id), keys::session_messages(org, session_id)]
+pub fn session_keys(org: &str, session_id: &str) -> [String; 4] {
+    [
+        keys::session_outbox(org, session_id),
+        keys::session_sends(org, session_id),
+        keys::session_chat_sends(org, session_id),
+        keys::session_messages(org, session_id),
+    ]
 }
 
 /// Why a message the daemon could not send failed.

@@ -301,6 +301,9 @@ impl Daemon {
             .env("SIM_CONNECT_MS", "300")
             .env("SIM_FIRST_QR_MS", "2000")
             .env("SIM_NEXT_QR_MS", "1000")
+            // Anti-ban pacing off unless a test asks: bursts to one chat would take minutes.
+            .env("SEND_CHAT_GAP_MS", "0")
+            .env("SEND_JITTER_MS", "0")
             // whatsapp-rust logs every refused dial at ERROR; the tests assert on the outcome instead.
             .env("RUST_LOG", std::env::var("DAEMON_LOG").unwrap_or_else(|_| "warn,whatsapp_rust=off".into()))
             .envs(self.settings.iter().map(|(k, v)| (k, v)))

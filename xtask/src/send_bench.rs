@@ -30,6 +30,9 @@ pub async fn run(host: &str, redis_url: &str, redis: &ConnectionManager, org: &s
         .env("GATEWAY_ID", &gateway)
         .env("DATA_DIR", &data)
         .env("SIM_CONNECT_MS", "20")
+        // The gateway's own latency: no deliberate pause between sends to one chat.
+        .env("SEND_CHAT_GAP_MS", "0")
+        .env("SEND_JITTER_MS", "0")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()?;
