@@ -44,6 +44,19 @@ async fn records(stack: &Stack, key: &str) -> Vec<Value> {
     records.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
 }
 
+/// The simulator's records under `key` that `keep` admits, once there are `count` of them (or
+/// as they stand after [`SOON`]: the caller asserts on them).
+async fn records_until(stack: &Stack, key: &str, count: usize, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let kept: Vec<Value> = records(stack, key).await.into_iter().filter(|r| keep(r)).collect();
+        if kept.len() >= count || Instant::now() > deadline {
+            return kept;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_message_arrives_as_message_received_with_phone_and_lid() {
     let stack = Stack::start();
@@ -127,14 +140,7 @@ async fn auto_read_sends_read_receipts_only_for_sessions_that_ask() {
     phone_sends(&stack, "628111100004", "628333100020", &[("text", "leave me unread")]).await;
     logged(&stack, &org, "message.received", 3, SOON).await;
 
-    let deadline = Instant::now() + SOON;
-    let receipts = loop {
-        let receipts = records(&stack, &shared::keys::simulator_read_receipts()).await;
-        if receipts.len() >= 2 || Instant::now() > deadline {
-            break receipts;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let receipts = records_until(&stack, &shared::keys::simulator_read_receipts(), 2, |_| true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let receipts_now = records(&stack, &shared::keys::simulator_read_receipts()).await;
     assert_eq!(receipts, receipts_now, "no more receipts came");
@@ -251,14 +257,7 @@ async fn a_reaction_sent_through_the_api_reaches_the_message_reacted_to() {
         assert_eq!(sent.status, 202, "{}", sent.body);
         assert_eq!(sent.body["type"], "reaction");
     }
-    let deadline = Instant::now() + SOON;
-    let reactions = loop {
-        let reactions: Vec<Value> = records(&stack, &shared::keys::simulator_delivered()).await.into_iter().filter(|r| r["type"] == "reaction").collect();
-        if reactions.len() == 2 || Instant::now() > deadline {
-            break reactions;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let reactions = records_until(&stack, &shared::keys::simulator_delivered(), 2, |r| r["type"] == "reaction").await;
     let expected = |emoji: &str| json!({"waMessageId": "3A0000000000000000050", "messageId": target, "participant": "628333100050@s.whatsapp.net", "emoji": emoji});
     assert_eq!(reactions.iter().map(|r| r["reaction"].clone()).collect::<Vec<_>>(), [expected("🙏"), expected("")]);
     assert!(reactions.iter().all(|r| r["to"] == "628333100050@s.whatsapp.net"));

@@ -106,6 +106,19 @@ pub trait Client: Send + Sync {
     async fn disconnect(&self);
 }
 
+/// Read receipts go one per chat and sender: the message ids of `read` grouped by that key, in
+/// the order each key first appears.
+pub fn receipts_by_chat<K: PartialEq>(read: impl IntoIterator<Item = (K, String)>) -> Vec<(K, Vec<String>)> {
+    let mut groups: Vec<(K, Vec<String>)> = Vec::new();
+    for (key, id) in read {
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((key, vec![id])),
+        }
+    }
+    groups
+}
+
 /// WhatsApp's 8-character pairing code as users type it: `ABCD-1234`.
 pub fn format_pairing_code(raw: &str) -> String {
     let raw: String = raw.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_uppercase();
@@ -114,6 +127,13 @@ pub fn format_pairing_code(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn receipts_group_ids_per_chat_and_sender_in_order() {
+        let read = [(("a", "x"), "1"), (("b", "y"), "2"), (("a", "x"), "3"), (("a", "z"), "4")].map(|(k, id)| (k, id.to_owned()));
+        let grouped = super::receipts_by_chat(read);
+        assert_eq!(grouped, [(("a", "x"), vec!["1".to_owned(), "3".to_owned()]), (("b", "y"), vec!["2".to_owned()]), (("a", "z"), vec!["4".to_owned()])]);
+    }
+
     #[test]
     fn pairing_codes_read_as_two_groups_of_four() {
         assert_eq!(super::format_pairing_code("abcd1234"), "ABCD-1234");

@@ -3,11 +3,10 @@
 //! arrived, so a daemon that dies mid-batch loses none: WhatsApp delivers them again.
 
 use crate::backend::Inbox;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, persist};
 use async_trait::async_trait;
 use shared::inbox::{self, Incoming, Stored};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Tries to store a batch before giving it back unacknowledged (WhatsApp then delivers it again
 /// later, at the next connection): a Redis restart is ridden out, a long outage is not waited on.
@@ -24,19 +23,15 @@ pub struct SessionInbox {
 impl Inbox for SessionInbox {
     async fn store(&self, batch: Vec<Incoming>) -> Result<Stored, String> {
         let (config, redis) = (&self.daemon.config, &self.daemon.redis);
-        let (mut pause, mut attempt) = (Duration::from_millis(100), 1);
-        loop {
-            match inbox::store(redis, &self.org, &self.session_id, &batch, config.retention(), config.message_retention_ms()).await {
-                Ok(stored) => {
-                    tracing::debug!(session = %self.session_id, received = batch.len(), new = stored.new.len(), "stored received messages");
-                    return Ok(stored);
-                }
-                Err(e) if attempt >= ATTEMPTS => return Err(format!("cannot store received messages: {e}")),
-                Err(e) => tracing::warn!(session = %self.session_id, "cannot store received messages, retrying in {pause:?}: {e}"),
-            }
-            tokio::time::sleep(pause).await;
-            (pause, attempt) = (pause * 2, attempt + 1);
-        }
+        let mut failures = 0;
+        let give_up = || {
+            failures += 1;
+            failures >= ATTEMPTS
+        };
+        let store = || inbox::store(redis, &self.org, &self.session_id, &batch, config.retention(), config.message_retention_ms());
+        let stored = persist("store received messages", give_up, store).await.ok_or("cannot store received messages; WhatsApp keeps them")?;
+        tracing::debug!(session = %self.session_id, received = batch.len(), new = stored.new.len(), "stored received messages");
+        Ok(stored)
     }
 }
 

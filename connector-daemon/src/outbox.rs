@@ -42,9 +42,9 @@ const STREAK: Duration = Duration::from_secs(10);
 /// key prefix ARGV[1]), dropped from the outbox when it is no longer queued; then, unless it
 /// was accepted for another number than ARGV[3] or waited past its `expiresAt` unsent, and
 /// while this gateway holds the lease (KEYS[4] = ARGV[2]), a place within the rates of the
-/// row (KEYS[2]) in the session's sends (KEYS[3]) and, ARGV[5] ms after the last send to the
-/// same chat (KEYS[5]), and the claim (`sendingAt`: no cancel
-/// after it). Answers `{verdict, content, sends so far, WhatsApp id, presenceTyping}`.
+/// row (KEYS[2]) in the session's sends (KEYS[3]) and at least ARGV[5] ms after the last send
+/// to the same chat (KEYS[5]), and the claim (`sendingAt`: no cancel after it). Answers
+/// `{verdict, content, sends so far, WhatsApp id, presenceTyping}`.
 const NEXT: &str = concat!(
     limiter_lua!(),
     r"
@@ -199,7 +199,7 @@ impl Run {
         // grows with the text; either way the message's rate place moves to when it goes out.
         let paused = attempts == 0 && self.jitter().await;
         let typing = presence_typing && attempts == 0 && content.text.is_some() && self.show_typing(&content).await;
-        if paused && !typing {
+        if paused || typing {
             self.restamp(&content).await;
         }
         let sent = self.client.send(&wa_id, &content).await;
@@ -222,16 +222,14 @@ impl Run {
         self.await_ack(&content, &wa_id).await
     }
 
-    /// Shows "typing…" in the message's chat for its [`typing_time`], then moves the message's
-    /// rate place to now (it goes out now, not when the place was taken). `false` when the
-    /// indicator could not be shown: the message then goes at once.
+    /// Shows "typing…" in the message's chat for its [`typing_time`]. `false` when the indicator
+    /// could not be shown: the message then goes at once.
     async fn show_typing(&self, content: &Content) -> bool {
         if let Err(e) = self.client.typing(&content.chat, true).await {
             tracing::info!(session = %self.session_id, "cannot show typing: {e}");
             return false;
         }
         tokio::time::sleep(typing_time(content.text.as_deref().unwrap_or_default())).await;
-        self.restamp(content).await;
         true
     }
 

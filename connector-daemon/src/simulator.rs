@@ -43,7 +43,7 @@
 //! records it under `gw:simulator:replacements`. A gateway that never runs a session twice never
 //! causes a record, so tests can tell.
 
-use crate::backend::{Backend, BackendEvent, Client, Events, Identity, Inbox, SendFailure};
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity, Inbox, SendFailure, receipts_by_chat};
 use crate::config::{Config, SimulatorTimings};
 use shared::directory::{Contact, Group, Participant, Role};
 use async_trait::async_trait;
@@ -512,15 +512,8 @@ impl SimClient {
 
     /// Read receipts for received messages, per chat and sender, as WhatsApp Web sends them.
     async fn mark_read(&self, redis: &mut ConnectionManager, batch: &[Incoming]) {
-        let mut by_chat: Vec<((String, String), Vec<String>)> = Vec::new();
-        for Incoming { content, wa_id } in batch {
-            let who = (content.chat.clone(), content.from.clone().unwrap_or_default());
-            match by_chat.iter_mut().find(|(key, _)| *key == who) {
-                Some((_, ids)) => ids.push(wa_id.clone()),
-                None => by_chat.push((who, vec![wa_id.clone()])),
-            }
-        }
-        for ((chat, sender), ids) in by_chat {
+        let read = batch.iter().map(|Incoming { content, wa_id }| ((content.chat.clone(), content.from.clone().unwrap_or_default()), wa_id.clone()));
+        for ((chat, sender), ids) in receipts_by_chat(read) {
             let record = serde_json::json!({ "session": self.session_id, "chat": chat, "sender": sender, "ids": ids, "at": shared::time::now_millis() });
             let _: redis::RedisResult<i64> = redis.rpush(keys::simulator_read_receipts(), record.to_string()).await;
         }

@@ -8,7 +8,7 @@
 //! Received messages go through the library's inbound durability hook: WhatsApp's server is
 //! acknowledged only once the session's inbox stored them, and redelivers them otherwise.
 
-use crate::backend::{Backend, BackendEvent, Client, Events, Identity, Inbox, SendFailure};
+use crate::backend::{Backend, BackendEvent, Client, Events, Identity, Inbox, SendFailure, receipts_by_chat};
 use crate::config::Config;
 use async_trait::async_trait;
 use shared::directory::{Contact, Group, Participant, Role};
@@ -208,26 +208,19 @@ impl InboundDurabilityHook for Keeper {
         let stored = self.inbox.store(kept.iter().map(|(incoming, _)| incoming.clone()).collect()).await.map_err(whatsapp_rust::anyhow::Error::msg)?;
         if stored.auto_read {
             // Not awaited here: the hook runs inside the receive pipeline, under the senders' locks.
-            let read: Vec<(Jid, Option<Jid>, String)> = kept
-                .iter()
-                .map(|(_, m)| (m.info.source.chat.clone(), m.info.source.is_group.then(|| m.info.source.sender.clone()), m.info.id.clone()))
-                .collect();
-            tokio::spawn(mark_read(client, read));
+            let read = kept.iter().map(|(_, m)| {
+                let source = &m.info.source;
+                ((source.chat.clone(), source.is_group.then(|| source.sender.clone())), m.info.id.clone())
+            });
+            tokio::spawn(mark_read(client, receipts_by_chat(read)));
         }
         Ok(())
     }
 }
 
 /// Read receipts, one per chat and sender (the group member who wrote), as WhatsApp Web sends them.
-async fn mark_read(client: Arc<whatsapp_rust::Client>, read: Vec<(Jid, Option<Jid>, String)>) {
-    let mut groups: Vec<((Jid, Option<Jid>), Vec<String>)> = Vec::new();
-    for (chat, sender, id) in read {
-        match groups.iter_mut().find(|(key, _)| key.0 == chat && key.1 == sender) {
-            Some((_, ids)) => ids.push(id),
-            None => groups.push(((chat, sender), vec![id])),
-        }
-    }
-    for ((chat, sender), ids) in groups {
+async fn mark_read(client: Arc<whatsapp_rust::Client>, read: Vec<((Jid, Option<Jid>), Vec<String>)>) {
+    for ((chat, sender), ids) in read {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         if let Err(e) = client.mark_as_read(&chat, sender.as_ref(), &ids).await {
             tracing::warn!(%chat, "cannot send read receipts: {e}");

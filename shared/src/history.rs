@@ -7,9 +7,8 @@
 //! themselves expire then.
 
 use crate::message::{Direction, Message};
-use crate::redis::{Redis, Reply};
+use crate::redis::{Redis, Reply, hash_fields};
 use crate::{ApiError, args, keys};
-use std::collections::HashMap;
 
 /// A Lua function for the scripts that store a message: `index_message(index, chat_index, id,
 /// floor, ttl)` adds the id to both indexes, drops the ids below `floor` (the retention's
@@ -120,14 +119,8 @@ pub async fn page<R: Redis>(
     let next = items.next().and_then(Reply::into_string).filter(|n| !n.is_empty());
     let mut messages = Vec::new();
     while let (Some(_id), Some(count)) = (items.next(), items.next()) {
-        let count = count.as_int().unwrap_or(0);
-        let mut fields = HashMap::new();
-        for _ in 0..count / 2 {
-            if let (Some(Some(name)), Some(Some(value))) = (items.next().map(Reply::into_string), items.next().map(Reply::into_string)) {
-                fields.insert(name, value);
-            }
-        }
-        messages.push(Message::from_fields(&fields)?);
+        let count = count.as_int().unwrap_or(0).max(0) as usize;
+        messages.push(Message::from_fields(&hash_fields(items.by_ref().take(count)))?);
     }
     Ok((messages, next.map(|id| crate::answer::cursor(&id))))
 }

@@ -8,7 +8,7 @@
 use crate::event::{Event, EventType};
 use crate::event_log::Retention;
 use crate::history::{self, index_message_lua};
-use crate::message::{Content, Message, MessageStatus, Progress};
+use crate::message::{Content, Message, MessageStatus};
 use crate::redis::{Arg, Redis, Reply};
 use crate::store::{encode, log_events_args, log_events_lua};
 use crate::{ApiError, args, keys};
@@ -87,7 +87,9 @@ pub async fn store<R: Redis>(
             keys::session_chat_messages(org, session_id, &content.chat),
             keys::session_wa_message(org, session_id, wa_id),
         ]);
-        argv.extend(args![content.id.as_str(), wa_id.as_str(), encode(content)?, encode(&received_event(org, content, wa_id, now))?]);
+        let doc = encode(content)?;
+        let event = received_event(org, content, &doc, wa_id, now)?;
+        argv.extend(args![content.id.as_str(), wa_id.as_str(), doc, encode(&event)?]);
     }
     argv.extend(log_events_args(org, Some(log_retention), &[])?);
     argv.push(Arg::from(MessageStatus::Received.rank() as i64));
@@ -103,25 +105,10 @@ pub async fn store<R: Redis>(
 }
 
 /// `message.received`, or `message.reaction` for a reaction: the Message as the API shows it.
-fn received_event(org: &str, content: &Content, wa_id: &str, now: i64) -> Event {
+fn received_event(org: &str, content: &Content, doc: &str, wa_id: &str, now: i64) -> Result<Event, ApiError> {
     let kind = if content.reaction.is_some() { EventType::MessageReaction } else { EventType::MessageReceived };
-    let message = Message {
-        content: content.clone(),
-        progress: Progress {
-            status: MessageStatus::Received,
-            error: None,
-            wa_message_id: Some(wa_id.to_owned()),
-            queued_at: None,
-            sent_at: None,
-            received_at: Some(now),
-            delivered_at: None,
-            read_at: None,
-            played_at: None,
-            failed_at: None,
-            updated_at: now,
-        },
-    };
-    Event::new(kind, org, &content.session_id, serde_json::to_value(&message).unwrap_or_default())
+    let message = Message::stored(doc, wa_id, MessageStatus::Received, now)?;
+    Ok(Event::new(kind, org, &content.session_id, serde_json::to_value(&message).unwrap_or_default()))
 }
 
 /// Fills in our ids of the messages the batch quotes or reacts to, in one round trip.

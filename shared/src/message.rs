@@ -263,6 +263,19 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message just stored, as the API shows it, without reading it back: its content `doc`,
+    /// WhatsApp id and first status, reached `now`.
+    pub fn stored(doc: &str, wa_id: &str, status: MessageStatus, now: i64) -> Result<Message, ApiError> {
+        let fields = [
+            ("doc", doc.to_owned()),
+            ("waId", wa_id.to_owned()),
+            ("status", status.as_str().to_owned()),
+            (status.time_field(), now.to_string()),
+            ("updatedAt", now.to_string()),
+        ];
+        Message::from_fields(&fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
     /// Assembles the API's view from the stored hash's fields.
     pub fn from_fields(fields: &std::collections::HashMap<String, String>) -> Result<Message, ApiError> {
         let unreadable = |what: &str| ApiError::internal(format!("stored message is unreadable: {what}"));
@@ -393,9 +406,7 @@ fn text(value: &Value) -> Result<String, ApiError> {
 }
 
 fn location(value: &Value) -> Result<Location, ApiError> {
-    let Value::Object(fields) = value else { return Err(ApiError::invalid_field("location", "must be an object")) };
-    only_known_fields(fields, &["latitude", "longitude", "name", "address"])
-        .map_err(|e| ApiError::invalid_field(&format!("location.{}", e.details["field"].as_str().unwrap_or("")), "unknown field"))?;
+    let fields = object_of(value, "location", &["latitude", "longitude", "name", "address"])?;
     let coordinate = |field: &str, bound: f64| -> Result<f64, ApiError> {
         fields
             .get(field)
@@ -412,9 +423,7 @@ fn location(value: &Value) -> Result<Location, ApiError> {
 }
 
 fn reaction(value: &Value) -> Result<(String, String), ApiError> {
-    let Value::Object(fields) = value else { return Err(ApiError::invalid_field("reaction", "must be an object")) };
-    only_known_fields(fields, &["messageId", "emoji"])
-        .map_err(|e| ApiError::invalid_field(&format!("reaction.{}", e.details["field"].as_str().unwrap_or("")), "unknown field"))?;
+    let fields = object_of(value, "reaction", &["messageId", "emoji"])?;
     let message_id = match fields.get("messageId") {
         Some(Value::String(id)) if crate::validate::is_safe_id(id) => id.clone(),
         _ => return Err(ApiError::invalid_field("reaction.messageId", "must be the id of a message of this session")),
@@ -424,6 +433,14 @@ fn reaction(value: &Value) -> Result<(String, String), ApiError> {
         _ => return Err(ApiError::invalid_field("reaction.emoji", format!("must be an emoji (at most {EMOJI_MAX_CHARS} characters), or empty to take the reaction back"))),
     };
     Ok((message_id, emoji))
+}
+
+/// A content's object (`field`), with only the `known` fields, each error naming `field.<name>`.
+fn object_of<'a>(value: &'a Value, field: &str, known: &[&str]) -> Result<&'a Map<String, Value>, ApiError> {
+    let Value::Object(fields) = value else { return Err(ApiError::invalid_field(field, "must be an object")) };
+    only_known_fields(fields, known)
+        .map_err(|e| ApiError::invalid_field(&format!("{field}.{}", e.details["field"].as_str().unwrap_or("")), "unknown field"))?;
+    Ok(fields)
 }
 
 fn place(fields: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {

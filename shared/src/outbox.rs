@@ -12,12 +12,11 @@
 use crate::command::{Command, CommandKind};
 use crate::event::{Event, EventType};
 use crate::message::{Content, Message, MessageError, MessageStatus};
-use crate::redis::{Redis, RedisError, Reply, first};
+use crate::redis::{Redis, RedisError, Reply, first, hash_fields};
 use crate::session::Session;
 use crate::history::{self, index_message_lua};
 use crate::store::{encode, log_events_args, log_events_lua, queue_command_lua, route_keys, routed};
 use crate::{ApiError, ErrorCode, args, keys};
-use std::collections::HashMap;
 
 /// Stores a message at the end of the session's outbox (see the module doc). `KEYS`: message,
 /// outbox, row, idempotency key, WhatsApp id index, event log, the routing keys, then the
@@ -144,14 +143,7 @@ pub async fn accept<R: Redis>(
     .await;
     match reply? {
         Reply::Status(s) if s == "queued" => {
-            let stored = [
-                ("doc", doc),
-                ("waId", wa_id.to_owned()),
-                ("status", MessageStatus::Queued.as_str().to_owned()),
-                ("queuedAt", now.to_string()),
-                ("updatedAt", now.to_string()),
-            ];
-            Ok(Accepted::New(Message::from_fields(&stored.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())?))
+            Ok(Accepted::New(Message::stored(&doc, wa_id, MessageStatus::Queued, now)?))
         }
         Reply::Status(s) if s == "gone" => Err(ApiError::session_not_found()),
         Reply::Status(s) if s == "not_paired" => Err(ApiError::new(ErrorCode::Conflict, "the session is not paired with a WhatsApp number; pair it first")
@@ -176,7 +168,7 @@ pub async fn get<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str)
     if !crate::validate::is_safe_id(message_id) {
         return Err(not_found());
     }
-    let fields = hash(r, &keys::message(org, message_id)).await?;
+    let fields = hash_fields(r.execute("HGETALL", args![keys::message(org, message_id)]).await?);
     if fields.is_empty() {
         return Err(not_found());
     }
@@ -197,16 +189,6 @@ pub async fn content<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<Opt
 /// A message's content as stored.
 pub fn decode_content(doc: &str) -> Result<Content, ApiError> {
     serde_json::from_str(doc).map_err(|e| ApiError::internal(format!("stored message is unreadable: {e}")))
-}
-
-async fn hash<R: Redis>(r: &R, key: &str) -> Result<HashMap<String, String>, RedisError> {
-    let flat = r.execute("HGETALL", args![key]).await?;
-    let mut fields = HashMap::new();
-    let mut items = flat.into_iter().map(Reply::into_string);
-    while let (Some(Some(name)), Some(Some(value))) = (items.next(), items.next()) {
-        fields.insert(name, value);
-    }
-    Ok(fields)
 }
 
 /// Cancels a message still queued; 409 once a daemon began sending it or it ended.

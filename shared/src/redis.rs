@@ -103,6 +103,18 @@ pub async fn get_string<R: Redis>(r: &R, key: &str) -> Result<Option<String>, Re
     Ok(first(r, "GET", args![key]).await?.into_string())
 }
 
+/// A hash as `HGETALL` flattens it (`name, value, …`), as a map.
+pub fn hash_fields(items: impl IntoIterator<Item = Reply>) -> std::collections::HashMap<String, String> {
+    let mut items = items.into_iter().map(Reply::into_string);
+    let mut fields = std::collections::HashMap::new();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        if let (Some(name), Some(value)) = (name, value) {
+            fields.insert(name, value);
+        }
+    }
+    fields
+}
+
 #[cfg(feature = "native")]
 pub mod native {
     //! [`Redis`] over the `redis` crate, flattening replies exactly as Spin's host does.

@@ -62,20 +62,23 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
 
 /// The message a reaction is for: one of this session's in the chat the reaction goes to.
 async fn reaction(ctx: &Context, org: &str, session_id: &str, chat: &str, message_id: &str, emoji: &str) -> Result<Reaction, ApiError> {
-    let unknown = || ApiError::invalid_field("reaction.messageId", "no such message in this chat of the session");
-    let Some((target, wa_id)) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
-    if target.session_id != session_id || target.chat != chat {
-        return Err(unknown());
-    }
-    Ok(Reaction { wa_message_id: wa_id.ok_or_else(unknown)?, message_id: Some(target.id), participant: target.from, emoji: emoji.to_owned() })
+    let unknown = ApiError::invalid_field("reaction.messageId", "no such message in this chat of the session");
+    let (target, wa_message_id) = referred(ctx, org, session_id, Some(chat), message_id, unknown).await?;
+    Ok(Reaction { wa_message_id, message_id: Some(target.id), participant: target.from, emoji: emoji.to_owned() })
 }
 
 /// The message a reply quotes: one of this session's, known to WhatsApp by its id.
 async fn quoted(ctx: &Context, org: &str, session_id: &str, message_id: &str) -> Result<Quote, ApiError> {
-    let unknown = || ApiError::invalid_field("replyTo", "no such message in this session");
-    let Some((original, wa_id)) = outbox::content(&ctx.redis, org, message_id).await? else { return Err(unknown()) };
-    if original.session_id != session_id {
-        return Err(unknown());
+    let unknown = ApiError::invalid_field("replyTo", "no such message in this session");
+    let (original, wa_message_id) = referred(ctx, org, session_id, None, message_id, unknown).await?;
+    Ok(Quote { wa_message_id, participant: original.from })
+}
+
+/// A message of the session (in `chat`, when given) that another refers to, with the id
+/// WhatsApp knows it by; `unknown` when there is none.
+async fn referred(ctx: &Context, org: &str, session_id: &str, chat: Option<&str>, message_id: &str, unknown: ApiError) -> Result<(Content, String), ApiError> {
+    match outbox::content(&ctx.redis, org, message_id).await? {
+        Some((message, Some(wa_id))) if message.session_id == session_id && chat.is_none_or(|chat| message.chat == chat) => Ok((message, wa_id)),
+        _ => Err(unknown),
     }
-    Ok(Quote { wa_message_id: wa_id.ok_or_else(unknown)?, participant: original.from })
 }
