@@ -2,6 +2,8 @@
 //! WhatsApp server; the session stores each once, announces it on the event stream, lists it,
 //! and sends read receipts when it reads automatically.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use e2e::{Stack, api_key_at, new_org};
 use serde_json::{Value, json};
 use shared::auth::Capability;
@@ -266,4 +268,76 @@ async fn a_reaction_sent_through_the_api_reaches_the_message_reacted_to() {
     assert_eq!(elsewhere.expect_error(400, "validation_error")["field"], "reaction.messageId", "not a message of that chat");
     let unknown = stack.client.post(&url, &key, &react("🙏", "01K0000000000000000000000X", "628333100050")).await;
     assert_eq!(unknown.expect_error(400, "validation_error")["field"], "reaction.messageId");
+}
+
+/// `GET …/media` of a received file: fetched from WhatsApp's media servers through the session
+/// once, however many ask at the same time, then served from the cache, whose files stay
+/// within the organization's budget (oldest out first). A file WhatsApp gave no reference for
+/// is not found; a session that is not connected cannot fetch (409).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_received_file_is_fetched_from_whatsapp_once_then_cached() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("MEDIA_CACHE_MAX_BYTES", "60000")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111100040").await;
+    let me = "628111100040";
+    let photo: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let data = BASE64.encode(&photo);
+    phone_sends(&stack, me, "628333100040", &[("type", "image"), ("mime", "image/jpeg"), ("caption", "receipt"), ("data", &data)]).await;
+    phone_sends(&stack, me, "628333100040", &[("type", "document"), ("mime", "application/pdf"), ("data", &BASE64.encode(b"%PDF"))]).await;
+    phone_sends(&stack, me, "628333100040", &[("type", "video"), ("mime", "video/mp4")]).await;
+    let sticker = vec![9u8; 20_000];
+    phone_sends(&stack, me, "628333100040", &[("type", "sticker"), ("mime", "image/webp"), ("data", &BASE64.encode(&sticker))]).await;
+    let received = logged(&stack, &org, "message.received", 4, SOON).await;
+    let ids: Vec<String> = received.iter().map(|e| e["data"]["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(received[0]["data"]["media"]["caption"], "receipt");
+    let downloads = || async { redis::AsyncCommands::get::<_, Option<i64>>(&mut stack.redis().await, shared::keys::simulator_downloads()).await.unwrap().unwrap_or(0) };
+
+    // Ten readers at once: one fetch from WhatsApp.
+    let path = format!("/messages/{}/media", ids[0]);
+    let readers = (0..10).map(|_| async {
+        let response = stack.client.0.get(stack.session_url(&id, &path)).bearer_auth(&key).send().await.unwrap();
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        (response.status().as_u16(), content_type, response.bytes().await.unwrap().to_vec())
+    });
+    for (status, content_type, body) in futures::future::join_all(readers).await {
+        assert_eq!((status, content_type.as_str(), body.len()), (200, "image/jpeg", photo.len()));
+        assert!(body == photo, "the very file the phone sent");
+    }
+    assert_eq!(downloads().await, 1, "one fetch for ten readers");
+    let again = stack.client.0.get(stack.session_url(&id, &path)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(again.bytes().await.unwrap().to_vec(), photo);
+    assert_eq!(downloads().await, 1, "then from the cache");
+
+    // The organization's cache holds 60,000 bytes: the sticker pushes the photo out.
+    let fetch = |message_id: String| {
+        let (stack, id, key) = (&stack, &id, &key);
+        async move {
+            let response = stack.client.0.get(stack.session_url(id, &format!("/messages/{message_id}/media"))).bearer_auth(key).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            response.bytes().await.unwrap().to_vec()
+        }
+    };
+    assert_eq!(fetch(ids[1].clone()).await, b"%PDF");
+    assert_eq!(fetch(ids[3].clone()).await, sticker);
+    assert_eq!(downloads().await, 3);
+    let mut redis = stack.redis().await;
+    let cached = |message_id: &str| shared::keys::message_media(&org, message_id);
+    let photo_cached: bool = redis::AsyncCommands::exists(&mut redis, cached(&ids[0])).await.unwrap();
+    assert!(!photo_cached, "the oldest file made room");
+    assert_eq!(fetch(ids[0].clone()).await, photo);
+    assert_eq!(downloads().await, 4, "fetched again once evicted");
+    let total: i64 = redis::AsyncCommands::get(&mut redis, shared::keys::org_media_cache_total(&org)).await.unwrap();
+    assert!(total <= 60_000, "the cache stays within its budget: {total}");
+
+    // WhatsApp gave nothing to fetch the video with.
+    let no_reference = stack.client.get(&stack.session_url(&id, &format!("/messages/{}/media", ids[2])), &key).await;
+    assert_eq!(no_reference.expect_error(404, "not_found")["reason"], "no_reference");
+    // Stopped, the session cannot reach WhatsApp's media servers.
+    let stopped = stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await;
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    let document = stack.client.get(&stack.session_url(&id, &format!("/messages/{}/media", ids[1])), &key).await;
+    assert_eq!(document.expect_error(409, "conflict")["reason"], "not_connected");
+    assert_eq!(downloads().await, 4);
 }

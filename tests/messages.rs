@@ -1,7 +1,9 @@
 //! Messaging end to end: a paired session sends through the API and the simulated WhatsApp
 //! server records what reached it, acknowledges it and answers with receipts.
 
-use e2e::{Reply, Stack, api_key_at, new_org};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use e2e::{FileServer, Reply, Stack, api_key_at, new_org};
 use serde_json::{Value, json};
 use shared::auth::Capability;
 use std::time::{Duration, Instant};
@@ -45,6 +47,14 @@ async fn message_until(stack: &Stack, key: &str, session_id: &str, id: &str, wit
 async fn delivered(stack: &Stack) -> Vec<Value> {
     let records: Vec<String> = redis::AsyncCommands::lrange(&mut stack.redis().await, shared::keys::simulator_delivered(), 0, -1).await.unwrap();
     records.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
+}
+
+/// `GET` of a file: status, content type, bytes.
+async fn file(stack: &Stack, key: &str, session_id: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let response = stack.client.0.get(stack.session_url(session_id, path)).bearer_auth(key).send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    (status, content_type, response.bytes().await.unwrap().to_vec())
 }
 
 /// A lifecycle action (`:stop`, `:start`, `:logout`) that must be accepted.
@@ -147,8 +157,17 @@ async fn bad_requests_name_their_field_and_queue_nothing() {
         let reply = send(&stack, &key, &id, &body, None).await;
         assert_eq!(reply.expect_error(400, "validation_error")["field"], field, "{body}");
     }
-    let image = send(&stack, &key, &id, &json!({"to": "628222000003", "image": {"url": "https://example.com/a.jpg"}}), None).await;
-    assert_eq!(image.expect_error(501, "not_implemented")["field"], "image");
+    for (body, field) in [
+        (json!({"to": "628222000003", "image": {"url": "https://example.com/a.jpg"}}), "image.mimeType"),
+        (json!({"to": "628222000003", "image": {"mimeType": "image/jpeg"}}), "image.url"),
+        (json!({"to": "628222000003", "image": {"url": "file:///etc/passwd", "mimeType": "image/jpeg"}}), "image.url"),
+        (json!({"to": "628222000003", "sticker": {"data": "AAAA", "mimeType": "image/png"}}), "sticker.mimeType"),
+        (json!({"to": "628222000003", "document": {"data": "%%%", "mimeType": "application/pdf"}}), "document.data"),
+        (json!({"to": "628222000003", "audio": {"data": "AAAA", "mimeType": "audio/ogg", "caption": "x"}}), "audio.caption"),
+    ] {
+        let reply = send(&stack, &key, &id, &body, None).await;
+        assert_eq!(reply.expect_error(400, "validation_error")["field"], field, "{body}");
+    }
     let not_json = stack.client.post(&stack.session_url(&id, "/messages"), &key, "{").await;
     not_json.expect_error(400, "validation_error");
     let bad_key = send(&stack, &key, &id, &json!({"to": "628222000003", "text": "x"}), Some("has spaces")).await;
@@ -245,6 +264,20 @@ async fn other_organizations_get_not_found_and_capabilities_hold() {
     stack.client.get(&stack.session_url(&id, "/outbox"), &sender).await.expect_error(403, "forbidden");
     assert_eq!(stack.client.get(&stack.session_url(&id, "/outbox"), &reader).await.status, 200);
     send(&stack, "", &id, &body, None).await.expect_error(401, "unauthorized");
+
+    // A message's file: the organization's readers only.
+    let image = accepted(&stack, &key, &id, json!({"to": "628222000006", "image": {"data": BASE64.encode(b"png bytes"), "mimeType": "image/png"}})).await;
+    let image_id = image["id"].as_str().unwrap();
+    message_until(&stack, &key, &id, image_id, SOON, |m| m["status"] == "delivered").await;
+    let media_path = format!("/messages/{image_id}/media");
+    assert_eq!(file(&stack, &reader, &id, &media_path).await, (200, "image/png".to_owned(), b"png bytes".to_vec()));
+    stack.client.get(&stack.session_url(&id, &media_path), &stranger).await.expect_error(404, "not_found");
+    stack.client.get(&stack.session_url(&other, &media_path), &key).await.expect_error(404, "not_found");
+    stack.client.get(&stack.session_url(&id, &media_path), &sender).await.expect_error(403, "forbidden");
+    stack.client.get(&stack.session_url(&id, &media_path), "").await.expect_error(401, "unauthorized");
+    let text_media = format!("/messages/{}/media", message["id"].as_str().unwrap());
+    assert_eq!(stack.client.get(&stack.session_url(&id, &text_media), &key).await.expect_error(404, "not_found")["reason"], "no_media");
+    stack.client.post(&stack.session_url(&id, &media_path), &key, "").await.expect_error(405, "method_not_allowed");
 }
 
 /// The bar: at ten a minute, a burst of 25 never puts more than ten sends in any 60 s
@@ -388,4 +421,119 @@ async fn sends_to_one_chat_keep_their_gap_and_runs_of_sends_are_uneven() {
     assert!(at("a2") - at("a1") < 1_500 + 400 + 1_000, "no longer than the gap, the jitter and some slack: {records:#?}");
     let gaps: Vec<i64> = records.windows(2).map(|w| w[1]["at"].as_i64().unwrap() - w[0]["at"].as_i64().unwrap()).collect();
     assert!(gaps[0] <= 400 + 300 && gaps[2] <= 400 + 300, "another chat is not held back by the gap: {gaps:?}");
+}
+
+/// Every kind of file reaches the phone, given inline or by URL, and comes back through
+/// `GET …/media`: from the cache right after sending, then from WhatsApp's media servers once
+/// the cache lost it, and from the cache again after that. What the gateway kept only to send
+/// (the inline file) is gone once sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_file_reaches_the_phone_and_comes_back() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("MEDIA_MAX_BYTES", "65536")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111000020").await;
+    let photo: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let server = FileServer::start(vec![("/photo.jpg", photo.clone()), ("/huge.bin", vec![7; 70_000])]);
+    let inline = |bytes: &[u8]| BASE64.encode(bytes);
+    let sends = [
+        ("image", json!({"url": format!("{}/photo.jpg", server.url), "mimeType": "image/jpeg", "caption": "the view"}), photo.clone()),
+        ("video", json!({"data": inline(b"video bytes"), "mimeType": "video/mp4", "caption": "clip"}), b"video bytes".to_vec()),
+        ("audio", json!({"data": inline(b"opus bytes"), "mimeType": "audio/ogg; codecs=opus", "voiceNote": true}), b"opus bytes".to_vec()),
+        ("document", json!({"data": inline(b"%PDF-1.7"), "mimeType": "application/pdf", "fileName": "invoice.pdf", "caption": "Q3"}), b"%PDF-1.7".to_vec()),
+        ("sticker", json!({"data": inline(b"RIFFWEBP"), "mimeType": "image/webp"}), b"RIFFWEBP".to_vec()),
+    ];
+    let mut sent = Vec::new();
+    for (kind, media, bytes) in &sends {
+        let message = accepted(&stack, &key, &id, json!({"to": "628222000020", kind.to_string(): media})).await;
+        assert_eq!((&message["type"], &message["media"]["mimeType"]), (&json!(kind), &media["mimeType"]), "{message}");
+        sent.push((message["id"].as_str().unwrap().to_owned(), bytes.clone(), media["mimeType"].as_str().unwrap().to_owned()));
+    }
+    for (message_id, ..) in &sent {
+        message_until(&stack, &key, &id, message_id, SOON, |m| m["status"] == "delivered").await;
+    }
+    let records = delivered(&stack).await;
+    assert_eq!(records.len(), sends.len(), "{records:?}");
+    for ((kind, media, bytes), record) in sends.iter().zip(&records) {
+        assert_eq!(record["type"], json!(kind), "{record}");
+        assert_eq!(record["media"]["sha256"], json!(shared::secret::sha256_hex(bytes)), "the phone got the very file: {record}");
+        assert_eq!(record["media"]["size"], json!(bytes.len()), "{record}");
+        assert_eq!((&record["media"]["mimeType"], &record["media"]["caption"]), (&media["mimeType"], &media.get("caption").cloned().unwrap_or(Value::Null)), "{record}");
+    }
+    assert_eq!((&records[2]["media"]["voiceNote"], &records[3]["media"]["fileName"]), (&json!(true), &json!("invoice.pdf")));
+    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 1, "the URL is fetched once, when the message goes out");
+
+    let mut redis = stack.redis().await;
+    for (message_id, bytes, mime) in &sent {
+        let uploads: bool = redis::AsyncCommands::exists(&mut redis, shared::keys::message_upload(&org, message_id)).await.unwrap();
+        assert!(!uploads, "an inline file is kept only until its message is sent");
+        let path = format!("/messages/{message_id}/media");
+        assert_eq!(file(&stack, &key, &id, &path).await, (200, mime.clone(), bytes.clone()), "from the cache");
+    }
+    // The cache lost the image: it comes from WhatsApp's media servers, once.
+    let (image_id, photo_bytes, _) = &sent[0];
+    let downloads = || async { redis::AsyncCommands::get::<_, Option<i64>>(&mut stack.redis().await, shared::keys::simulator_downloads()).await.unwrap().unwrap_or(0) };
+    let () = redis::AsyncCommands::del(&mut redis, shared::keys::message_media(&org, image_id)).await.unwrap();
+    let path = format!("/messages/{image_id}/media");
+    assert_eq!(file(&stack, &key, &id, &path).await, (200, "image/jpeg".to_owned(), photo_bytes.clone()));
+    assert_eq!(file(&stack, &key, &id, &path).await.2, *photo_bytes);
+    assert_eq!(downloads().await, 1, "fetched from WhatsApp once, then cached");
+
+    // A URL that fails, and one past MEDIA_MAX_BYTES: the message fails and says why.
+    for (file_path, why) in [("/missing.jpg", "404"), ("/huge.bin", "larger than 65536")] {
+        let body = json!({"to": "628222000020", "document": {"url": format!("{}{file_path}", server.url), "mimeType": "application/octet-stream"}});
+        let message = accepted(&stack, &key, &id, body).await;
+        let failed = message_until(&stack, &key, &id, message["id"].as_str().unwrap(), SOON, |m| m["status"] == "failed").await;
+        assert_eq!(failed["error"]["code"], "media_unavailable", "{failed}");
+        assert!(failed["error"]["message"].as_str().unwrap().contains(why), "{failed}");
+    }
+    assert_eq!(delivered(&stack).await.len(), sends.len(), "nothing half-sent reached the phone");
+}
+
+/// By default a media URL cannot reach into the gateway's own network (loopback here), so a
+/// message cannot make the gateway fetch internal services.
+#[tokio::test(flavor = "multi_thread")]
+async fn media_urls_inside_the_network_are_refused_by_default() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("MEDIA_FETCH_ALLOW_PRIVATE", "false")]);
+    let key = stack.key(&new_org()).await;
+    let (id, _) = stack.paired_session(&key, "628111000021").await;
+    let server = FileServer::start(vec![("/secret.png", b"internal".to_vec())]);
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    for url in [format!("{}/secret.png", server.url), format!("http://localhost:{port}/secret.png"), format!("http://[::1]:{port}/secret.png")] {
+        let message = accepted(&stack, &key, &id, json!({"to": "628222000021", "image": {"url": url, "mimeType": "image/png"}})).await;
+        let failed = message_until(&stack, &key, &id, message["id"].as_str().unwrap(), SOON, |m| m["status"] == "failed").await;
+        assert_eq!(failed["error"]["code"], "media_unavailable", "{url}: {failed}");
+    }
+    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 0, "no request reached the internal server");
+    assert!(delivered(&stack).await.is_empty());
+}
+
+/// Inline files are bounded: each by `media_max_bytes` (413 past the body limit, 400 past the
+/// file limit), and what one session's queued messages hold by `media_queue_max_bytes` (429
+/// until some go out or are canceled).
+#[tokio::test(flavor = "multi_thread")]
+async fn inline_files_are_bounded_per_message_and_per_session() {
+    let variables = [("media_max_bytes", "8192"), ("media_queue_max_bytes", "12000")];
+    let stack = Stack::start_configured(&[("BACKEND", "simulator")], &variables);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let id = stopped_session(&stack, &key, "628111000022").await;
+    let document = |size: usize| json!({"to": "628222000022", "document": {"data": BASE64.encode(vec![1u8; size]), "mimeType": "application/pdf"}});
+    assert_eq!(send(&stack, &key, &id, &document(8193), None).await.expect_error(400, "validation_error")["field"], "document.data");
+    send(&stack, &key, &id, &document(200_000), None).await.expect_error(413, "payload_too_large");
+    let first = accepted(&stack, &key, &id, document(8000)).await;
+    let full = send(&stack, &key, &id, &document(8000), None).await;
+    assert_eq!(full.expect_error(429, "rate_limited")["scope"], "outbox_files");
+    accepted(&stack, &key, &id, json!({"to": "628222000022", "text": "text still goes"})).await;
+    let canceled = stack.client.delete(&stack.session_url(&id, &format!("/messages/{}", first["id"].as_str().unwrap())), &key).await;
+    assert_eq!(canceled.status, 204, "{}", canceled.body);
+    let uploads: bool = redis::AsyncCommands::exists(&mut stack.redis().await, shared::keys::message_upload(&org, first["id"].as_str().unwrap())).await.unwrap();
+    assert!(!uploads, "a canceled message's file is dropped");
+    let second = accepted(&stack, &key, &id, document(8000)).await;
+    // Queued, the file is served from what the gateway keeps to send it.
+    let path = format!("/messages/{}/media", second["id"].as_str().unwrap());
+    assert_eq!(file(&stack, &key, &id, &path).await, (200, "application/pdf".to_owned(), vec![1u8; 8000]));
+    act(&stack, &key, &id, ":start").await;
+    message_until(&stack, &key, &id, second["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    assert_eq!(file(&stack, &key, &id, &path).await.2, vec![1u8; 8000]);
 }

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use shared::directory::{Contact, Group};
 use shared::inbox::{Incoming, Stored};
+use shared::media::{FetchError, MediaRef};
 use shared::message::{Content, MessageStatus};
 use std::path::Path;
 use std::sync::Arc;
@@ -93,8 +94,12 @@ pub trait Client: Send + Sync {
 
     /// Sends a message with the WhatsApp id `wa_id` it was given when accepted, so sending it
     /// again after a crash is the same message to WhatsApp and the recipient sees it once. `Ok`
-    /// means the stanza went out; WhatsApp's answer comes as [`BackendEvent::ServerAck`].
-    async fn send(&self, wa_id: &str, message: &Content) -> Result<(), SendFailure>;
+    /// means the stanza went out; WhatsApp's answer comes as [`BackendEvent::ServerAck`]. A
+    /// media message's `file` is uploaded first; `Ok` then holds the reference to fetch it again.
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure>;
+
+    /// Downloads and decrypts a file from WhatsApp's media servers.
+    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, FetchError>;
 
     /// Shows "typing…" in a chat (`true`), or stops showing it (`false`).
     async fn typing(&self, chat: &str, typing: bool) -> Result<(), String>;

@@ -70,6 +70,23 @@ pub struct Config {
     /// (a queue being worked through, not a message to an idle one); 0 turns it off.
     #[arg(long, env = "SEND_JITTER_MS", default_value_t = 1_500)]
     pub send_jitter_ms: u64,
+    /// The largest media file a message sends or `GET …/media` fetches (bytes); the same as the
+    /// functions' `media_max_bytes`.
+    #[arg(long, env = "MEDIA_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub media_max_bytes: u64,
+    /// How long a media URL may take to answer with the whole file.
+    #[arg(long, env = "MEDIA_FETCH_TIMEOUT_MS", default_value_t = 30_000)]
+    pub media_fetch_timeout_ms: u64,
+    /// Let media URLs reach loopback, private and link-local addresses (off: a message cannot
+    /// make the gateway fetch from the network it runs in).
+    #[arg(long, env = "MEDIA_FETCH_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub media_fetch_allow_private: bool,
+    /// How long a fetched or sent media file stays cached for `GET …/media`.
+    #[arg(long, env = "MEDIA_CACHE_SECS", default_value_t = 3_600)]
+    pub media_cache_secs: u64,
+    /// What one organization's cached media files may add up to; the oldest go first.
+    #[arg(long, env = "MEDIA_CACHE_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub media_cache_max_bytes: u64,
     /// Exit when standard input closes: a supervisor (xtask, the tests) holds the other end.
     #[arg(long)]
     pub stop_on_stdin_close: bool,
@@ -134,6 +151,10 @@ impl Config {
 
     pub fn retention(&self) -> Retention {
         Retention { count: self.event_retention_count.max(1), max_age_ms: self.event_retention_secs.saturating_mul(1000) }
+    }
+
+    pub fn media_cache(&self) -> shared::media::CacheLimits {
+        shared::media::CacheLimits { ttl_ms: self.media_cache_secs.max(1).saturating_mul(1000), max_bytes: self.media_cache_max_bytes }
     }
 
     pub fn message_retention_ms(&self) -> u64 {

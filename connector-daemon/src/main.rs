@@ -11,6 +11,7 @@ mod daemon;
 mod inbound;
 mod lease;
 mod limiter;
+mod media;
 mod outbox;
 mod receipts;
 mod simulator;

@@ -14,6 +14,7 @@
 use crate::backend::{Client, SendFailure};
 use crate::daemon::Daemon;
 use crate::limiter::{self, limiter_lua};
+use crate::media;
 use shared::message::{Content, MessageError, MessageStatus};
 use shared::outbox::{self, Advanced, Step, failure};
 use shared::redis::{Redis, Reply};
@@ -195,6 +196,13 @@ impl Run {
             let error = failure("no_server_ack", format!("WhatsApp's server did not acknowledge the message after {MAX_ATTEMPTS} sends"));
             return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
         }
+        let file = match media::outgoing(&self.daemon, org, &content).await {
+            Ok(file) => file,
+            Err(media::Unavailable::Never(reason)) => {
+                return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(failure("media_unavailable", reason))).await;
+            }
+            Err(media::Unavailable::Redis(e)) => return Err(e),
+        };
         // A random pause within a run of sends, then "typing…" before a text, for a time that
         // grows with the text; either way the message's rate place moves to when it goes out.
         let paused = attempts == 0 && self.jitter().await;
@@ -202,13 +210,19 @@ impl Run {
         if paused || typing {
             self.restamp(&content).await;
         }
-        let sent = self.client.send(&wa_id, &content).await;
+        let sent = self.client.send(&wa_id, &content, file.as_deref()).await;
         self.last_sent = Some(Instant::now());
         if typing && sent.is_err() {
             let _ = self.client.typing(&content.chat, false).await;
         }
         match sent {
-            Ok(()) => {}
+            Ok(None) => {}
+            Ok(Some(reference)) => {
+                if let Err(e) = media::sent(&self.daemon, org, &content.id, &reference, file.unwrap_or_default()).await {
+                    // The file is then fetched from WhatsApp when asked for.
+                    tracing::warn!(session = %self.session_id, message = %content.id, "cannot keep a sent file: {e:?}");
+                }
+            }
             Err(SendFailure::Rejected(reason)) => {
                 return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(failure("rejected", reason))).await;
             }

@@ -53,6 +53,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use shared::inbox::Incoming;
+use shared::media::{FetchError, MediaRef};
 use shared::keys;
 use shared::message::{Content, Location, Media, MessageStatus, Quote, Reaction, Sender};
 use std::collections::HashMap;
@@ -174,11 +175,22 @@ impl Simulator {
     /// that number until the device's client acknowledges it. Every daemon's simulator follows
     /// the control stream; keeping it under the entry's id makes that one message.
     async fn phone_message(&self, entry_id: &str, fields: &HashMap<String, String>) {
-        let message = match PhoneMessage::parse(fields) {
+        let mut message = match PhoneMessage::parse(fields) {
             Ok(message) => message,
             Err(e) => return tracing::warn!("simulator: ignoring a phone message: {e}"),
         };
         let mut redis = self.redis.clone();
+        // A phone uploads a file before it sends the message that refers to it.
+        if let Some(data) = message.fields.remove("data") {
+            let kind = message.fields.get("type").cloned().unwrap_or_default();
+            match base64::engine::general_purpose::STANDARD.decode(data) {
+                Ok(bytes) => match upload(&mut redis, &kind, &bytes).await {
+                    Ok(reference) => drop(message.fields.insert("media_ref".into(), serde_json::to_string(&reference).unwrap_or_default())),
+                    Err(e) => return tracing::warn!("simulator: a phone could not upload its file: {e}"),
+                },
+                Err(e) => return tracing::warn!("simulator: ignoring a phone message whose data is not base64: {e}"),
+            }
+        }
         let devices: HashMap<String, String> = redis.hgetall(keys::simulator_linked_devices()).await.unwrap_or_default();
         let record = serde_json::to_string(&message).unwrap_or_default();
         for (device, _) in devices.iter().filter(|(_, phone)| **phone == message.to) {
@@ -195,7 +207,8 @@ impl Simulator {
 /// `reaction`, `image`, `video`, `audio`, `document`, `sticker`, or anything else for a kind the
 /// gateway does not read), `text`, `latitude`/`longitude`/`name`/`address`, `emoji`, `target`
 /// and `target_from` (the WhatsApp id reacted to, and its author), `quote` and `quote_from` (a reply), `mentions`
-/// (comma-separated phones), `mime`/`caption`/`file_name`/`size`/`voice_note` (media), `group`
+/// (comma-separated phones), `mime`/`caption`/`file_name`/`size`/`voice_note` (media) and
+/// `data` (the file, base64: uploaded to the simulated media servers first), `group`
 /// (a group JID: the message is written there), `addressing` (`lid` when WhatsApp addresses the
 /// sender by LID, giving the phone number beside it; else the phone number, with the LID).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +259,7 @@ impl PhoneMessage {
             "image" | "video" | "audio" | "document" | "sticker" => {
                 content.text = None;
                 content.media = Some(Media {
+                    url: None,
                     mime_type: field("mime"),
                     caption: field("caption"),
                     file_name: field("file_name"),
@@ -255,8 +269,30 @@ impl PhoneMessage {
             }
             _ => {}
         }
-        Incoming { content, wa_id: self.id.clone() }
+        let media_ref = field("media_ref").and_then(|r| serde_json::from_str(&r).ok());
+        Incoming { content, wa_id: self.id.clone(), media_ref }
     }
+}
+
+/// How long the simulated media servers keep a file.
+const MEDIA_TTL_SECS: u64 = 86_400;
+
+/// Puts a file on the simulated media servers, under a path of its hash, and answers the
+/// reference a message carries to it. The simulated servers keep files as they are: the
+/// encrypted hash is the plain one.
+async fn upload(redis: &mut ConnectionManager, kind: &str, file: &[u8]) -> redis::RedisResult<MediaRef> {
+    let sha = shared::secret::sha256(file);
+    let path = format!("/v/t62.{kind}/{}", shared::secret::sha256_hex(file));
+    let () = redis.set_ex(keys::simulator_media(&path), file, MEDIA_TTL_SECS).await?;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    Ok(MediaRef {
+        kind: kind.to_owned(),
+        direct_path: path,
+        media_key: b64(&rand::random::<[u8; 32]>()),
+        file_sha256: b64(&sha),
+        file_enc_sha256: b64(&sha),
+        file_length: file.len() as u64,
+    })
 }
 
 /// A simulated phone's LID: fixed per number, as WhatsApp's is.
@@ -512,7 +548,7 @@ impl SimClient {
 
     /// Read receipts for received messages, per chat and sender, as WhatsApp Web sends them.
     async fn mark_read(&self, redis: &mut ConnectionManager, batch: &[Incoming]) {
-        let read = batch.iter().map(|Incoming { content, wa_id }| ((content.chat.clone(), content.from.clone().unwrap_or_default()), wa_id.clone()));
+        let read = batch.iter().map(|Incoming { content, wa_id, .. }| ((content.chat.clone(), content.from.clone().unwrap_or_default()), wa_id.clone()));
         for ((chat, sender), ids) in receipts_by_chat(read) {
             let record = serde_json::json!({ "session": self.session_id, "chat": chat, "sender": sender, "ids": ids, "at": shared::time::now_millis() });
             let _: redis::RedisResult<i64> = redis.rpush(keys::simulator_read_receipts(), record.to_string()).await;
@@ -614,7 +650,7 @@ impl Client for SimClient {
         unlinked
     }
 
-    async fn send(&self, wa_id: &str, message: &Content) -> Result<(), SendFailure> {
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure> {
         let device = {
             let state = self.state();
             match (&state.device, state.closed) {
@@ -626,11 +662,22 @@ impl Client for SimClient {
         reachable(&mut redis).await.map_err(SendFailure::NotConnected)?;
         let id = wa_id.to_owned();
         let unreachable = |e: redis::RedisError| SendFailure::NotConnected(format!("the simulated server is unreachable: {e}"));
+        let reference = match (&message.media, file) {
+            (Some(_), Some(file)) => Some(upload(&mut redis, &message.kind, file).await.map_err(unreachable)?),
+            (Some(_), None) => return Err(SendFailure::Rejected("a media message needs its file".into())),
+            (None, _) => None,
+        };
+        let media = message.media.as_ref().zip(reference.as_ref()).map(|(media, reference)| {
+            serde_json::json!({
+                "mimeType": media.mime_type, "caption": media.caption, "fileName": media.file_name, "voiceNote": media.voice_note,
+                "size": reference.file_length, "sha256": shared::secret::sha256_hex(file.unwrap_or_default()), "directPath": reference.direct_path,
+            })
+        });
         let first_time: bool = redis.sadd(keys::simulator_delivered_ids(&device.device_id), &id).await.map_err(unreachable)?;
         if first_time {
             let record = serde_json::json!({
                 "session": self.session_id, "from": device.jid, "to": message.chat, "waMessageId": id, "type": message.kind,
-                "text": message.text, "location": message.location, "reaction": message.reaction, "quote": message.quoted, "mentions": message.mentions,
+                "text": message.text, "location": message.location, "reaction": message.reaction, "quote": message.quoted, "mentions": message.mentions, "media": media,
                 "at": shared::time::now_millis(),
             });
             let _: i64 = redis.rpush(keys::simulator_delivered(), record.to_string()).await.map_err(unreachable)?;
@@ -648,7 +695,22 @@ impl Client for SimClient {
                 let _ = events.send(event);
             });
         }
-        Ok(())
+        Ok(reference)
+    }
+
+    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, FetchError> {
+        if self.state().device.is_none() {
+            return Err(crate::media::failure("not_connected", "not logged in"));
+        }
+        let mut redis = self.redis.clone();
+        reachable(&mut redis).await.map_err(|e| crate::media::failure("failed", e))?;
+        let found: Option<Vec<u8>> = redis.get(keys::simulator_media(&media.direct_path)).await.map_err(|e| crate::media::failure("failed", e.to_string()))?;
+        let _: redis::RedisResult<i64> = redis.incr(keys::simulator_downloads(), 1).await;
+        match found {
+            Some(bytes) if base64::engine::general_purpose::STANDARD.encode(shared::secret::sha256(&bytes)) == media.file_sha256 => Ok(bytes),
+            Some(_) => Err(crate::media::failure("failed", "the file does not match its hash")),
+            None => Err(crate::media::failure("unavailable", "WhatsApp's media servers no longer have this file")),
+        }
     }
 
     async fn typing(&self, chat: &str, typing: bool) -> Result<(), String> {

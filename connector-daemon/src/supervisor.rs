@@ -13,6 +13,7 @@ use crate::backend::{BackendEvent, Client, Identity, format_pairing_code};
 use crate::daemon::{Daemon, Held, persist};
 use crate::inbound::SessionInbox;
 use crate::lease::{self, Acquired};
+use crate::media;
 use crate::outbox::Sender;
 use crate::{backfill, receipts, unlinks};
 use shared::backfill::JobStatus;
@@ -221,6 +222,11 @@ impl Supervisor {
             let _ = reply.send(None);
             return Flow::Continue;
         }
+        if command.kind == CommandKind::FetchMedia {
+            self.fetch_media(&command).await;
+            let _ = reply.send(None);
+            return Flow::Continue;
+        }
         tracing::info!(session = %self.id, command = command.kind.as_str(), id = %command.id, seq = command.seq, "command");
         // Unanswered when the daemon stops before Redis answers: the command stays pending.
         let Some(row) = self.load().await else { return Flow::Exit };
@@ -276,12 +282,30 @@ impl Supervisor {
     /// A message was queued: the sender looks at the outbox now. A session that moved to
     /// another gateway gets the wake-up there; one that runs nowhere sends when it runs again.
     async fn wake_sender(&self, command: &Command) {
-        if let Some(sender) = &self.sender {
-            return sender.wake();
+        match &self.sender {
+            Some(sender) => sender.wake(),
+            None => drop(self.forward_to_holder(command).await),
         }
-        let Ok(Some((row, _))) = store::get_with_control(&self.daemon.redis, &self.org, &self.id).await else { return };
-        if let Some(holder) = row.gateway_id.filter(|g| *g != self.daemon.gateway_id) {
-            let _ = store::forward(&self.daemon.redis, &holder, command).await;
+    }
+
+    /// A `GET …/media` waits for a message's file: fetched through the connected client, off
+    /// this task, or by the gateway the session moved to.
+    async fn fetch_media(&self, command: &Command) {
+        let Some(message_id) = command.message_id.clone() else { return };
+        if let (Some(client), Some(_)) = (&self.client, &self.sender) {
+            tokio::spawn(media::fetch(self.daemon.clone(), client.clone(), self.org.clone(), message_id));
+        } else if !self.forward_to_holder(command).await {
+            media::not_connected(&self.daemon, &self.org, &message_id).await;
+        }
+    }
+
+    /// Passes a command on to the gateway the session's row names, when that is another one;
+    /// `true` when it went.
+    async fn forward_to_holder(&self, command: &Command) -> bool {
+        let Ok(Some((row, _))) = store::get_with_control(&self.daemon.redis, &self.org, &self.id).await else { return false };
+        match row.gateway_id.filter(|g| *g != self.daemon.gateway_id) {
+            Some(holder) => matches!(store::forward(&self.daemon.redis, &holder, command).await, Ok(true)),
+            None => false,
         }
     }
 
@@ -316,8 +340,8 @@ impl Supervisor {
     async fn apply(&mut self, command: Command, reply: Reply) -> Flow {
         self.applying = command.is_ordered().then_some(command.seq);
         let result = match command.kind {
-            // Handled in `command`, before any lease: a wake-up never starts a session.
-            CommandKind::Send => CommandResult::done(),
+            // Handled in `command`, before any lease: neither starts a session.
+            CommandKind::Send | CommandKind::FetchMedia => CommandResult::done(),
             CommandKind::Start if self.is_active() => CommandResult::done(),
             CommandKind::Start => {
                 self.begin().await;

@@ -12,7 +12,13 @@ use crate::backend::{Backend, BackendEvent, Client, Events, Identity, Inbox, Sen
 use crate::config::Config;
 use async_trait::async_trait;
 use shared::directory::{Contact, Group, Participant, Role};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use shared::inbox::Incoming;
+use shared::media::{FetchError, MediaRef};
+use whatsapp_rust::download::{Downloadable, MediaDownloadError, MediaType};
+use whatsapp_rust::media::{self as wa_media, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
+use whatsapp_rust::upload::{UploadOptions, UploadResponse};
 use shared::message::{Content, Location, Media, MessageStatus, Quote, Reaction, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -103,15 +109,35 @@ impl Client for WaClient {
         unlinked
     }
 
-    async fn send(&self, wa_id: &str, message: &Content) -> Result<(), SendFailure> {
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure> {
         let to: Jid = message.chat.parse().map_err(|e| SendFailure::Rejected(format!("the recipient {} is not a JID: {e}", message.chat)))?;
         let options = SendOptions::default().with_message_id(wa_id.to_owned());
         let me = [self.client.pn(), self.client.lid()].into_iter().flatten().map(|jid| jid.to_non_ad_string()).collect::<Vec<_>>();
-        match self.client.send_message_with_options(to, wa_message(message, &me)?, options).await {
-            Ok(_) => Ok(()),
+        let (proto, reference) = match (&message.media, file) {
+            (Some(media), Some(file)) => {
+                let kind = media_type(&message.kind).ok_or_else(|| SendFailure::Rejected(format!("{} is no media kind", message.kind)))?;
+                let upload = self.client.upload(file.to_vec(), kind, UploadOptions::default()).await
+                    .map_err(|e| SendFailure::NotConnected(format!("the file could not be uploaded: {e}")))?;
+                let reference = reference_of(&message.kind, &upload);
+                (media_message(message, media, upload), Some(reference))
+            }
+            (Some(_), None) => return Err(SendFailure::Rejected("a media message needs its file".into())),
+            (None, _) => (wa_message(message, &me)?, None),
+        };
+        match self.client.send_message_with_options(to, proto, options).await {
+            Ok(_) => Ok(reference),
             Err(SendError::InvalidRequest(reason)) => Err(SendFailure::Rejected(reason)),
             Err(e) => Err(SendFailure::NotConnected(e.to_string())),
         }
+    }
+
+    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, FetchError> {
+        let stored = StoredMedia::decode(media).ok_or_else(|| crate::media::failure("no_reference", "the kept reference is unreadable"))?;
+        self.client.download(&stored).await.map_err(|e| match e.downcast_ref::<MediaDownloadError>() {
+            Some(MediaDownloadError::ReferenceRejected(_)) => crate::media::failure("unavailable", "WhatsApp's media servers no longer have this file"),
+            _ if !self.client.is_connected() => crate::media::failure("not_connected", e.to_string()),
+            _ => crate::media::failure("failed", e.to_string()),
+        })
     }
 
     async fn typing(&self, chat: &str, typing: bool) -> Result<(), String> {
@@ -130,6 +156,16 @@ impl Client for WaClient {
         self.closing.store(true, Ordering::SeqCst);
         self.client.disconnect().await;
     }
+}
+
+/// The quote and mentions of an outgoing message, if it has either.
+fn context_info(message: &Content) -> Option<wa::ContextInfo> {
+    (message.quoted.is_some() || !message.mentions.is_empty()).then(|| wa::ContextInfo {
+        stanza_id: message.quoted.as_ref().map(|q| q.wa_message_id.clone()),
+        participant: message.quoted.as_ref().and_then(|q| q.participant.clone()),
+        mentioned_jid: message.mentions.clone(),
+        ..Default::default()
+    })
 }
 
 /// The protocol message for a message's content: text (extended when it quotes or mentions), a
@@ -153,12 +189,7 @@ fn wa_message(message: &Content, me: &[String]) -> Result<wa::Message, SendFailu
             ..Default::default()
         });
     }
-    let context = (message.quoted.is_some() || !message.mentions.is_empty()).then(|| wa::ContextInfo {
-        stanza_id: message.quoted.as_ref().map(|q| q.wa_message_id.clone()),
-        participant: message.quoted.as_ref().and_then(|q| q.participant.clone()),
-        mentioned_jid: message.mentions.clone(),
-        ..Default::default()
-    });
+    let context = context_info(message);
     let context_field = || context.clone().map_or_else(MessageField::none, MessageField::some);
     if let Some(text) = &message.text {
         return Ok(match context {
@@ -187,6 +218,121 @@ fn wa_message(message: &Content, me: &[String]) -> Result<wa::Message, SendFailu
         });
     }
     Err(SendFailure::Rejected(format!("{} messages cannot be sent by this build", message.kind)))
+}
+
+/// The library's kind of a media message (each kind is encrypted apart).
+fn media_type(kind: &str) -> Option<MediaType> {
+    Some(match kind {
+        "image" => MediaType::Image,
+        "video" => MediaType::Video,
+        "audio" => MediaType::Audio,
+        "document" => MediaType::Document,
+        "sticker" => MediaType::Sticker,
+        _ => return None,
+    })
+}
+
+/// What is kept of an upload to fetch the file again.
+fn reference_of(kind: &str, upload: &UploadResponse) -> MediaRef {
+    MediaRef {
+        kind: kind.to_owned(),
+        direct_path: upload.direct_path.clone(),
+        media_key: BASE64.encode(upload.media_key),
+        file_sha256: BASE64.encode(upload.file_sha256),
+        file_enc_sha256: BASE64.encode(upload.file_enc_sha256),
+        file_length: upload.file_length,
+    }
+}
+
+/// A received file's reference, from the fields every media message has.
+fn received_reference(kind: &str, file: &dyn Downloadable) -> Option<MediaRef> {
+    Some(MediaRef {
+        kind: kind.to_owned(),
+        direct_path: file.direct_path()?.to_owned(),
+        media_key: BASE64.encode(file.media_key()?),
+        file_sha256: BASE64.encode(file.file_sha256()?),
+        file_enc_sha256: BASE64.encode(file.file_enc_sha256()?),
+        file_length: file.file_length().unwrap_or_default(),
+    })
+}
+
+/// A kept reference, decoded for the library's download.
+struct StoredMedia {
+    kind: MediaType,
+    direct_path: String,
+    media_key: Vec<u8>,
+    file_sha256: Vec<u8>,
+    file_enc_sha256: Vec<u8>,
+    file_length: u64,
+}
+
+impl StoredMedia {
+    fn decode(media: &MediaRef) -> Option<StoredMedia> {
+        Some(StoredMedia {
+            kind: media_type(&media.kind)?,
+            direct_path: media.direct_path.clone(),
+            media_key: BASE64.decode(&media.media_key).ok()?,
+            file_sha256: BASE64.decode(&media.file_sha256).ok()?,
+            file_enc_sha256: BASE64.decode(&media.file_enc_sha256).ok()?,
+            file_length: media.file_length,
+        })
+    }
+}
+
+impl Downloadable for StoredMedia {
+    fn direct_path(&self) -> Option<&str> {
+        Some(&self.direct_path)
+    }
+    fn media_key(&self) -> Option<&[u8]> {
+        Some(&self.media_key)
+    }
+    fn file_enc_sha256(&self) -> Option<&[u8]> {
+        Some(&self.file_enc_sha256)
+    }
+    fn file_sha256(&self) -> Option<&[u8]> {
+        Some(&self.file_sha256)
+    }
+    fn file_length(&self) -> Option<u64> {
+        Some(self.file_length)
+    }
+    fn app_info(&self) -> MediaType {
+        self.kind
+    }
+}
+
+/// The protocol message for an uploaded file, with the caption, file name, voice-note flag,
+/// quote and mentions the message carries.
+fn media_message(message: &Content, media: &Media, upload: UploadResponse) -> wa::Message {
+    let context = context_info(message).map(Box::new);
+    let mimetype = media.mime_type.clone();
+    match message.kind.as_str() {
+        "image" => wa_media::image_message(upload, ImageOptions { caption: media.caption.clone(), mimetype, context_info: context, ..Default::default() }),
+        "video" => wa_media::video_message(upload, VideoOptions { caption: media.caption.clone(), mimetype, context_info: context, ..Default::default() }),
+        "audio" => wa_media::audio_message(upload, AudioOptions { mimetype, ptt: Some(media.voice_note), context_info: context, ..Default::default() }),
+        "sticker" => wa::Message {
+            sticker_message: MessageField::some(wa::message::StickerMessage {
+                url: Some(upload.url),
+                direct_path: Some(upload.direct_path),
+                media_key: Some(upload.media_key.to_vec()),
+                file_sha256: Some(upload.file_sha256.to_vec()),
+                file_enc_sha256: Some(upload.file_enc_sha256.to_vec()),
+                file_length: Some(upload.file_length),
+                media_key_timestamp: Some(upload.media_key_timestamp),
+                mimetype,
+                context_info: context.map_or_else(MessageField::none, |c| MessageField::some(*c)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        _ => wa_media::document_message(upload, DocumentOptions {
+            mimetype,
+            file_name: media.file_name.clone(),
+            title: media.file_name.clone(),
+            caption: media.caption.clone(),
+            context_info: context,
+            ..Default::default()
+        }),
+    }
 }
 
 /// Hands what arrives to the session's inbox before WhatsApp's server is acknowledged; an
@@ -241,31 +387,33 @@ fn incoming(session_id: &str, me: Option<&str>, inbound: &InboundMessage) -> Opt
     let alt = source.sender_alt.as_ref().map(Jid::to_non_ad);
     let (phone_jid, lid) = if sender.is_lid() { (alt.filter(Jid::is_pn), Some(sender.clone())) } else { (Some(sender.clone()), alt.filter(Jid::is_lid)) };
     let media = |mime: &Option<String>, caption: Option<&String>, file_name: Option<&String>, size: Option<u64>, voice_note: bool| Media {
+        url: None,
         mime_type: mime.clone(),
         caption: caption.cloned(),
         file_name: file_name.cloned(),
         size,
         voice_note,
     };
-    let (kind, media) = if let Some(m) = base.image_message.as_option() {
-        ("image", Some(media(&m.mimetype, m.caption.as_ref(), None, m.file_length, false)))
+    let (kind, media, file): (&str, _, Option<&dyn Downloadable>) = if let Some(m) = base.image_message.as_option() {
+        ("image", Some(media(&m.mimetype, m.caption.as_ref(), None, m.file_length, false)), Some(m))
     } else if let Some(m) = base.video_message.as_option() {
-        ("video", Some(media(&m.mimetype, m.caption.as_ref(), None, m.file_length, false)))
+        ("video", Some(media(&m.mimetype, m.caption.as_ref(), None, m.file_length, false)), Some(m))
     } else if let Some(m) = base.audio_message.as_option() {
-        ("audio", Some(media(&m.mimetype, None, None, m.file_length, m.ptt.unwrap_or(false))))
+        ("audio", Some(media(&m.mimetype, None, None, m.file_length, m.ptt.unwrap_or(false))), Some(m))
     } else if let Some(m) = base.document_message.as_option() {
-        ("document", Some(media(&m.mimetype, m.caption.as_ref(), m.file_name.as_ref(), m.file_length, false)))
+        ("document", Some(media(&m.mimetype, m.caption.as_ref(), m.file_name.as_ref(), m.file_length, false)), Some(m))
     } else if let Some(m) = base.sticker_message.as_option() {
-        ("sticker", Some(media(&m.mimetype, None, None, m.file_length, false)))
+        ("sticker", Some(media(&m.mimetype, None, None, m.file_length, false)), Some(m))
     } else if base.reaction_message.is_set() {
-        ("reaction", None)
+        ("reaction", None, None)
     } else if base.location_message.is_set() {
-        ("location", None)
+        ("location", None, None)
     } else if base.text_content().is_some() {
-        ("text", None)
+        ("text", None, None)
     } else {
-        ("unsupported", None)
+        ("unsupported", None, None)
     };
+    let media_ref = file.and_then(|file| received_reference(kind, file));
     let mut content = Content::inbound(session_id, &source.chat.to_non_ad_string(), &sender.to_string(), me, kind);
     content.created_at = info.timestamp.timestamp_millis();
     content.media = media;
@@ -292,7 +440,7 @@ fn incoming(session_id: &str, me: Option<&str>, inbound: &InboundMessage) -> Opt
         content.quoted = context.stanza_id.clone().map(|wa_message_id| Quote { wa_message_id, participant: context.participant.clone() });
         content.mentions = context.mentioned_jid.clone();
     }
-    Some(Incoming { content, wa_id: info.id.clone() })
+    Some(Incoming { content, wa_id: info.id.clone(), media_ref })
 }
 
 /// The context (quoted message, mentions) of the kinds of message the gateway reads.

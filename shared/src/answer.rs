@@ -11,6 +11,8 @@ use serde::Serialize;
 pub enum Answer {
     Json(u16, Vec<u8>),
     NoContent,
+    /// A file, 200 with its content type.
+    File { content_type: String, body: Vec<u8> },
 }
 
 impl Answer {

@@ -36,6 +36,9 @@ pub enum CommandKind {
     /// The session's outbox has a new message: wakes the sender of the gateway running the
     /// session. Outside the session's order (`seq` 0); the outbox itself is the durable queue.
     Send,
+    /// Fetch the media file of `messageId` from WhatsApp into the cache, for a waiting
+    /// `GET …/media`. Outside the session's order (`seq` 0); never stored as a result.
+    FetchMedia,
 }
 
 impl CommandKind {
@@ -50,6 +53,7 @@ impl CommandKind {
             CommandKind::Backfill => "backfill",
             CommandKind::Resume => "resume",
             CommandKind::Send => "send",
+            CommandKind::FetchMedia => "fetch_media",
         }
     }
 }
@@ -70,6 +74,9 @@ pub struct Command {
     /// The phone number a `pair_phone` command pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
+    /// The message whose file a `fetch_media` command fetches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 impl Command {
@@ -82,6 +89,7 @@ impl Command {
             issued_at: crate::time::now_millis(),
             seq: 0,
             phone: None,
+            message_id: None,
         }
     }
 

@@ -108,7 +108,20 @@ pub async fn message_limits<V: Variables>(vars: &V) -> crate::outbox::Limits {
         max_queued_ms: number(vars, "message_max_queued_secs", 86_400).await.max(1) * 1_000,
         retention_ms: number(vars, "message_retention_secs", 7 * 86_400).await.max(60) * 1_000,
         idempotency_ms: 86_400_000,
+        media_max_bytes: media_max_bytes(vars).await,
+        media_queue_max_bytes: number(vars, "media_queue_max_bytes", 64 * 1024 * 1024).await.max(1),
     }
+}
+
+/// The largest media file a message carries or `GET …/media` serves (bytes); the daemon's
+/// `MEDIA_MAX_BYTES` should say the same.
+pub async fn media_max_bytes<V: Variables>(vars: &V) -> u64 {
+    number(vars, "media_max_bytes", 16 * 1024 * 1024).await.max(1)
+}
+
+/// How long `GET …/media` waits for the session's gateway to fetch a file from WhatsApp.
+pub async fn media_wait_ms<V: Variables>(vars: &V) -> u64 {
+    number(vars, "media_wait_ms", 20_000).await
 }
 
 /// Sessions one organization may have; 0 means no limit.

@@ -8,6 +8,7 @@
 use crate::event::{Event, EventType};
 use crate::event_log::Retention;
 use crate::history::{self, index_message_lua};
+use crate::media::MediaRef;
 use crate::message::{Content, Message, MessageStatus};
 use crate::redis::{Arg, Redis, Reply};
 use crate::store::{encode, log_events_args, log_events_lua};
@@ -16,7 +17,7 @@ use crate::{ApiError, args, keys};
 /// Stores the messages not seen before. `KEYS`: row, event log, session index, then per
 /// message: its hash, its dedupe record, its chat's index, its WhatsApp-id index entry.
 /// `ARGV`: now, retention (ms), index floor, count, then per message: id, WhatsApp id,
-/// content, event; then the log's channel and retention. Answers `{autoRead, stored ids…}`,
+/// content, event, media reference (or ''); then the log's channel and retention. Answers `{autoRead, stored ids…}`,
 /// or `{-1}` when the session is gone (nothing to keep them for).
 const STORE: &str = concat!(
     log_events_lua!(),
@@ -25,13 +26,14 @@ const STORE: &str = concat!(
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {-1} end
 local now, ttl, floor, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local log_at = 5 + 4 * n
+local log_at = 5 + 5 * n
 local out = {cjson.decode(raw)['autoRead'] == true and 1 or 0}
 for i = 0, n - 1 do
-  local k, a = 4 + 4 * i, 5 + 4 * i
+  local k, a = 4 + 4 * i, 5 + 5 * i
   if redis.call('EXISTS', KEYS[k + 1]) == 0 then
     redis.call('HSET', KEYS[k], 'doc', ARGV[a + 2], 'waId', ARGV[a + 1], 'status', 'received', 'rank', ARGV[log_at + 3],
       'receivedAt', now, 'updatedAt', now)
+    if ARGV[a + 4] ~= '' then redis.call('HSET', KEYS[k], 'mediaRef', ARGV[a + 4]) end
     redis.call('PEXPIRE', KEYS[k], ttl)
     redis.call('SET', KEYS[k + 1], ARGV[a], 'PX', ttl)
     redis.call('SET', KEYS[k + 3], ARGV[a], 'NX', 'PX', ttl)
@@ -50,6 +52,8 @@ pub struct Incoming {
     /// `direction: inbound`, a fresh id; `from` is the sender as WhatsApp addressed it.
     pub content: Content,
     pub wa_id: String,
+    /// How to fetch its file again from WhatsApp, for a media message.
+    pub media_ref: Option<MediaRef>,
 }
 
 /// What storing a batch came to.
@@ -79,7 +83,7 @@ pub async fn store<R: Redis>(
     let now = crate::time::now_millis();
     let mut keys = args![keys::session(org, session_id), keys::org_events(org), keys::session_messages(org, session_id)];
     let mut argv = args![now, retention_ms as i64, history::floor(now, retention_ms), batch.len() as i64];
-    for Incoming { content, wa_id } in &batch {
+    for Incoming { content, wa_id, media_ref } in &batch {
         let sender = content.from.as_deref().unwrap_or_default();
         keys.extend(args![
             keys::message(org, &content.id),
@@ -89,7 +93,11 @@ pub async fn store<R: Redis>(
         ]);
         let doc = encode(content)?;
         let event = received_event(org, content, &doc, wa_id, now)?;
-        argv.extend(args![content.id.as_str(), wa_id.as_str(), doc, encode(&event)?]);
+        let media_ref = match media_ref {
+            Some(media_ref) => encode(media_ref)?,
+            None => String::new(),
+        };
+        argv.extend(args![content.id.as_str(), wa_id.as_str(), doc, encode(&event)?, media_ref]);
     }
     argv.extend(log_events_args(org, Some(log_retention), &[])?);
     argv.push(Arg::from(MessageStatus::Received.rank() as i64));

@@ -76,6 +76,45 @@ pub fn message(org: &str, message_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:message:{message_id}")
 }
 
+/// The file of a message sent with inline data: kept from acceptance until the message is sent,
+/// failed or canceled.
+pub fn message_upload(org: &str, message_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:message:{message_id}:upload")
+}
+
+/// The sizes of the inline files a session's queued messages hold (message id → bytes), to
+/// bound what one session keeps in Redis.
+pub fn session_uploads(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:uploads")
+}
+
+/// A message's media file as `GET …/media` answers it: cached with a TTL, within the
+/// organization's cache budget ([`org_media_cache`]). The key is this prefix and the message
+/// id, so the cache's script can evict by id.
+pub fn message_media(org: &str, message_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:media:{message_id}")
+}
+
+/// The organization's cached files (message ids, scored by when cached), oldest evicted first.
+pub fn org_media_cache(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:media-cache")
+}
+
+/// The sizes of the organization's cached files (message id → bytes), and their total (`:total`).
+pub fn org_media_cache_sizes(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:media-cache:sizes")
+}
+
+pub fn org_media_cache_total(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:media-cache:total")
+}
+
+/// A fetch of a message's media from WhatsApp: `pending` while a daemon is asked, else why it
+/// failed (JSON), for a few seconds.
+pub fn message_media_fetch(org: &str, message_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:message:{message_id}:media-fetch")
+}
+
 /// The session's queued outbound messages, oldest first (a list of message ids): what the
 /// session's daemon sends next, in order.
 pub fn session_outbox(org: &str, session_id: &str) -> String {
@@ -301,4 +340,14 @@ mod tests {
         assert_eq!(tag(&org_sessions("acme")), tag(&message_idempotency("acme", "01J", "ab")));
         assert_ne!(session("acme", "01J"), session("globex", "01J"));
     }
+}
+
+/// The simulated WhatsApp media servers: an uploaded file by its path.
+pub fn simulator_media(path: &str) -> String {
+    format!("{PREFIX}:simulator:media:{path}")
+}
+
+/// How many files sessions downloaded from the simulated media servers.
+pub fn simulator_downloads() -> String {
+    format!("{PREFIX}:simulator:downloads")
 }

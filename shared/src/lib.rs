@@ -18,6 +18,7 @@ pub mod history;
 pub mod inbox;
 pub mod keys;
 pub mod lifecycle;
+pub mod media;
 pub mod message;
 pub mod outbox;
 pub mod rate_limit;

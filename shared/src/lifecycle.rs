@@ -18,7 +18,7 @@ fn intent(kind: CommandKind) -> Option<(SessionStatus, &'static [SessionStatus])
     match kind {
         CommandKind::Start | CommandKind::PairPhone => Some((SessionStatus::Starting, IDLE)),
         CommandKind::Restart => Some((SessionStatus::Starting, &[])),
-        CommandKind::Stop | CommandKind::Logout | CommandKind::Delete | CommandKind::Backfill | CommandKind::Resume | CommandKind::Send => None,
+        CommandKind::Stop | CommandKind::Logout | CommandKind::Delete | CommandKind::Backfill | CommandKind::Resume | CommandKind::Send | CommandKind::FetchMedia => None,
     }
 }
 

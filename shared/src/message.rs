@@ -21,8 +21,14 @@ pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 
 /// The contents a message may carry, exactly one per message.
 const CONTENTS: &[&str] = &["text", "image", "video", "audio", "document", "sticker", "location", "reaction"];
-/// Contents this build cannot send yet: answered 501, never queued.
-const NOT_YET: &[&str] = &["image", "video", "audio", "document", "sticker"];
+/// The contents that carry a file.
+pub const MEDIA_KINDS: &[&str] = &["image", "video", "audio", "document", "sticker"];
+/// WhatsApp's limit on a caption, in characters.
+pub const CAPTION_MAX_CHARS: usize = 1_024;
+/// A document's file name, in characters.
+pub const FILE_NAME_MAX_CHARS: usize = 255;
+/// The longest media URL accepted.
+pub const MEDIA_URL_MAX: usize = 2_048;
 /// The longest reaction: one emoji, however many code points it joins.
 pub const EMOJI_MAX_CHARS: usize = 16;
 
@@ -143,10 +149,14 @@ pub struct Reaction {
     pub emoji: String,
 }
 
-/// What WhatsApp said of an inbound message's media (the bytes stay on WhatsApp's servers).
+/// What a message's media is: for a received one, what WhatsApp said of it; for a sent one,
+/// what the client gave. The bytes themselves are fetched with `GET …/messages/{id}/media`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Media {
+    /// Where the gateway fetched a sent file from, when the client gave a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub mime_type: Option<String>,
     pub caption: Option<String>,
     pub file_name: Option<String>,
@@ -312,15 +322,25 @@ pub struct SendRequest {
     pub location: Option<Location>,
     /// `(message id, emoji)`: a reaction to a message of this session.
     pub reaction: Option<(String, String)>,
+    /// A file to send, with what is said of it.
+    pub media: Option<(Media, MediaSource)>,
     /// The id of a message of this session the new one replies to.
     pub reply_to: Option<String>,
     pub mentions: Vec<String>,
 }
 
+/// Where a sent file's bytes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaSource {
+    /// Fetched by the daemon when the message goes out (its `Media::url`).
+    Url,
+    /// Given inline (base64 in the request), kept with the message until it goes out.
+    Data(Vec<u8>),
+}
+
 /// Checks a send request: the recipient, exactly one content, and the options, each error
-/// naming its field. Contents this build cannot send yet are 501, so nothing is queued that
-/// would never go out.
-pub fn send_request(body: &[u8]) -> Result<SendRequest, ApiError> {
+/// naming its field. Inline media is decoded here and refused past `media_max_bytes`.
+pub fn send_request(body: &[u8], media_max_bytes: usize) -> Result<SendRequest, ApiError> {
     let body = json_object(body)?;
     let mut known = vec!["to", "replyTo", "mentions"];
     known.extend_from_slice(CONTENTS);
@@ -334,13 +354,10 @@ pub fn send_request(body: &[u8]) -> Result<SendRequest, ApiError> {
             return Err(ApiError::invalid_field(second, format!("a message carries one content only; {first} is given too")));
         }
     };
-    if NOT_YET.contains(&kind) {
-        return Err(ApiError::new(crate::ErrorCode::NotImplemented, format!("{kind} messages are not supported by this build yet"))
-            .with_detail("field", kind));
-    }
     let text = if kind == "text" { Some(text(&body["text"])?) } else { None };
     let location = if kind == "location" { Some(location(&body["location"])?) } else { None };
     let reaction = if kind == "reaction" { Some(reaction(&body["reaction"])?) } else { None };
+    let media = if MEDIA_KINDS.contains(&kind) { Some(media(&body[kind], kind, media_max_bytes)?) } else { None };
     let reply_to = match body.get("replyTo") {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) if crate::validate::is_safe_id(id) => Some(id.clone()),
@@ -354,7 +371,7 @@ pub fn send_request(body: &[u8]) -> Result<SendRequest, ApiError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(ApiError::invalid_field("mentions", format!("must be a list of at most {MENTIONS_MAX} phone numbers or JIDs"))),
     };
-    Ok(SendRequest { to, kind, text, location, reaction, reply_to, mentions })
+    Ok(SendRequest { to, kind, text, location, reaction, media, reply_to, mentions })
 }
 
 /// The recipient as a JID: digits in international format (an optional `+`), or a JID of a
@@ -435,6 +452,99 @@ fn reaction(value: &Value) -> Result<(String, String), ApiError> {
     Ok((message_id, emoji))
 }
 
+/// A file to send (`kind` is its content field): a URL or base64 `data` (at most `max_bytes`
+/// decoded), a MIME type that fits the kind, and what the kind may carry besides.
+fn media(value: &Value, kind: &str, max_bytes: usize) -> Result<(Media, MediaSource), ApiError> {
+    let fields = object_of(value, kind, &["url", "data", "mimeType", "caption", "fileName", "voiceNote"])?;
+    let invalid = |name: &str, why: String| ApiError::invalid_field(&format!("{kind}.{name}"), why);
+    let given = |name: &str| fields.get(name).filter(|v| !v.is_null());
+    let (url, source) = match (given("url"), given("data")) {
+        (Some(_), Some(_)) => return Err(invalid("data", "give either url or data, not both".into())),
+        (None, None) => return Err(invalid("url", "a file is required: url (http or https) or data (base64)".into())),
+        (Some(url), None) => (Some(media_url(url).ok_or_else(|| invalid("url", format!("must be an http or https URL of at most {MEDIA_URL_MAX} characters")))?), MediaSource::Url),
+        (None, Some(data)) => (None, MediaSource::Data(media_data(data, max_bytes).map_err(|why| invalid("data", why))?)),
+    };
+    let mime_type = given("mimeType").and_then(Value::as_str).filter(|m| mime_fits(m, kind)).ok_or_else(|| {
+        let expected = match kind {
+            "sticker" => "image/webp".to_owned(),
+            "document" => "a MIME type (type/subtype)".to_owned(),
+            _ => format!("a {kind}/* MIME type"),
+        };
+        invalid("mimeType", format!("is required, and must be {expected}"))
+    })?;
+    let caption = match given("caption") {
+        None => None,
+        Some(_) if matches!(kind, "audio" | "sticker") => return Err(invalid("caption", format!("{kind} messages carry no caption"))),
+        Some(Value::String(c)) if !c.trim().is_empty() && c.chars().count() <= CAPTION_MAX_CHARS => Some(c.clone()),
+        Some(_) => return Err(invalid("caption", format!("must be 1 to {CAPTION_MAX_CHARS} characters"))),
+    };
+    let file_name = match given("fileName") {
+        None => None,
+        Some(Value::String(n)) if !n.trim().is_empty() && n.chars().count() <= FILE_NAME_MAX_CHARS && !n.chars().any(|c| c.is_control() || c == '/' || c == '\\') => Some(n.clone()),
+        Some(_) => return Err(invalid("fileName", format!("must be a file name of 1 to {FILE_NAME_MAX_CHARS} characters, without / or \\"))),
+    };
+    let voice_note = match given("voiceNote") {
+        None => false,
+        Some(Value::Bool(v)) if kind == "audio" => *v,
+        Some(_) if kind != "audio" => return Err(invalid("voiceNote", "only audio can be a voice note".into())),
+        Some(_) => return Err(invalid("voiceNote", "must be true or false".into())),
+    };
+    let size = match &source {
+        MediaSource::Data(bytes) => Some(bytes.len() as u64),
+        MediaSource::Url => None,
+    };
+    Ok((Media { url, mime_type: Some(mime_type.to_owned()), caption, file_name, size, voice_note }, source))
+}
+
+/// An absolute http(s) URL with a host, no whitespace, at most [`MEDIA_URL_MAX`] characters.
+fn media_url(value: &Value) -> Option<String> {
+    let url = value.as_str()?;
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let host = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?;
+    let ok = url.len() <= MEDIA_URL_MAX && !host.is_empty() && !host.starts_with(':') && url.chars().all(|c| c.is_ascii_graphic());
+    ok.then(|| url.to_owned())
+}
+
+/// Base64 (standard alphabet, padding optional) of 1 to `max_bytes` bytes.
+fn media_data(value: &Value, max_bytes: usize) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let Some(data) = value.as_str() else { return Err("must be base64 text".into()) };
+    let too_large = || format!("the file is larger than {max_bytes} bytes");
+    if data.len() / 4 * 3 > max_bytes + 2 {
+        return Err(too_large());
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = engine.decode(data).map_err(|_| "must be base64 (standard alphabet)".to_owned())?;
+    match bytes.len() {
+        0 => Err("must not be empty".into()),
+        n if n > max_bytes => Err(too_large()),
+        _ => Ok(bytes),
+    }
+}
+
+/// The `Content-Type` a file is served with: its MIME type when it is a well-formed one.
+pub fn content_type(mime: Option<&str>) -> String {
+    mime.filter(|m| mime_fits(m, "document") && m.bytes().all(|b| (b' '..=b'~').contains(&b))).unwrap_or("application/octet-stream").to_owned()
+}
+
+/// A MIME type (`type/subtype`, optional parameters) that a `kind` of message can carry.
+fn mime_fits(mime: &str, kind: &str) -> bool {
+    let essence = mime.split(';').next().unwrap_or_default().trim();
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    let Some((top, sub)) = essence.split_once('/') else { return false };
+    if mime.len() > 127 || !token(top) || !token(sub) {
+        return false;
+    }
+    match kind {
+        "sticker" => essence.eq_ignore_ascii_case("image/webp"),
+        "document" => true,
+        _ => top.eq_ignore_ascii_case(kind),
+    }
+}
+
 /// A content's object (`field`), with only the `known` fields, each error naming `field.<name>`.
 fn object_of<'a>(value: &'a Value, field: &str, known: &[&str]) -> Result<&'a Map<String, Value>, ApiError> {
     let Value::Object(fields) = value else { return Err(ApiError::invalid_field(field, "must be an object")) };
@@ -472,7 +582,7 @@ mod tests {
     use super::*;
 
     fn check(body: &str) -> Result<SendRequest, ApiError> {
-        send_request(body.as_bytes())
+        send_request(body.as_bytes(), 16)
     }
 
     #[test]
@@ -498,8 +608,6 @@ mod tests {
         let long = "x".repeat(TEXT_MAX_CHARS + 1);
         assert_eq!(check(&format!(r#"{{"to": {to}, "text": "{long}"}}"#)).unwrap_err().details["field"], "text");
         assert_eq!(check(&format!(r#"{{"to": {to}, "text": "a", "colour": 1}}"#)).unwrap_err().details["field"], "colour");
-        let image = check(&format!(r#"{{"to": {to}, "image": {{"url": "https://x"}}}}"#)).unwrap_err();
-        assert_eq!((image.status(), &image.details["field"]), (501, &Value::from("image")));
         let reaction = check(&format!(r#"{{"to": {to}, "reaction": {{"messageId": "01K", "emoji": "🙏"}}}}"#)).unwrap();
         assert_eq!(reaction.reaction, Some(("01K".to_owned(), "🙏".to_owned())));
         let removal = check(&format!(r#"{{"to": {to}, "reaction": {{"messageId": "01K", "emoji": ""}}}}"#)).unwrap();
@@ -507,6 +615,40 @@ mod tests {
         for (bad, field) in [(r#"{"emoji": "x"}"#, "reaction.messageId"), (r#"{"messageId": "01K", "emoji": 5}"#, "reaction.emoji"),
             (r#"{"messageId": "01K", "emoji": "way too long for one emoji"}"#, "reaction.emoji"), (r#"{"messageId": "01K", "emoji": "", "x": 1}"#, "reaction.x")] {
             assert_eq!(check(&format!(r#"{{"to": {to}, "reaction": {bad}}}"#)).unwrap_err().details["field"], field, "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_is_checked_field_by_field() {
+        let to = r#""628123456789""#;
+        let by_url = check(&format!(r#"{{"to": {to}, "image": {{"url": "https://cdn.example.com/a.jpg?x=1", "mimeType": "image/jpeg", "caption": "hi"}}}}"#)).unwrap();
+        let (media, source) = by_url.media.unwrap();
+        assert_eq!((by_url.kind, media.url.as_deref(), media.caption.as_deref(), source), ("image", Some("https://cdn.example.com/a.jpg?x=1"), Some("hi"), MediaSource::Url));
+        let inline = check(&format!(r#"{{"to": {to}, "audio": {{"data": "AAEC", "mimeType": "audio/ogg; codecs=opus", "voiceNote": true}}}}"#)).unwrap();
+        let (media, source) = inline.media.unwrap();
+        assert_eq!((media.size, media.voice_note, source), (Some(3), true, MediaSource::Data(vec![0, 1, 2])));
+        let document = check(&format!(r#"{{"to": {to}, "document": {{"data": "AAE", "mimeType": "application/pdf", "fileName": "q3.pdf"}}}}"#)).unwrap();
+        assert_eq!(document.media.unwrap().0.file_name.as_deref(), Some("q3.pdf"));
+        for (content, field) in [
+            (r#""image": {"mimeType": "image/png"}"#, "image.url"),
+            (r#""image": {"url": "https://x/a", "data": "AA==", "mimeType": "image/png"}"#, "image.data"),
+            (r#""image": {"url": "ftp://x/a", "mimeType": "image/png"}"#, "image.url"),
+            (r#""image": {"url": "https://", "mimeType": "image/png"}"#, "image.url"),
+            (r#""image": {"url": "https://x/a b", "mimeType": "image/png"}"#, "image.url"),
+            (r#""image": {"data": "not base64!", "mimeType": "image/png"}"#, "image.data"),
+            (r#""image": {"data": "", "mimeType": "image/png"}"#, "image.data"),
+            (r#""image": {"data": "AAECAwQFBgcICQoLDA0ODxAREhM=", "mimeType": "image/png"}"#, "image.data"),
+            (r#""image": {"url": "https://x/a", "mimeType": "video/mp4"}"#, "image.mimeType"),
+            (r#""image": {"url": "https://x/a"}"#, "image.mimeType"),
+            (r#""sticker": {"url": "https://x/a", "mimeType": "image/png"}"#, "sticker.mimeType"),
+            (r#""sticker": {"url": "https://x/a", "mimeType": "image/webp", "caption": "x"}"#, "sticker.caption"),
+            (r#""video": {"url": "https://x/a", "mimeType": "video/mp4", "voiceNote": true}"#, "video.voiceNote"),
+            (r#""document": {"url": "https://x/a", "mimeType": "application/pdf", "fileName": "../etc/passwd"}"#, "document.fileName"),
+            (r#""document": {"url": "https://x/a", "mimeType": "application/pdf", "size": 3}"#, "document.size"),
+            (r#""video": "https://x/a""#, "video"),
+        ] {
+            let e = check(&format!(r#"{{"to": {to}, {content}}}"#)).unwrap_err();
+            assert_eq!((e.status(), &e.details["field"]), (400, &Value::from(field)), "{content}");
         }
     }
 

@@ -12,16 +12,19 @@
 use crate::command::{Command, CommandKind};
 use crate::event::{Event, EventType};
 use crate::message::{Content, Message, MessageError, MessageStatus};
-use crate::redis::{Redis, RedisError, Reply, first, hash_fields};
+use crate::redis::{Arg, Redis, RedisError, Reply, first, hash_fields};
 use crate::session::Session;
 use crate::history::{self, index_message_lua};
 use crate::store::{encode, log_events_args, log_events_lua, queue_command_lua, route_keys, routed};
 use crate::{ApiError, ErrorCode, args, keys};
 
 /// Stores a message at the end of the session's outbox (see the module doc). `KEYS`: message,
-/// outbox, row, idempotency key, WhatsApp id index, event log, the routing keys, then the
-/// session's and the chat's message indexes. Answers the stored value of an idempotency key
-/// already used (bulk), else a status: `queued`, `gone`, `not_paired`, `full`, `moved`.
+/// outbox, row, idempotency key, WhatsApp id index, event log, the routing keys, the session's
+/// and the chat's message indexes, then the message's inline file and the session's file sizes.
+/// A file (ARGV[13]) is kept (for ARGV[15] ms) only while the session's queued files stay
+/// within ARGV[14] bytes.
+/// Answers the stored value of an idempotency key already used (bulk), else a status:
+/// `queued`, `gone`, `not_paired`, `full`, `files_full`, `moved`.
 const ACCEPT: &str = concat!(
     log_events_lua!(),
     queue_command_lua!(),
@@ -37,6 +40,13 @@ local row = cjson.decode(raw)
 if type(row['waJid']) ~= 'string' then return redis.status_reply('not_paired') end
 if holder_of(row) ~= ARGV[8] then return redis.status_reply('moved') end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[7]) then return redis.status_reply('full') end
+if ARGV[13] ~= '' then
+  local held = 0
+  for _, size in ipairs(redis.call('HVALS', KEYS[13])) do held = held + tonumber(size) end
+  if held + #ARGV[13] > tonumber(ARGV[14]) then return redis.status_reply('files_full') end
+  redis.call('SET', KEYS[12], ARGV[13], 'PX', ARGV[15])
+  redis.call('HSET', KEYS[13], ARGV[10], #ARGV[13])
+end
 redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'waId', ARGV[11], 'status', 'queued', 'rank', 0, 'queuedAt', ARGV[2], 'updatedAt', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[3])
@@ -46,12 +56,13 @@ if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
 if holder_of(row) ~= '' and redis.call('EXISTS', KEYS[9]) == 1 then
   redis.call('XADD', KEYS[8], '*', 'command', ARGV[9])
 end
-log_events(KEYS[6], ARGV[13], 16, tonumber(ARGV[2]), tonumber(ARGV[14]), tonumber(ARGV[15]))
+log_events(KEYS[6], ARGV[16], 19, tonumber(ARGV[2]), tonumber(ARGV[17]), tonumber(ARGV[18]))
 return redis.status_reply('queued')"
 );
 
-/// Cancels a queued message (ARGV[1]) no daemon has begun sending: out of the outbox, `failed`
-/// (rank ARGV[4]) with the error ARGV[3], announced. Answers the status that prevented it, or `canceled`.
+/// Cancels a queued message (ARGV[1]) no daemon has begun sending: out of the outbox (its
+/// inline file, KEYS[4], and that file's size, in KEYS[5], too), `failed` (rank ARGV[4]) with
+/// the error ARGV[3], announced. Answers the status that prevented it, or `canceled`.
 const CANCEL: &str = concat!(
     log_events_lua!(),
     r"
@@ -60,6 +71,8 @@ if not status then return redis.status_reply('gone') end
 if status ~= 'queued' then return redis.status_reply(status) end
 if redis.call('HEXISTS', KEYS[1], 'sendingAt') == 1 then return redis.status_reply('sending') end
 redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('DEL', KEYS[4])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'failed', 'rank', ARGV[4], 'failedAt', ARGV[2], 'updatedAt', ARGV[2], 'error', ARGV[3])
 log_events(KEYS[3], ARGV[5], 8, tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 return redis.status_reply('canceled')"
@@ -67,13 +80,18 @@ return redis.status_reply('canceled')"
 
 /// Moves a message forward to ARGV[1] (rank ARGV[2], its time field ARGV[3]) at ARGV[4]; with
 /// ARGV[6] set, only from `queued` (rank 0): a failure never overrides a send. `sent` and
-/// `failed` take it out of the outbox whatever it was. With a lease value (ARGV[7]) the write
+/// `failed` take it out of the outbox whatever it was, with its inline file (KEYS[5]) and that
+/// file's size (KEYS[6]). With a lease value (ARGV[7]) the write
 /// is refused (`fenced`) unless KEYS[4] holds it. A receipt past `sent` implies the send.
 const ADVANCE: &str = concat!(
     log_events_lua!(),
     r"
 if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[7] then return redis.status_reply('fenced') end
-if ARGV[8] == '1' then redis.call('LREM', KEYS[2], 0, ARGV[9]) end
+if ARGV[8] == '1' then
+  redis.call('LREM', KEYS[2], 0, ARGV[9])
+  redis.call('DEL', KEYS[5])
+  redis.call('HDEL', KEYS[6], ARGV[9])
+end
 local rank = tonumber(redis.call('HGET', KEYS[1], 'rank'))
 if not rank then return 0 end
 local to = tonumber(ARGV[2])
@@ -96,6 +114,10 @@ pub struct Limits {
     pub retention_ms: u64,
     /// How long an idempotency key is remembered (ms).
     pub idempotency_ms: u64,
+    /// The largest file a message carries (bytes).
+    pub media_max_bytes: u64,
+    /// What the inline files of one session's queued messages may add up to (bytes).
+    pub media_queue_max_bytes: u64,
 }
 
 /// What accepting a message did.
@@ -108,11 +130,13 @@ pub enum Accepted {
 }
 
 /// Accepts a message into the session's outbox (see [`ACCEPT`]), to go out with the WhatsApp
-/// id `wa_id`. `idempotency` is the key's hash and the request body's hash.
+/// id `wa_id`, with its inline `file` if it has one. `idempotency` is the key's hash and the
+/// request body's hash.
 pub async fn accept<R: Redis>(
     r: &R,
     session: &Session,
     content: &Content,
+    file: Option<&[u8]>,
     wa_id: &str,
     idempotency: Option<(&str, &str)>,
     limits: Limits,
@@ -126,17 +150,23 @@ pub async fn accept<R: Redis>(
     let now = crate::time::now_millis();
     let reply = routed(r, org, session_id, session.gateway_id.clone(), async |holder| {
         let mut argv = args![
-            ACCEPT, 11,
+            ACCEPT, 13,
             keys::message(org, &content.id), keys::session_outbox(org, session_id), keys::session(org, session_id),
             idempotency_key.as_str(), keys::session_wa_message(org, session_id, wa_id), keys::org_events(org),
         ];
         argv.extend(route_keys(holder));
-        argv.extend(args![keys::session_messages(org, session_id), keys::session_chat_messages(org, session_id, &content.chat)]);
+        argv.extend(args![
+            keys::session_messages(org, session_id), keys::session_chat_messages(org, session_id, &content.chat),
+            keys::message_upload(org, &content.id), keys::session_uploads(org, session_id),
+        ]);
         argv.extend(args![
             doc.as_str(), now, limits.retention_ms as i64, key_hash,
             format!("{} {body_hash}", content.id), limits.idempotency_ms as i64, limits.queue_max as i64,
             holder.unwrap_or(""), wake.as_str(), content.id.as_str(), wa_id, history::floor(now, limits.retention_ms),
         ]);
+        // A file outlives its message's queueing only while a send begun before the expiry ends.
+        let file_ttl = limits.max_queued_ms.saturating_add(3_600_000) as i64;
+        argv.extend([Arg::Bytes(file.unwrap_or_default().to_vec()), Arg::Int(limits.media_queue_max_bytes as i64), Arg::Int(file_ttl)]);
         argv.extend(log_events_args(org, None, std::slice::from_ref(&queued))?);
         Ok(first(r, "EVAL", argv).await?.into())
     })
@@ -148,6 +178,12 @@ pub async fn accept<R: Redis>(
         Reply::Status(s) if s == "gone" => Err(ApiError::session_not_found()),
         Reply::Status(s) if s == "not_paired" => Err(ApiError::new(ErrorCode::Conflict, "the session is not paired with a WhatsApp number; pair it first")
             .with_detail("reason", "not_paired")),
+        Reply::Status(s) if s == "files_full" => Err(ApiError::rate_limited(
+            format!("the session's queued messages hold {} bytes of files already; wait for them to go out", limits.media_queue_max_bytes),
+            "outbox_files",
+            limits.media_queue_max_bytes,
+            60,
+        )),
         Reply::Status(s) if s == "full" => Err(ApiError::rate_limited(
             format!("the session's outbox holds {} messages already; wait for it to drain", limits.queue_max),
             "outbox",
@@ -197,7 +233,8 @@ pub async fn cancel<R: Redis>(r: &R, message: &Message, org: &str) -> Result<(),
     let Content { id, session_id, chat, .. } = &message.content;
     let event = status_event(org, session_id, id, MessageStatus::Failed, Some(&error), None, chat);
     let mut argv = args![
-        CANCEL, 3, keys::message(org, id), keys::session_outbox(org, session_id), keys::org_events(org),
+        CANCEL, 5, keys::message(org, id), keys::session_outbox(org, session_id), keys::org_events(org),
+        keys::message_upload(org, id), keys::session_uploads(org, session_id),
         id.as_str(), crate::time::now_millis(), encode(&error)?, MessageStatus::Failed.rank() as i64,
     ];
     argv.extend(log_events_args(org, None, &[event])?);
@@ -265,8 +302,9 @@ pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiEr
     // A receipt past `sent` also records the send, if the acknowledgement never came.
     let implied = if status.rank() > MessageStatus::Sent.rank() && status != MessageStatus::Failed { MessageStatus::Sent.time_field() } else { "" };
     let mut argv = args![
-        ADVANCE, 4,
+        ADVANCE, 6,
         keys::message(org, message_id), keys::session_outbox(org, session_id), keys::org_events(org), keys::session_lease(org, session_id),
+        keys::message_upload(org, message_id), keys::session_uploads(org, session_id),
         status.as_str(), status.rank() as i64, status.time_field(), now, error,
         if status == MessageStatus::Failed { "1" } else { "" }, step.lease.as_deref().unwrap_or(""),
         if leaves_outbox { "1" } else { "" }, message_id, implied,
@@ -312,8 +350,9 @@ pub async fn by_wa_id<R: Redis>(r: &R, org: &str, session_id: &str, wa_message_i
 
 /// The keys of a session's messaging state that go when the session is deleted (the messages
 /// themselves, and the per-chat indexes, expire with their retention).
-pub fn session_keys(org: &str, session_id: &str) -> [String; 4] {
+pub fn session_keys(org: &str, session_id: &str) -> [String; 5] {
     [
+        keys::session_uploads(org, session_id),
         keys::session_outbox(org, session_id),
         keys::session_sends(org, session_id),
         keys::session_chat_sends(org, session_id),

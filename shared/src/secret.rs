@@ -6,7 +6,11 @@ use rand::distr::{Alphanumeric, SampleString};
 use sha2::{Digest, Sha256};
 
 pub fn sha256_hex(input: impl AsRef<[u8]>) -> String {
-    hex::encode(Sha256::digest(input.as_ref()))
+    hex::encode(sha256(input))
+}
+
+pub fn sha256(input: impl AsRef<[u8]>) -> [u8; 32] {
+    Sha256::digest(input.as_ref()).into()
 }
 
 /// A fresh secret: `prefix` (so a leaked one is recognisable to secret scanners) and 40

@@ -95,7 +95,11 @@ impl Context {
 
     /// The request body, refused with 413 past the configured limit without reading the rest.
     pub async fn body(&self, req: Request) -> Result<Vec<u8>, ApiError> {
-        let limit = config::max_body_bytes(&SpinVariables).await;
+        self.body_within(req, config::max_body_bytes(&SpinVariables).await).await
+    }
+
+    /// The request body, refused with 413 past `limit` bytes without reading the rest.
+    pub async fn body_within(&self, req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
         let too_large = || {
             ApiError::new(ErrorCode::PayloadTooLarge, format!("request body exceeds {limit} bytes"))
                 .with_detail("limit", limit)
@@ -158,11 +162,24 @@ impl Context {
     }
 }
 
+/// A file, 200: never sniffed as another type, never run as a page, kept by private caches only.
+fn file(content_type: String, body: Vec<u8>) -> Response {
+    http::Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(http::header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox")
+        .header(http::header::CACHE_CONTROL, "private, max-age=3600")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
+}
+
 /// Turns an endpoint's outcome into the HTTP response; errors always travel in the envelope.
 pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
     let (status, body, allow, retry_after) = match outcome {
         Ok(Answer::Json(status, body)) => (status, Some(body), None, None),
         Ok(Answer::NoContent) => (204, None, None, None),
+        Ok(Answer::File { content_type, body }) => return file(content_type, body),
         Err(error) => {
             let allow = error.details.get("allowed").filter(|_| error.code == ErrorCode::MethodNotAllowed).map(|a| {
                 a.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(", ")

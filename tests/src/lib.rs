@@ -45,34 +45,67 @@ impl JwksServer {
         let fetches = Arc::new(AtomicUsize::new(0));
         let status = Arc::new(AtomicUsize::new(200));
         let delay_ms = Arc::new(AtomicUsize::new(0));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
         let (doc, count, code, delay) = (document.clone(), fetches.clone(), status.clone(), delay_ms.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                listener.set_nonblocking(true).unwrap();
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let (doc, count, code, delay) = (doc.clone(), count.clone(), code.clone(), delay.clone());
-                    let service = hyper::service::service_fn(move |_req| {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        let body = doc.lock().unwrap().clone();
-                        let (code, delay) = (code.load(Ordering::SeqCst) as u16, delay.load(Ordering::SeqCst) as u64);
-                        async move {
-                            tokio::time::sleep(Duration::from_millis(delay)).await;
-                            let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                            *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
-                }
-            });
+        let address = serve(move |_path| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let body = doc.lock().unwrap().clone().into_bytes();
+            (code.load(Ordering::SeqCst) as u16, body, delay.load(Ordering::SeqCst) as u64)
         });
-        JwksServer { url, document, fetches, status, delay_ms }
+        JwksServer { url: format!("http://{address}/jwks"), document, fetches, status, delay_ms }
     }
+}
+
+/// Files over HTTP on a loopback port, as a media URL serves them; 404 for any other path.
+pub struct FileServer {
+    pub url: String,
+    /// Requests served, whatever their path.
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl FileServer {
+    pub fn start(files: Vec<(&'static str, Vec<u8>)>) -> FileServer {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let files: std::collections::HashMap<&str, Vec<u8>> = files.into_iter().collect();
+        let address = serve(move |path| {
+            count.fetch_add(1, Ordering::SeqCst);
+            match files.get(path) {
+                Some(file) => (200, file.clone(), 0),
+                None => (404, b"no such file".to_vec(), 0),
+            }
+        });
+        FileServer { url: format!("http://{address}"), requests }
+    }
+}
+
+/// Serves HTTP/1 on a loopback port of its own, from a thread of its own: `answer` gives each
+/// request (by path) its status, body and delay in ms.
+fn serve(answer: impl Fn(&str) -> (u16, Vec<u8>, u64) + Send + Sync + 'static) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let answer = answer.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (code, body, delay) = answer(req.uri().path());
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                        *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+            }
+        });
+    });
+    address
 }
 
 /// A running gateway host. Dropping it (or the test process ending) stops it.
@@ -304,6 +337,8 @@ impl Daemon {
             // Anti-ban pacing off unless a test asks: bursts to one chat would take minutes.
             .env("SEND_CHAT_GAP_MS", "0")
             .env("SEND_JITTER_MS", "0")
+            // The tests serve media URLs from 127.0.0.1.
+            .env("MEDIA_FETCH_ALLOW_PRIVATE", "true")
             // whatsapp-rust logs every refused dial at ERROR; the tests assert on the outcome instead.
             .env("RUST_LOG", std::env::var("DAEMON_LOG").unwrap_or_else(|_| "warn,whatsapp_rust=off".into()))
             .envs(self.settings.iter().map(|(k, v)| (k, v)))

@@ -1,10 +1,11 @@
 //! `/api/v1/sessions/{session}/messages[/{message}]` and `…/outbox`: sending a message through
 //! a session, listing the session's messages, reading one back, cancelling one still queued,
-//! the outbox's backlog; one module per endpoint.
+//! the outbox's backlog, a message's media file; one module per endpoint.
 
 mod cancel;
 mod get;
 mod list;
+mod media;
 mod outbox;
 mod send;
 
@@ -21,6 +22,7 @@ enum Endpoint {
     Outbox(String),
     Get(String, String),
     Cancel(String, String),
+    Media(String, String),
 }
 
 impl Endpoint {
@@ -41,6 +43,10 @@ impl Endpoint {
                 Method::DELETE => Ok(Endpoint::Cancel(id.to_owned(), message.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "DELETE"])),
             },
+            Some(SessionPath::ItemPart(id, "messages", message, "media")) => match *method {
+                Method::GET => Ok(Endpoint::Media(id.to_owned(), message.to_owned())),
+                _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET"])),
+            },
             _ => Err(ApiError::route_not_found(path)),
         }
     }
@@ -56,12 +62,13 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
     match endpoint {
         Endpoint::Send(id) => {
             let key = shared::message::idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?;
-            let body = ctx.body(req).await?;
+            let body = ctx.body_within(req, send::body_limit().await).await?;
             send::apply(&ctx, &caller, &id, key.as_deref(), &body).await
         }
         Endpoint::List(id) => list::apply(&ctx, &caller, &id, req.uri().query()).await,
         Endpoint::Outbox(id) => outbox::apply(&ctx, &caller, &id).await,
         Endpoint::Get(id, message) => get::apply(&ctx, &caller, &id, &message).await,
         Endpoint::Cancel(id, message) => cancel::apply(&ctx, &caller, &id, &message).await,
+        Endpoint::Media(id, message) => media::apply(&ctx, &caller, &id, &message).await,
     }
 }

@@ -3,12 +3,15 @@
 //! sends it in order, within the session's rate limits; a stopped or reconnecting session keeps
 //! it queued until it runs again or the message expires.
 //!
+//! A file given inline (base64 `data`) is stored with the message, in the same step; one given
+//! by URL is fetched by the daemon when the message goes out.
+//!
 //! With an `Idempotency-Key`, a repeat within 24 h answers the message the first request made
 //! (never a second send); the same key with another body is a conflict.
 
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
-use shared::message::{Content, Direction, Quote, Reaction, new_wa_message_id, send_request};
+use shared::message::{Content, Direction, MediaSource, Quote, Reaction, new_wa_message_id, send_request};
 use shared::outbox::{self, Accepted};
 use shared::spin::{Context, SpinVariables};
 use shared::{ApiError, ErrorCode, config, secret, store};
@@ -16,7 +19,8 @@ use shared::{ApiError, ErrorCode, config, secret, store};
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency_key: Option<&str>, body: &[u8]) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Send)?;
     let session = store::get(&ctx.redis, org, session_id).await?;
-    let request = send_request(body)?;
+    let limits = config::message_limits(&SpinVariables).await;
+    let request = send_request(body, limits.media_max_bytes as usize)?;
     let quoted = match &request.reply_to {
         Some(id) => Some(quoted(ctx, org, session_id, id).await?),
         None => None,
@@ -25,7 +29,11 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
         Some((id, emoji)) => Some(reaction(ctx, org, session_id, &request.to, id, emoji).await?),
         None => None,
     };
-    let limits = config::message_limits(&SpinVariables).await;
+    let (media, file) = match request.media {
+        Some((media, MediaSource::Data(bytes))) => (Some(media), Some(bytes)),
+        Some((media, MediaSource::Url)) => (Some(media), None),
+        None => (None, None),
+    };
     let now = shared::time::now_millis();
     let content = Content {
         id: ulid::Ulid::new().to_string(),
@@ -38,7 +46,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
         text: request.text,
         location: request.location,
         reaction,
-        media: None,
+        media,
         reply_to: request.reply_to,
         quoted,
         mentions: request.mentions,
@@ -48,7 +56,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
     };
     let (key_hash, body_hash) = (idempotency_key.map(secret::sha256_hex), secret::sha256_hex(body));
     let idempotency = key_hash.as_deref().map(|key| (key, body_hash.as_str()));
-    let message_id = match outbox::accept(&ctx.redis, &session, &content, &new_wa_message_id(), idempotency, limits).await? {
+    let message_id = match outbox::accept(&ctx.redis, &session, &content, file.as_deref(), &new_wa_message_id(), idempotency, limits).await? {
         Accepted::New(message) => return Ok(Answer::accepted(&message)),
         Accepted::Seen { message_id, body_hash: first_body } if first_body == body_hash => message_id,
         Accepted::Seen { .. } => {
@@ -58,6 +66,13 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
         }
     };
     Ok(Answer::accepted(&outbox::get(&ctx.redis, org, session_id, &message_id).await?))
+}
+
+/// The largest body a send takes: room for a file of `media_max_bytes` in base64, beside the
+/// usual limit for the rest.
+pub async fn body_limit() -> usize {
+    let file = config::media_max_bytes(&SpinVariables).await as usize;
+    config::max_body_bytes(&SpinVariables).await + file.div_ceil(3) * 4
 }
 
 /// The message a reaction is for: one of this session's in the chat the reaction goes to.

@@ -53,7 +53,7 @@ impl Endpoint {
                 only(&["POST"]).map(|()| Endpoint::Action(id.to_owned(), kind))
             }
             SessionPath::Resource(id, "me") => only(&["GET"]).map(|()| Endpoint::Me(id.to_owned())),
-            SessionPath::Resource(..) | SessionPath::Item(..) => Err(ApiError::route_not_found(path)),
+            SessionPath::Resource(..) | SessionPath::Item(..) | SessionPath::ItemPart(..) => Err(ApiError::route_not_found(path)),
         }
     }
 }
