@@ -703,3 +703,34 @@ async fn every_pending_command_is_recovered_not_only_the_first_page() {
     let raw: String = redis::AsyncCommands::get(&mut conn, shared::keys::session(&org, &ids[0])).await.unwrap();
     assert_eq!(serde_json::from_str::<Value>(&raw).unwrap()["_applied"], 300 / ids.len(), "every command of the session was applied");
 }
+
+/// A temporary ban is on the row, so a daemon killed and restarted while it holds does not
+/// reconnect early (WhatsApp would see a banned number come back): the session waits, its
+/// outbox paused, until the ban lifts, then connects and sends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ban_outlives_a_daemon_killed_while_it_holds() {
+    let stack = Stack::start();
+    let key = stack.key(&new_org()).await;
+    let (id, _) = stack.paired_session(&key, "61412345699").await;
+    stack.phone("ban", &[("session", &id), ("secs", "6")]).await;
+    let paused = stack.row_until(&key, &id, SOON, |row| row["statusReason"].as_str().is_some_and(|r| r.starts_with("temporary_ban"))).await;
+    let lifts_at: i64 = paused["statusReason"].as_str().unwrap().rsplit_once("lifts at ").unwrap().1.parse().unwrap();
+    let text = stack.client.post(&stack.session_url(&id, "/messages"), &key, r#"{"to": "61400000002", "text": "after the ban"}"#).await;
+    assert_eq!(text.status, 202, "{}", text.body);
+    let message_url = stack.session_url(&id, &format!("/messages/{}", text.body["id"].as_str().unwrap()));
+
+    blocking(|| stack.daemon.kill());
+    blocking(|| stack.daemon.restart());
+    // Until the ban lifts the session stays `starting`, with the ban as its reason.
+    while shared::time::now_millis() < lifts_at - 500 {
+        let row = stack.client.get(&stack.session_url(&id, ""), &key).await.body;
+        assert_ne!(row["status"], "working", "reconnected before the ban lifted at {lifts_at}: {row}");
+        assert_eq!(stack.client.get(&message_url, &key).await.body["status"], "queued", "nothing goes out while banned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lifted = stack.row_until(&key, &id, SOON, |row| row["status"] == "working").await;
+    assert!(lifted["lastConnectedAt"].as_i64().unwrap() >= lifts_at - 50, "{lifted}");
+    wait_for("the queued message goes out once the ban lifted", SOON, async || {
+        stack.client.get(&message_url, &key).await.body["status"] != "queued"
+    }).await;
+}

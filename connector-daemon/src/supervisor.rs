@@ -54,6 +54,11 @@ enum Flow {
     Exit,
 }
 
+/// A temporary ban's `statusReason`: this, WhatsApp's reason, then (when WhatsApp said when it
+/// lifts) [`BAN_LIFTS_AT`] and the Unix ms.
+const BAN_REASON: &str = "temporary_ban: ";
+const BAN_LIFTS_AT: &str = "; lifts at ";
+
 type PairingCodeOutcome = (Command, Reply, Result<String, String>);
 
 struct Supervisor {
@@ -494,14 +499,34 @@ impl Supervisor {
         persist("forget a deleted session", || daemon.is_stopping(), move || lease::forget(daemon, id)).await;
     }
 
-    /// Marks the row `starting` and connects.
+    /// Marks the row `starting` and connects; while a temporary ban WhatsApp announced has not
+    /// lifted, waits for it instead. The ban is read from the row, so it holds across a daemon
+    /// restart and a move to another daemon.
     async fn begin(&mut self) {
         self.failures = 0;
         self.qr_rounds = 0;
+        if let Some((reason, lifts_in)) = self.ban_in_force().await {
+            tracing::info!(session = %self.id, ?lifts_in, "still banned by WhatsApp; connecting when the ban lifts");
+            let update = self.status_change(SessionStatus::Starting, Some(&reason));
+            if self.write(update).await {
+                self.retry_at = Some(Instant::now() + lifts_in);
+            }
+            return;
+        }
         let update = self.status_change(SessionStatus::Starting, None);
         if self.write(update).await {
             self.connect().await;
         }
+    }
+
+    /// The row's temporary ban (its reason, as [`Supervisor::banned`] wrote it) and how long
+    /// until it lifts, while it has not.
+    async fn ban_in_force(&self) -> Option<(String, Duration)> {
+        let row = store::get(&self.daemon.redis, &self.org, &self.id).await.ok()?;
+        let reason = row.status_reason.filter(|r| r.starts_with(BAN_REASON))?;
+        let lifts_at: i64 = reason.rsplit_once(BAN_LIFTS_AT)?.1.parse().ok()?;
+        let left = lifts_at - now_millis();
+        (left > 0).then(|| (reason, Duration::from_millis(left as u64)))
     }
 
     async fn connect(&mut self) {
@@ -629,12 +654,12 @@ impl Supervisor {
     /// long, its outbox paused, and connects again (the reason, with when the ban lifts, on the
     /// row and in `session.status`); else it fails with the reason.
     async fn banned(&mut self, reason: &str, lifts_in: Option<Duration>) {
-        let Some(lifts_in) = lifts_in else { return self.halt(SessionStatus::Failed, &format!("temporary_ban: {reason}")).await };
+        let Some(lifts_in) = lifts_in else { return self.halt(SessionStatus::Failed, &format!("{BAN_REASON}{reason}")).await };
         self.drop_client().await;
         self.retry_at = Some(Instant::now() + lifts_in);
         let lifts_at = now_millis() + lifts_in.as_millis() as i64;
         tracing::warn!(session = %self.id, ?lifts_in, "temporarily banned by WhatsApp: {reason}");
-        let update = self.status_change(SessionStatus::Starting, Some(&format!("temporary_ban: {reason}; lifts at {lifts_at}")));
+        let update = self.status_change(SessionStatus::Starting, Some(&format!("{BAN_REASON}{reason}{BAN_LIFTS_AT}{lifts_at}")));
         self.write(update).await;
     }
 
