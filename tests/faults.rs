@@ -704,21 +704,26 @@ async fn every_pending_command_is_recovered_not_only_the_first_page() {
     assert_eq!(serde_json::from_str::<Value>(&raw).unwrap()["_applied"], 300 / ids.len(), "every command of the session was applied");
 }
 
-/// A temporary ban is on the row, so a daemon killed and restarted while it holds does not
-/// reconnect early (WhatsApp would see a banned number come back): the session waits, its
-/// outbox paused, until the ban lifts, then connects and sends.
+/// A temporary ban is kept in Redis, so neither a `:restart`, nor a daemon stopped (SIGTERM) or
+/// killed (-9) and started again while it holds, reconnects early (WhatsApp would see a banned
+/// number come back): the session waits, its outbox paused, until the ban lifts, then connects
+/// and sends.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_ban_outlives_a_daemon_killed_while_it_holds() {
+async fn a_ban_outlives_restarts_of_the_session_and_its_daemon() {
     let stack = Stack::start();
     let key = stack.key(&new_org()).await;
     let (id, _) = stack.paired_session(&key, "61412345699").await;
-    stack.phone("ban", &[("session", &id), ("secs", "6")]).await;
+    stack.phone("ban", &[("session", &id), ("secs", "9")]).await;
     let paused = stack.row_until(&key, &id, SOON, |row| row["statusReason"].as_str().is_some_and(|r| r.starts_with("temporary_ban"))).await;
     let lifts_at: i64 = paused["statusReason"].as_str().unwrap().rsplit_once("lifts at ").unwrap().1.parse().unwrap();
     let text = stack.client.post(&stack.session_url(&id, "/messages"), &key, r#"{"to": "61400000002", "text": "after the ban"}"#).await;
     assert_eq!(text.status, 202, "{}", text.body);
     let message_url = stack.session_url(&id, &format!("/messages/{}", text.body["id"].as_str().unwrap()));
 
+    act(&stack, &key, &id, "restart").await;
+    blocking(|| stack.daemon.terminate());
+    blocking(|| stack.daemon.restart());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     blocking(|| stack.daemon.kill());
     blocking(|| stack.daemon.restart());
     // Until the ban lifts the session stays `starting`, with the ban as its reason.

@@ -154,6 +154,22 @@ async fn auto_read_sends_read_receipts_only_for_sessions_that_ask() {
     assert!(seen.contains(&(reader.as_str(), "628333100020@s.whatsapp.net", "628333100020@s.whatsapp.net", json!(["3A0000000000000000020"]))));
     assert!(seen.contains(&(reader.as_str(), "120363000000000002@g.us", "628333100021@s.whatsapp.net", json!(["3A0000000000000000021"]))));
     assert!(seen.iter().all(|r| r.0 != other), "the session without autoRead sent none");
+
+    // What the session read is `read` (announced), with no send time; the rest stays `received`.
+    let received = logged(&stack, &org, "message.received", 3, SOON).await;
+    let read = logged(&stack, &org, "message.status", 2, SOON).await;
+    for event in &received {
+        let message = &event["data"];
+        let url = stack.session_url(message["sessionId"].as_str().unwrap(), &format!("/messages/{}", message["id"].as_str().unwrap()));
+        let now = stack.client.get(&url, &key).await.body;
+        let announced = read.iter().any(|e| e["data"]["messageId"] == message["id"] && e["data"]["status"] == "read");
+        if message["sessionId"] == json!(reader) {
+            assert_eq!((&now["status"], announced, &now["sentAt"]), (&json!("read"), true, &Value::Null), "{now}");
+            assert!(now["readAt"].as_i64().unwrap() >= now["receivedAt"].as_i64().unwrap(), "{now}");
+        } else {
+            assert_eq!((&now["status"], announced, &now["readAt"]), (&json!("received"), false, &Value::Null), "{now}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,11 +288,12 @@ async fn a_reaction_sent_through_the_api_reaches_the_message_reacted_to() {
 
 /// `GET …/media` of a received file: fetched from WhatsApp's media servers through the session
 /// once, however many ask at the same time, then served from the cache, whose files stay
-/// within the organization's budget (oldest out first). A file WhatsApp gave no reference for
-/// is not found; a session that is not connected cannot fetch (409).
+/// within the organization's budget (oldest out first). A file past MEDIA_MAX_BYTES is not
+/// served (413); one WhatsApp gave no reference for is not found; a session that is not
+/// connected cannot fetch (409).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_received_file_is_fetched_from_whatsapp_once_then_cached() {
-    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("MEDIA_CACHE_MAX_BYTES", "60000")]);
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("MEDIA_CACHE_MAX_BYTES", "60000"), ("MEDIA_MAX_BYTES", "65536")]);
     let org = new_org();
     let key = stack.key(&org).await;
     let (id, _) = stack.paired_session(&key, "628111100040").await;
@@ -288,7 +305,8 @@ async fn a_received_file_is_fetched_from_whatsapp_once_then_cached() {
     phone_sends(&stack, me, "628333100040", &[("type", "video"), ("mime", "video/mp4")]).await;
     let sticker = vec![9u8; 20_000];
     phone_sends(&stack, me, "628333100040", &[("type", "sticker"), ("mime", "image/webp"), ("data", &BASE64.encode(&sticker))]).await;
-    let received = logged(&stack, &org, "message.received", 4, SOON).await;
+    phone_sends(&stack, me, "628333100040", &[("type", "document"), ("mime", "application/zip"), ("data", &BASE64.encode(vec![0u8; 70_000]))]).await;
+    let received = logged(&stack, &org, "message.received", 5, SOON).await;
     let ids: Vec<String> = received.iter().map(|e| e["data"]["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(received[0]["data"]["media"]["caption"], "receipt");
     let downloads = || async { redis::AsyncCommands::get::<_, Option<i64>>(&mut stack.redis().await, shared::keys::simulator_downloads()).await.unwrap().unwrap_or(0) };
@@ -329,6 +347,10 @@ async fn a_received_file_is_fetched_from_whatsapp_once_then_cached() {
     assert_eq!(downloads().await, 4, "fetched again once evicted");
     let total: i64 = redis::AsyncCommands::get(&mut redis, shared::keys::org_media_cache_total(&org)).await.unwrap();
     assert!(total <= 60_000, "the cache stays within its budget: {total}");
+
+    // Past MEDIA_MAX_BYTES a file is not served.
+    let huge = stack.client.get(&stack.session_url(&id, &format!("/messages/{}/media", ids[4])), &key).await;
+    assert_eq!(huge.expect_error(413, "payload_too_large")["reason"], "too_large");
 
     // WhatsApp gave nothing to fetch the video with.
     let no_reference = stack.client.get(&stack.session_url(&id, &format!("/messages/{}/media", ids[2])), &key).await;

@@ -536,4 +536,12 @@ async fn inline_files_are_bounded_per_message_and_per_session() {
     act(&stack, &key, &id, ":start").await;
     message_until(&stack, &key, &id, second["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
     assert_eq!(file(&stack, &key, &id, &path).await.2, vec![1u8; 8000]);
+
+    // A file that went away by itself (lapsed) no longer counts against the session.
+    act(&stack, &key, &id, ":stop").await;
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    let third = accepted(&stack, &key, &id, document(8000)).await;
+    send(&stack, &key, &id, &document(8000), None).await.expect_error(429, "rate_limited");
+    let () = redis::AsyncCommands::del(&mut stack.redis().await, shared::keys::message_upload(&org, third["id"].as_str().unwrap())).await.unwrap();
+    accepted(&stack, &key, &id, document(8000)).await;
 }

@@ -57,6 +57,8 @@ pub enum SendFailure {
     NotConnected(String),
     /// WhatsApp (or the library) will never take this message as it is.
     Rejected(String),
+    /// The message's file could not be uploaded: counted as a send, so it fails after a few.
+    UploadFailed(String),
 }
 
 pub type Events = mpsc::UnboundedSender<BackendEvent>;
@@ -70,6 +72,9 @@ pub trait Inbox: Send + Sync {
     /// `Ok` once the batch is durable; with [`Stored::auto_read`], the client then sends read
     /// receipts for it.
     async fn store(&self, batch: Vec<Incoming>) -> Result<Stored, String>;
+
+    /// The client's read receipts for these messages (by WhatsApp id) went out: they are read.
+    async fn read(&self, wa_ids: Vec<String>);
 }
 
 /// What a backend is given to work with. A session's store is plain files in a directory, so
@@ -98,8 +103,9 @@ pub trait Client: Send + Sync {
     /// media message's `file` is uploaded first; `Ok` then holds the reference to fetch it again.
     async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure>;
 
-    /// Downloads and decrypts a file from WhatsApp's media servers.
-    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, FetchError>;
+    /// Downloads and decrypts a file from WhatsApp's media servers, refusing one past
+    /// `max_bytes` (`too_large`) whatever length its sender claimed.
+    async fn download(&self, media: &MediaRef, max_bytes: u64) -> Result<Vec<u8>, FetchError>;
 
     /// Shows "typing…" in a chat (`true`), or stops showing it (`false`).
     async fn typing(&self, chat: &str, typing: bool) -> Result<(), String>;

@@ -1,11 +1,14 @@
 //! Messages the session receives: stored in Redis (once each) and announced as
 //! `message.received` or `message.reaction` before the client lets WhatsApp's server know they
-//! arrived, so a daemon that dies mid-batch loses none: WhatsApp delivers them again.
+//! arrived, so a daemon that dies mid-batch loses none: WhatsApp delivers them again. Once the
+//! session's read receipts for them went out (`autoRead`), they are `read`.
 
 use crate::backend::Inbox;
 use crate::daemon::{Daemon, persist};
+use crate::receipts;
 use async_trait::async_trait;
 use shared::inbox::{self, Incoming, Stored};
+use shared::message::MessageStatus;
 use std::sync::Arc;
 
 /// Tries to store a batch before giving it back unacknowledged (WhatsApp then delivers it again
@@ -33,6 +36,10 @@ impl Inbox for SessionInbox {
         tracing::debug!(session = %self.session_id, received = batch.len(), new = stored.new.len(), "stored received messages");
         Ok(stored)
     }
+
+    async fn read(&self, wa_ids: Vec<String>) {
+        receipts::apply(&self.daemon, &self.org, &self.session_id, &wa_ids, MessageStatus::Read).await;
+    }
 }
 
 /// The inbox of a client that only unlinks its device: nothing it receives is kept.
@@ -43,4 +50,6 @@ impl Inbox for Refuse {
     async fn store(&self, _batch: Vec<Incoming>) -> Result<Stored, String> {
         Err("the device is being unlinked; received messages are not kept".to_owned())
     }
+
+    async fn read(&self, _wa_ids: Vec<String>) {}
 }

@@ -14,9 +14,10 @@ use std::time::Duration;
 /// Redirects a media URL may take.
 const MAX_REDIRECTS: usize = 3;
 
-/// Files one daemon fetches from WhatsApp at once: each is held in memory whole, up to
-/// `MEDIA_MAX_BYTES`.
+/// Files one daemon fetches from WhatsApp at once, and files its sessions send at once: each is
+/// held in memory whole (a send's twice, plain and encrypted), up to `MEDIA_MAX_BYTES`.
 static FETCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+pub static SENDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Why a message's file cannot be had.
 #[derive(Debug)]
@@ -51,11 +52,15 @@ pub async fn sent(daemon: &Daemon, org: &str, message_id: &str, reference: &Medi
 /// cache, or records why it could not, for the `GET …/media` waiting on it.
 pub async fn fetch(daemon: Arc<Daemon>, client: Arc<dyn Client>, org: String, message_id: String) {
     let _permit = FETCHES.acquire().await;
+    // Queued behind other fetches, this one may have been asked for again meanwhile and done.
+    if matches!(media::cached(&daemon.redis, &org, &message_id).await, Ok(Some(_))) {
+        return;
+    }
     let outcome = match media::reference(&daemon.redis, &org, &message_id).await {
         Ok(Some(reference)) if reference.file_length > daemon.config.media_max_bytes => {
             Err(failure("too_large", format!("the file is {} bytes, more than this gateway serves ({})", reference.file_length, daemon.config.media_max_bytes)))
         }
-        Ok(Some(reference)) => client.download(&reference).await,
+        Ok(Some(reference)) => client.download(&reference, daemon.config.media_max_bytes).await,
         Ok(None) => Err(failure("no_reference", "WhatsApp gave no way to fetch this message's file")),
         Err(e) => Err(failure("failed", format!("cannot read the message: {e}"))),
     };
@@ -177,11 +182,12 @@ fn literal_host_is_public(url: &reqwest::Url) -> bool {
 }
 
 /// An address on the public internet: not loopback, private, link-local, shared (CGNAT),
-/// unspecified, multicast, broadcast or reserved, in either family.
+/// unspecified, multicast, broadcast, benchmarking or reserved, in either family; an IPv6
+/// address that carries an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by that one.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -191,14 +197,26 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80)
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_public(embedded(s[6], s[7])); // IPv4-compatible
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) {
+                return is_public(embedded(s[6], s[7])); // NAT64
+            }
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2])); // 6to4
+            }
+            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80 || (s[0] & 0xffc0) == 0xfec0)
         }
     }
 }
@@ -210,10 +228,11 @@ mod tests {
     #[test]
     fn only_public_addresses_pass() {
         for private in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1",
-            "255.255.255.255", "::1", "::", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"] {
+            "255.255.255.255", "192.0.0.8", "198.18.0.1", "::1", "::", "fd00::1", "fe80::1", "fec0::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+            "::127.0.0.1", "64:ff9b::a00:1", "64:ff9b:1::a00:1", "2002:a00:1::1", "2002:7f00:1::"] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["8.8.8.8", "157.240.1.1", "2a03:2880:f10c:83:face:b00c:0:25de", "::ffff:8.8.8.8"] {
+        for public in ["8.8.8.8", "157.240.1.1", "2a03:2880:f10c:83:face:b00c:0:25de", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
         let host = |url: &str| literal_host_is_public(&reqwest::Url::parse(url).unwrap());

@@ -193,9 +193,14 @@ impl Run {
             other => return Err(ApiError::internal(format!("unexpected outbox verdict {other:?}"))),
         };
         if attempts >= MAX_ATTEMPTS {
-            let error = failure("no_server_ack", format!("WhatsApp's server did not acknowledge the message after {MAX_ATTEMPTS} sends"));
+            let error = failure("no_server_ack", format!("WhatsApp did not take the message (or its file) after {MAX_ATTEMPTS} tries"));
             return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
         }
+        // A file is held in memory from here until WhatsApp has it: a few sessions at a time.
+        let _permit = match content.media {
+            Some(_) => Some(media::SENDS.acquire().await),
+            None => None,
+        };
         let file = match media::outgoing(&self.daemon, org, &content).await {
             Ok(file) => file,
             Err(media::Unavailable::Never(reason)) => {
@@ -225,6 +230,12 @@ impl Run {
             }
             Err(SendFailure::Rejected(reason)) => {
                 return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(failure("rejected", reason))).await;
+            }
+            Err(SendFailure::UploadFailed(reason)) => {
+                tracing::info!(session = %self.session_id, message = %content.id, "{reason}; trying again");
+                outbox::count_attempt(redis, org, &content.id).await?;
+                tokio::time::sleep(PAUSE).await;
+                return Ok(Turn::Again);
             }
             Err(SendFailure::NotConnected(reason)) => {
                 tracing::info!(session = %self.session_id, message = %content.id, "not sent, the connection is not ready: {reason}");

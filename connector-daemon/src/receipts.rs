@@ -2,7 +2,8 @@
 //! it (`read`) or played a voice or video note (`played`). Each moves the message forward and
 //! is announced as `message.status`; a repeated or late receipt changes nothing, since statuses
 //! only move forward. Receipts for messages the API did not send (sent from the phone) have no
-//! message of ours and are ignored.
+//! message of ours and are ignored. The session's own read receipts for what it received move
+//! those messages from `received` to `read` the same way.
 
 use crate::daemon::{Daemon, persist};
 use shared::message::MessageStatus;

@@ -551,7 +551,10 @@ impl SimClient {
         let read = batch.iter().map(|Incoming { content, wa_id, .. }| ((content.chat.clone(), content.from.clone().unwrap_or_default()), wa_id.clone()));
         for ((chat, sender), ids) in receipts_by_chat(read) {
             let record = serde_json::json!({ "session": self.session_id, "chat": chat, "sender": sender, "ids": ids, "at": shared::time::now_millis() });
-            let _: redis::RedisResult<i64> = redis.rpush(keys::simulator_read_receipts(), record.to_string()).await;
+            let sent: redis::RedisResult<i64> = redis.rpush(keys::simulator_read_receipts(), record.to_string()).await;
+            if sent.is_ok() {
+                self.inbox.read(ids).await;
+            }
         }
     }
 
@@ -698,7 +701,7 @@ impl Client for SimClient {
         Ok(reference)
     }
 
-    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, FetchError> {
+    async fn download(&self, media: &MediaRef, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
         if self.state().device.is_none() {
             return Err(crate::media::failure("not_connected", "not logged in"));
         }
@@ -707,6 +710,7 @@ impl Client for SimClient {
         let found: Option<Vec<u8>> = redis.get(keys::simulator_media(&media.direct_path)).await.map_err(|e| crate::media::failure("failed", e.to_string()))?;
         let _: redis::RedisResult<i64> = redis.incr(keys::simulator_downloads(), 1).await;
         match found {
+            Some(bytes) if bytes.len() as u64 > max_bytes => Err(crate::media::failure("too_large", format!("the file is larger than {max_bytes} bytes"))),
             Some(bytes) if base64::engine::general_purpose::STANDARD.encode(shared::secret::sha256(&bytes)) == media.file_sha256 => Ok(bytes),
             Some(_) => Err(crate::media::failure("failed", "the file does not match its hash")),
             None => Err(crate::media::failure("unavailable", "WhatsApp's media servers no longer have this file")),

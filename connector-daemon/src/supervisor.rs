@@ -22,6 +22,8 @@ use shared::directory;
 use shared::event::{Event, EventType, status_data};
 use shared::session::{Control, Session, SessionStatus};
 use shared::store::{self, QrChange, Update, Written};
+use shared::keys;
+use shared::redis::Redis;
 use shared::time::now_millis;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -500,8 +502,8 @@ impl Supervisor {
     }
 
     /// Marks the row `starting` and connects; while a temporary ban WhatsApp announced has not
-    /// lifted, waits for it instead. The ban is read from the row, so it holds across a daemon
-    /// restart and a move to another daemon.
+    /// lifted, waits for it instead. The ban is kept in Redis, so it holds across a daemon
+    /// restart, a shutdown, a `:restart` and a move to another daemon.
     async fn begin(&mut self) {
         self.failures = 0;
         self.qr_rounds = 0;
@@ -519,11 +521,10 @@ impl Supervisor {
         }
     }
 
-    /// The row's temporary ban (its reason, as [`Supervisor::banned`] wrote it) and how long
+    /// The session's temporary ban (its reason, as [`Supervisor::banned`] kept it) and how long
     /// until it lifts, while it has not.
     async fn ban_in_force(&self) -> Option<(String, Duration)> {
-        let row = store::get(&self.daemon.redis, &self.org, &self.id).await.ok()?;
-        let reason = row.status_reason.filter(|r| r.starts_with(BAN_REASON))?;
+        let reason = shared::redis::get_string(&self.daemon.redis, &keys::session_ban(&self.org, &self.id)).await.ok()??;
         let lifts_at: i64 = reason.rsplit_once(BAN_LIFTS_AT)?.1.parse().ok()?;
         let left = lifts_at - now_millis();
         (left > 0).then(|| (reason, Duration::from_millis(left as u64)))
@@ -659,7 +660,11 @@ impl Supervisor {
         self.retry_at = Some(Instant::now() + lifts_in);
         let lifts_at = now_millis() + lifts_in.as_millis() as i64;
         tracing::warn!(session = %self.id, ?lifts_in, "temporarily banned by WhatsApp: {reason}");
-        let update = self.status_change(SessionStatus::Starting, Some(&format!("{BAN_REASON}{reason}{BAN_LIFTS_AT}{lifts_at}")));
+        let reason = format!("{BAN_REASON}{reason}{BAN_LIFTS_AT}{lifts_at}");
+        let (redis, key, ttl) = (&self.daemon.redis, keys::session_ban(&self.org, &self.id), lifts_in.as_millis().max(1) as i64);
+        let keep = || redis.execute("SET", shared::args![key.as_str(), reason.as_str(), "PX", ttl]);
+        persist("keep a temporary ban", || self.daemon.is_stopping(), keep).await;
+        let update = self.status_change(SessionStatus::Starting, Some(&reason));
         self.write(update).await;
     }
 

@@ -16,7 +16,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use shared::inbox::Incoming;
 use shared::media::{FetchError, MediaRef};
-use whatsapp_rust::download::{Downloadable, MediaDownloadError, MediaType};
+use std::io::{Cursor, Seek, SeekFrom, Write};
+use whatsapp_rust::ErrorChainExt;
+use whatsapp_rust::download::{DownloadWriter, Downloadable, MediaType};
 use whatsapp_rust::media::{self as wa_media, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
 use whatsapp_rust::upload::{UploadOptions, UploadResponse};
 use shared::message::{Content, Location, Media, MessageStatus, Quote, Reaction, Sender};
@@ -116,8 +118,13 @@ impl Client for WaClient {
         let (proto, reference) = match (&message.media, file) {
             (Some(media), Some(file)) => {
                 let kind = media_type(&message.kind).ok_or_else(|| SendFailure::Rejected(format!("{} is no media kind", message.kind)))?;
-                let upload = self.client.upload(file.to_vec(), kind, UploadOptions::default()).await
-                    .map_err(|e| SendFailure::NotConnected(format!("the file could not be uploaded: {e}")))?;
+                let upload = self.client.upload(file.to_vec(), kind, UploadOptions::default()).await.map_err(|e| {
+                    let chain: &(dyn std::error::Error + 'static) = e.as_ref();
+                    match chain.http_status() {
+                        Some(status @ 400..500) => SendFailure::Rejected(format!("WhatsApp's media servers refused the file ({status})")),
+                        _ => SendFailure::UploadFailed(format!("the file could not be uploaded: {e}")),
+                    }
+                })?;
                 let reference = reference_of(&message.kind, &upload);
                 (media_message(message, media, upload), Some(reference))
             }
@@ -131,13 +138,21 @@ impl Client for WaClient {
         }
     }
 
-    async fn download(&self, media: &MediaRef) -> Result<Vec<u8>, FetchError> {
+    async fn download(&self, media: &MediaRef, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
         let stored = StoredMedia::decode(media).ok_or_else(|| crate::media::failure("no_reference", "the kept reference is unreadable"))?;
-        self.client.download(&stored).await.map_err(|e| match e.downcast_ref::<MediaDownloadError>() {
-            Some(MediaDownloadError::ReferenceRejected(_)) => crate::media::failure("unavailable", "WhatsApp's media servers no longer have this file"),
-            _ if !self.client.is_connected() => crate::media::failure("not_connected", e.to_string()),
-            _ => crate::media::failure("failed", e.to_string()),
-        })
+        let sink = Capped { file: Cursor::new(Vec::new()), max_bytes };
+        match self.client.download_to_writer(&stored, sink).await {
+            Ok(sink) => Ok(sink.file.into_inner()),
+            Err(e) => {
+                let chain: &(dyn std::error::Error + 'static) = e.as_ref();
+                Err(match chain.http_status() {
+                    _ if ErrorChainExt::sources(chain).any(|cause| cause.to_string() == TOO_LARGE) => crate::media::failure("too_large", format!("the file is larger than {max_bytes} bytes")),
+                    Some(401 | 403 | 404 | 410) => crate::media::failure("unavailable", "WhatsApp's media servers no longer have this file"),
+                    _ if !self.client.is_connected() => crate::media::failure("not_connected", e.to_string()),
+                    _ => crate::media::failure("failed", e.to_string()),
+                })
+            }
+        }
     }
 
     async fn typing(&self, chat: &str, typing: bool) -> Result<(), String> {
@@ -218,6 +233,41 @@ fn wa_message(message: &Content, me: &[String]) -> Result<wa::Message, SendFailu
         });
     }
     Err(SendFailure::Rejected(format!("{} messages cannot be sent by this build", message.kind)))
+}
+
+/// The error a [`Capped`] sink gives past its limit.
+const TOO_LARGE: &str = "the file is larger than MEDIA_MAX_BYTES";
+
+/// A download's sink that refuses to grow past `max_bytes`: a file's length is what its sender
+/// claimed, so only the sink can keep a lie from filling the daemon's memory.
+struct Capped {
+    file: Cursor<Vec<u8>>,
+    max_bytes: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.file.position() + buf.len() as u64 > self.max_bytes {
+            return Err(std::io::Error::other(TOO_LARGE));
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Capped {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(to)
+    }
+}
+
+impl DownloadWriter for Capped {
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        DownloadWriter::truncate(&mut self.file, len)
+    }
 }
 
 /// The library's kind of a media message (each kind is encrypted apart).
@@ -358,18 +408,20 @@ impl InboundDurabilityHook for Keeper {
                 let source = &m.info.source;
                 ((source.chat.clone(), source.is_group.then(|| source.sender.clone())), m.info.id.clone())
             });
-            tokio::spawn(mark_read(client, receipts_by_chat(read)));
+            tokio::spawn(mark_read(client, self.inbox.clone(), receipts_by_chat(read)));
         }
         Ok(())
     }
 }
 
-/// Read receipts, one per chat and sender (the group member who wrote), as WhatsApp Web sends them.
-async fn mark_read(client: Arc<whatsapp_rust::Client>, read: Vec<((Jid, Option<Jid>), Vec<String>)>) {
+/// Read receipts, one per chat and sender (the group member who wrote), as WhatsApp Web sends
+/// them; the messages are `read` once theirs went out.
+async fn mark_read(client: Arc<whatsapp_rust::Client>, inbox: Arc<dyn Inbox>, read: Vec<((Jid, Option<Jid>), Vec<String>)>) {
     for ((chat, sender), ids) in read {
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        if let Err(e) = client.mark_as_read(&chat, sender.as_ref(), &ids).await {
-            tracing::warn!(%chat, "cannot send read receipts: {e}");
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        match client.mark_as_read(&chat, sender.as_ref(), &refs).await {
+            Ok(()) => inbox.read(ids).await,
+            Err(e) => tracing::warn!(%chat, "cannot send read receipts: {e}"),
         }
     }
 }

@@ -121,7 +121,7 @@ pub async fn media_max_bytes<V: Variables>(vars: &V) -> u64 {
 
 /// How long `GET …/media` waits for the session's gateway to fetch a file from WhatsApp.
 pub async fn media_wait_ms<V: Variables>(vars: &V) -> u64 {
-    number(vars, "media_wait_ms", 20_000).await
+    number(vars, "media_wait_ms", 20_000).await.max(100)
 }
 
 /// Sessions one organization may have; 0 means no limit.

@@ -77,9 +77,10 @@ pub fn message(org: &str, message_id: &str) -> String {
 }
 
 /// The file of a message sent with inline data: kept from acceptance until the message is sent,
-/// failed or canceled.
+/// failed or canceled. The key is this prefix and the message id, so the outbox's script can
+/// check any message's.
 pub fn message_upload(org: &str, message_id: &str) -> String {
-    format!("{PREFIX}:{{org:{org}}}:message:{message_id}:upload")
+    format!("{PREFIX}:{{org:{org}}}:upload:{message_id}")
 }
 
 /// The sizes of the inline files a session's queued messages hold (message id → bytes), to
@@ -231,6 +232,12 @@ pub fn gateway_sessions(gateway_id: &str) -> String {
 /// and recording its token on the row are one script.
 pub fn session_lease(org: &str, session_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:lease")
+}
+
+/// A temporary ban WhatsApp put on the session's number (the row's `statusReason` for it, which
+/// says when it lifts), until it lifts: read before every connect, whichever daemon connects.
+pub fn session_ban(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:ban")
 }
 
 /// The simulator backend's remote control: tests and demos append phone-side actions here.

@@ -44,7 +44,9 @@ pub struct FetchError {
 pub const FAILURE_TTL_MS: i64 = 5_000;
 
 /// Asks the daemon holding the session (ARGV[1], the row's `gatewayId`) to fetch a message's
-/// file, unless it was cached meanwhile (KEYS[6]) or a fetch is already pending: marks it
+/// file, unless it was cached meanwhile (KEYS[6]), a fetch is already pending, or one failed
+/// moments ago (answered with its failure, so a client polling a lost file does not make the
+/// number hit WhatsApp's media servers on every request): marks it
 /// `pending` (KEYS[2], for ARGV[3] ms) and queues ARGV[2] on the holder's stream. `KEYS`: row,
 /// fetch marker, the routing keys, the cache.
 const REQUEST: &str = concat!(
@@ -55,7 +57,9 @@ if not raw then return redis.status_reply('gone') end
 if holder_of(cjson.decode(raw)) ~= ARGV[1] then return redis.status_reply('moved') end
 if redis.call('EXISTS', KEYS[6]) == 1 then return redis.status_reply('pending') end
 if ARGV[1] == '' or redis.call('EXISTS', KEYS[5]) == 0 then return redis.status_reply('not_running') end
-if redis.call('GET', KEYS[2]) == 'pending' then return redis.status_reply('pending') end
+local marker = redis.call('GET', KEYS[2])
+if marker == 'pending' then return redis.status_reply('pending') end
+if marker then return marker end
 redis.call('SET', KEYS[2], 'pending', 'PX', ARGV[3])
 redis.call('XADD', KEYS[4], '*', 'command', ARGV[2])
 return redis.status_reply('pending')"
@@ -90,6 +94,7 @@ pub async fn request<R: Redis>(r: &R, session: &Session, message_id: &str, wait_
     match reply {
         Reply::Status(s) if s == "pending" => Ok(()),
         Reply::Status(s) if s == "gone" => Err(ApiError::session_not_found()),
+        Reply::Bytes(failure) => Err(fetch_error(serde_json::from_slice(&failure).ok())),
         _ => Err(not_connected()),
     }
 }
@@ -178,10 +183,12 @@ pub async fn reference<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<O
     Ok(raw.and_then(|raw| serde_json::from_str(&raw).ok()))
 }
 
-/// Keeps the reference of a file just uploaded, beside its message.
+/// Keeps the reference of a file just uploaded, beside its message (not on a message that lapsed
+/// meanwhile: that would leave a hash without content or TTL).
 pub async fn keep_reference<R: Redis>(r: &R, org: &str, message_id: &str, media: &MediaRef) -> Result<(), ApiError> {
     let json = serde_json::to_string(media).unwrap_or_default();
-    r.execute("HSET", args![keys::message(org, message_id), REF_FIELD, json]).await?;
+    let script = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 1";
+    r.execute("EVAL", args![script, 1, keys::message(org, message_id), REF_FIELD, json]).await?;
     Ok(())
 }
 

@@ -461,7 +461,7 @@ fn media(value: &Value, kind: &str, max_bytes: usize) -> Result<(Media, MediaSou
     let (url, source) = match (given("url"), given("data")) {
         (Some(_), Some(_)) => return Err(invalid("data", "give either url or data, not both".into())),
         (None, None) => return Err(invalid("url", "a file is required: url (http or https) or data (base64)".into())),
-        (Some(url), None) => (Some(media_url(url).ok_or_else(|| invalid("url", format!("must be an http or https URL of at most {MEDIA_URL_MAX} characters")))?), MediaSource::Url),
+        (Some(url), None) => (Some(media_url(url).ok_or_else(|| invalid("url", format!("must be an http or https URL of at most {MEDIA_URL_MAX} characters, without credentials")))?), MediaSource::Url),
         (None, Some(data)) => (None, MediaSource::Data(media_data(data, max_bytes).map_err(|why| invalid("data", why))?)),
     };
     let mime_type = given("mimeType").and_then(Value::as_str).filter(|m| mime_fits(m, kind)).ok_or_else(|| {
@@ -496,12 +496,13 @@ fn media(value: &Value, kind: &str, max_bytes: usize) -> Result<(Media, MediaSou
     Ok((Media { url, mime_type: Some(mime_type.to_owned()), caption, file_name, size, voice_note }, source))
 }
 
-/// An absolute http(s) URL with a host, no whitespace, at most [`MEDIA_URL_MAX`] characters.
+/// An absolute http(s) URL with a host, no whitespace, no credentials (the URL is shown to
+/// every reader of the message), at most [`MEDIA_URL_MAX`] characters.
 fn media_url(value: &Value) -> Option<String> {
     let url = value.as_str()?;
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
-    let host = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?;
-    let ok = url.len() <= MEDIA_URL_MAX && !host.is_empty() && !host.starts_with(':') && url.chars().all(|c| c.is_ascii_graphic());
+    let host = rest.split(['/', '?', '#']).next()?;
+    let ok = url.len() <= MEDIA_URL_MAX && !host.is_empty() && !host.starts_with(':') && !host.contains('@') && url.chars().all(|c| c.is_ascii_graphic());
     ok.then(|| url.to_owned())
 }
 
@@ -635,6 +636,7 @@ mod tests {
             (r#""image": {"url": "ftp://x/a", "mimeType": "image/png"}"#, "image.url"),
             (r#""image": {"url": "https://", "mimeType": "image/png"}"#, "image.url"),
             (r#""image": {"url": "https://x/a b", "mimeType": "image/png"}"#, "image.url"),
+            (r#""image": {"url": "https://user:secret@x/a", "mimeType": "image/png"}"#, "image.url"),
             (r#""image": {"data": "not base64!", "mimeType": "image/png"}"#, "image.data"),
             (r#""image": {"data": "", "mimeType": "image/png"}"#, "image.data"),
             (r#""image": {"data": "AAECAwQFBgcICQoLDA0ODxAREhM=", "mimeType": "image/png"}"#, "image.data"),

@@ -22,7 +22,8 @@ use crate::{ApiError, ErrorCode, args, keys};
 /// outbox, row, idempotency key, WhatsApp id index, event log, the routing keys, the session's
 /// and the chat's message indexes, then the message's inline file and the session's file sizes.
 /// A file (ARGV[13]) is kept (for ARGV[15] ms) only while the session's queued files stay
-/// within ARGV[14] bytes.
+/// within ARGV[14] bytes; a size whose file is gone (its message went out by any way, or
+/// lapsed) is struck off first, so the books never drift (files: the prefix ARGV[16] and the id).
 /// Answers the stored value of an idempotency key already used (bulk), else a status:
 /// `queued`, `gone`, `not_paired`, `full`, `files_full`, `moved`.
 const ACCEPT: &str = concat!(
@@ -41,8 +42,10 @@ if type(row['waJid']) ~= 'string' then return redis.status_reply('not_paired') e
 if holder_of(row) ~= ARGV[8] then return redis.status_reply('moved') end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[7]) then return redis.status_reply('full') end
 if ARGV[13] ~= '' then
-  local held = 0
-  for _, size in ipairs(redis.call('HVALS', KEYS[13])) do held = held + tonumber(size) end
+  local held, sizes = 0, redis.call('HGETALL', KEYS[13])
+  for i = 1, #sizes, 2 do
+    if redis.call('EXISTS', ARGV[16] .. sizes[i]) == 1 then held = held + tonumber(sizes[i + 1]) else redis.call('HDEL', KEYS[13], sizes[i]) end
+  end
   if held + #ARGV[13] > tonumber(ARGV[14]) then return redis.status_reply('files_full') end
   redis.call('SET', KEYS[12], ARGV[13], 'PX', ARGV[15])
   redis.call('HSET', KEYS[13], ARGV[10], #ARGV[13])
@@ -56,7 +59,7 @@ if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
 if holder_of(row) ~= '' and redis.call('EXISTS', KEYS[9]) == 1 then
   redis.call('XADD', KEYS[8], '*', 'command', ARGV[9])
 end
-log_events(KEYS[6], ARGV[16], 19, tonumber(ARGV[2]), tonumber(ARGV[17]), tonumber(ARGV[18]))
+log_events(KEYS[6], ARGV[17], 20, tonumber(ARGV[2]), tonumber(ARGV[18]), tonumber(ARGV[19]))
 return redis.status_reply('queued')"
 );
 
@@ -80,22 +83,23 @@ return redis.status_reply('canceled')"
 
 /// Moves a message forward to ARGV[1] (rank ARGV[2], its time field ARGV[3]) at ARGV[4]; with
 /// ARGV[6] set, only from `queued` (rank 0): a failure never overrides a send. `sent` and
-/// `failed` take it out of the outbox whatever it was, with its inline file (KEYS[5]) and that
-/// file's size (KEYS[6]). With a lease value (ARGV[7]) the write
-/// is refused (`fenced`) unless KEYS[4] holds it. A receipt past `sent` implies the send.
+/// `failed` take it out of the outbox whatever it was. Any step means the message is past
+/// sending, so its inline file (KEYS[5]) and that file's size (KEYS[6]) go. With a lease value (ARGV[7]) the write
+/// is refused (`fenced`) unless KEYS[4] holds it. A receipt past `sent` implies the send of an
+/// outbound (queued) message.
 const ADVANCE: &str = concat!(
     log_events_lua!(),
     r"
 if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[7] then return redis.status_reply('fenced') end
-if ARGV[8] == '1' then
-  redis.call('LREM', KEYS[2], 0, ARGV[9])
-  redis.call('DEL', KEYS[5])
-  redis.call('HDEL', KEYS[6], ARGV[9])
-end
+if ARGV[8] == '1' then redis.call('LREM', KEYS[2], 0, ARGV[9]) end
+redis.call('DEL', KEYS[5])
+redis.call('HDEL', KEYS[6], ARGV[9])
 local rank = tonumber(redis.call('HGET', KEYS[1], 'rank'))
 if not rank then return 0 end
 local to = tonumber(ARGV[2])
-if ARGV[10] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[10]) == 0 then redis.call('HSET', KEYS[1], ARGV[10], ARGV[4]) end
+if ARGV[10] ~= '' and redis.call('HEXISTS', KEYS[1], 'queuedAt') == 1 and redis.call('HEXISTS', KEYS[1], ARGV[10]) == 0 then
+  redis.call('HSET', KEYS[1], ARGV[10], ARGV[4])
+end
 if rank >= to or (ARGV[6] == '1' and rank ~= 0) then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', to, ARGV[3], ARGV[4], 'updatedAt', ARGV[4])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
@@ -167,6 +171,7 @@ pub async fn accept<R: Redis>(
         // A file outlives its message's queueing only while a send begun before the expiry ends.
         let file_ttl = limits.max_queued_ms.saturating_add(3_600_000) as i64;
         argv.extend([Arg::Bytes(file.unwrap_or_default().to_vec()), Arg::Int(limits.media_queue_max_bytes as i64), Arg::Int(file_ttl)]);
+        argv.push(keys::message_upload(org, "").into());
         argv.extend(log_events_args(org, None, std::slice::from_ref(&queued))?);
         Ok(first(r, "EVAL", argv).await?.into())
     })
