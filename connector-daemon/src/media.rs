@@ -8,16 +8,53 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use shared::media::{self, FetchError, MediaRef};
 use shared::message::Content;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Redirects a media URL may take.
 const MAX_REDIRECTS: usize = 3;
 
 /// Files one daemon fetches from WhatsApp at once, and files its sessions send at once: each is
-/// held in memory whole (a send's twice, plain and encrypted), up to `MEDIA_MAX_BYTES`.
-static FETCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-pub static SENDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+/// held in memory whole (a send's twice, plain and encrypted), up to `MEDIA_MAX_BYTES`. One
+/// organization gets at most half of either, so its burst never starves the others.
+static FETCHES: LazyLock<Slots> = LazyLock::new(|| Slots::new(4, 2));
+pub static SENDS: LazyLock<Slots> = LazyLock::new(|| Slots::new(8, 4));
+
+/// Slots for work that holds a whole file in memory: at most `total` at once in the daemon, and
+/// at most `per_org` for one organization.
+pub struct Slots {
+    total: Arc<Semaphore>,
+    per_org: usize,
+    orgs: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A slot taken; dropping it gives it back.
+pub struct Slot {
+    _org: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    pub fn new(total: usize, per_org: usize) -> Slots {
+        Slots { total: Arc::new(Semaphore::new(total)), per_org, orgs: Mutex::default() }
+    }
+
+    /// Waits for a slot of the organization's, then for one of the daemon's.
+    pub async fn take(&self, org: &str) -> Slot {
+        let mine = {
+            let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
+            // An organization nobody holds or waits for a slot of is forgotten.
+            orgs.retain(|_, slots| Arc::strong_count(slots) > 1);
+            orgs.entry(org.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_org))).clone()
+        };
+        // Neither semaphore is ever closed.
+        let org = mine.acquire_owned().await.expect("an open semaphore");
+        let total = self.total.clone().acquire_owned().await.expect("an open semaphore");
+        Slot { _org: org, _total: total }
+    }
+}
 
 /// Why a message's file cannot be had.
 #[derive(Debug)]
@@ -51,7 +88,7 @@ pub async fn sent(daemon: &Daemon, org: &str, message_id: &str, reference: &Medi
 /// Fetches a message's file from WhatsApp through the session's connected client into the
 /// cache, or records why it could not, for the `GET …/media` waiting on it.
 pub async fn fetch(daemon: Arc<Daemon>, client: Arc<dyn Client>, org: String, message_id: String) {
-    let _permit = FETCHES.acquire().await;
+    let _slot = FETCHES.take(&org).await;
     // Queued behind other fetches, this one may have been asked for again meanwhile and done.
     if matches!(media::cached(&daemon.redis, &org, &message_id).await, Ok(Some(_))) {
         return;
@@ -224,6 +261,19 @@ pub fn is_public(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_organization_cannot_take_every_slot() {
+        let slots = Slots::new(3, 2);
+        let soon = |org: &'static str| tokio::time::timeout(Duration::from_millis(50), slots.take(org));
+        let a1 = soon("a").await.expect("a slot");
+        let _a2 = soon("a").await.expect("a second slot");
+        assert!(soon("a").await.is_err(), "a third waits: the organization has its share");
+        let _b1 = soon("b").await.expect("another organization is not starved");
+        assert!(soon("c").await.is_err(), "the daemon's total holds");
+        drop(a1);
+        soon("a").await.expect("a slot again once one came back");
+    }
 
     #[test]
     fn only_public_addresses_pass() {

@@ -197,8 +197,8 @@ impl Run {
             return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
         }
         // A file is held in memory from here until WhatsApp has it: a few sessions at a time.
-        let _permit = match content.media {
-            Some(_) => Some(media::SENDS.acquire().await),
+        let _slot = match content.media {
+            Some(_) => Some(media::SENDS.take(org).await),
             None => None,
         };
         let file = match media::outgoing(&self.daemon, org, &content).await {
