@@ -137,7 +137,21 @@ async fn auto_read_sends_read_receipts_only_for_sessions_that_ask() {
     let key = stack.key(&org).await;
     let (reader, _) = stack.paired_session_with(&key, r#"{"start": true, "autoRead": true}"#, "628111100003").await;
     let (other, _) = stack.paired_session(&key, "628111100004").await;
-    phone_sends(&stack, "628111100003", "628333100020", &[("id", "3A0000000000000000020"), ("text", "read me")]).await;
+    // The contact answers with the very WhatsApp id of a message the session sent it (ids are
+    // the sender's to choose): reading the answer must not mark the sent message read.
+    let sent = stack.client.post(&stack.session_url(&reader, "/messages"), &key, r#"{"to": "628333100020", "text": "hello"}"#).await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    let sent_url = stack.session_url(&reader, &format!("/messages/{}", sent.body["id"].as_str().unwrap()));
+    let deadline = Instant::now() + SOON;
+    let same_id = loop {
+        let now = stack.client.get(&sent_url, &key).await.body;
+        if let Some(id) = now["waMessageId"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "not sent: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    phone_sends(&stack, "628111100003", "628333100020", &[("id", &same_id), ("text", "read me")]).await;
     phone_sends(&stack, "628111100003", "628333100021", &[("id", "3A0000000000000000021"), ("text", "in a group"), ("group", "120363000000000002@g.us")]).await;
     phone_sends(&stack, "628111100004", "628333100020", &[("text", "leave me unread")]).await;
     logged(&stack, &org, "message.received", 3, SOON).await;
@@ -151,13 +165,13 @@ async fn auto_read_sends_read_receipts_only_for_sessions_that_ask() {
         .map(|r| (r["session"].as_str().unwrap(), r["chat"].as_str().unwrap(), r["sender"].as_str().unwrap(), r["ids"].clone()))
         .collect();
     assert_eq!(seen.len(), 2, "{receipts:#?}");
-    assert!(seen.contains(&(reader.as_str(), "628333100020@s.whatsapp.net", "628333100020@s.whatsapp.net", json!(["3A0000000000000000020"]))));
+    assert!(seen.contains(&(reader.as_str(), "628333100020@s.whatsapp.net", "628333100020@s.whatsapp.net", json!([same_id]))));
     assert!(seen.contains(&(reader.as_str(), "120363000000000002@g.us", "628333100021@s.whatsapp.net", json!(["3A0000000000000000021"]))));
     assert!(seen.iter().all(|r| r.0 != other), "the session without autoRead sent none");
 
     // What the session read is `read` (announced), with no send time; the rest stays `received`.
     let received = logged(&stack, &org, "message.received", 3, SOON).await;
-    let read = logged(&stack, &org, "message.status", 2, SOON).await;
+    let read: Vec<Value> = records_of_status(&stack, &org, "read", 2).await;
     for event in &received {
         let message = &event["data"];
         let url = stack.session_url(message["sessionId"].as_str().unwrap(), &format!("/messages/{}", message["id"].as_str().unwrap()));
@@ -169,6 +183,20 @@ async fn auto_read_sends_read_receipts_only_for_sessions_that_ask() {
         } else {
             assert_eq!((&now["status"], announced, &now["readAt"]), (&json!("received"), false, &Value::Null), "{now}");
         }
+    }
+    let mine = stack.client.get(&sent_url, &key).await.body;
+    assert!(mine["status"] != "read" && mine["readAt"].is_null(), "the sent message was not read: {mine}");
+}
+
+/// The organization's `message.status` events of `status`, once there are `count` of them.
+async fn records_of_status(stack: &Stack, org: &str, status: &str, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let events: Vec<Value> = stack.events(org).await.into_iter().filter(|e| e["type"] == "message.status" && e["data"]["status"] == status).collect();
+        if events.len() >= count || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -73,8 +73,9 @@ pub trait Inbox: Send + Sync {
     /// receipts for it.
     async fn store(&self, batch: Vec<Incoming>) -> Result<Stored, String>;
 
-    /// The client's read receipts for these messages (by WhatsApp id) went out: they are read.
-    async fn read(&self, wa_ids: Vec<String>);
+    /// The client's read receipts for these messages went out: they are read. They are named as
+    /// they were stored: by chat and sender (`Content::chat`, `Content::from`) and WhatsApp id.
+    async fn read(&self, chat: &str, sender: &str, wa_ids: Vec<String>);
 }
 
 /// What a backend is given to work with. A session's store is plain files in a directory, so

@@ -8,7 +8,6 @@ use crate::daemon::{Daemon, persist};
 use crate::receipts;
 use async_trait::async_trait;
 use shared::inbox::{self, Incoming, Stored};
-use shared::message::MessageStatus;
 use std::sync::Arc;
 
 /// Tries to store a batch before giving it back unacknowledged (WhatsApp then delivers it again
@@ -37,8 +36,8 @@ impl Inbox for SessionInbox {
         Ok(stored)
     }
 
-    async fn read(&self, wa_ids: Vec<String>) {
-        receipts::apply(&self.daemon, &self.org, &self.session_id, &wa_ids, MessageStatus::Read).await;
+    async fn read(&self, chat: &str, sender: &str, wa_ids: Vec<String>) {
+        receipts::read_received(&self.daemon, &self.org, &self.session_id, chat, sender, &wa_ids).await;
     }
 }
 
@@ -51,5 +50,5 @@ impl Inbox for Refuse {
         Err("the device is being unlinked; received messages are not kept".to_owned())
     }
 
-    async fn read(&self, _wa_ids: Vec<String>) {}
+    async fn read(&self, _chat: &str, _sender: &str, _wa_ids: Vec<String>) {}
 }

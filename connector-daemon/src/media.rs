@@ -247,8 +247,11 @@ pub fn is_public(ip: IpAddr) -> bool {
             if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
                 return is_public(embedded(s[6], s[7])); // IPv4-compatible
             }
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) {
-                return is_public(embedded(s[6], s[7])); // NAT64
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(s[6], s[7])); // NAT64, well-known prefix
+            }
+            if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                return false; // local NAT64 (RFC 8215), IPv4-translated: where they lead is the network's
             }
             if s[0] == 0x2002 {
                 return is_public(embedded(s[1], s[2])); // 6to4
@@ -279,7 +282,7 @@ mod tests {
     fn only_public_addresses_pass() {
         for private in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1",
             "255.255.255.255", "192.0.0.8", "198.18.0.1", "::1", "::", "fd00::1", "fe80::1", "fec0::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
-            "::127.0.0.1", "64:ff9b::a00:1", "64:ff9b:1::a00:1", "2002:a00:1::1", "2002:7f00:1::"] {
+            "::127.0.0.1", "64:ff9b::a00:1", "64:ff9b:1::a00:1", "64:ff9b:1:a00:1:0:808:808", "::ffff:0:808:808", "2002:a00:1::1", "2002:7f00:1::"] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
         for public in ["8.8.8.8", "157.240.1.1", "2a03:2880:f10c:83:face:b00c:0:25de", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"] {

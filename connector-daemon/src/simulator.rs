@@ -553,7 +553,7 @@ impl SimClient {
             let record = serde_json::json!({ "session": self.session_id, "chat": chat, "sender": sender, "ids": ids, "at": shared::time::now_millis() });
             let sent: redis::RedisResult<i64> = redis.rpush(keys::simulator_read_receipts(), record.to_string()).await;
             if sent.is_ok() {
-                self.inbox.read(ids).await;
+                self.inbox.read(&chat, &sender, ids).await;
             }
         }
     }

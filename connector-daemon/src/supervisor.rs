@@ -524,7 +524,9 @@ impl Supervisor {
     /// The session's temporary ban (its reason, as [`Supervisor::banned`] kept it) and how long
     /// until it lifts, while it has not.
     async fn ban_in_force(&self) -> Option<(String, Duration)> {
-        let reason = shared::redis::get_string(&self.daemon.redis, &keys::session_ban(&self.org, &self.id)).await.ok()??;
+        // Read until Redis answers: connecting because a read failed would end a ban early.
+        let (redis, key) = (&self.daemon.redis, keys::session_ban(&self.org, &self.id));
+        let reason = persist("read a temporary ban", || self.daemon.is_stopping(), || shared::redis::get_string(redis, &key)).await??;
         let lifts_at: i64 = reason.rsplit_once(BAN_LIFTS_AT)?.1.parse().ok()?;
         let left = lifts_at - now_millis();
         (left > 0).then(|| (reason, Duration::from_millis(left as u64)))
@@ -814,6 +816,9 @@ impl Supervisor {
     async fn unpaired(&mut self, reason: &str, status: SessionStatus, unlinked: bool) {
         self.drop_client().await;
         self.retry_at = None;
+        // A ban was the number's: the next number paired here starts free of it.
+        let (redis, ban) = (&self.daemon.redis, keys::session_ban(&self.org, &self.id));
+        persist("forget a temporary ban", || self.daemon.is_stopping(), || redis.execute("DEL", shared::args![ban.as_str()])).await;
         if let Err(e) = self.daemon.config.remove_session_dir(&self.id) {
             tracing::warn!(session = %self.id, "cannot remove the session's store: {e}");
         }

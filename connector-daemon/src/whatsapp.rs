@@ -121,7 +121,10 @@ impl Client for WaClient {
                 let upload = self.client.upload(file.to_vec(), kind, UploadOptions::default()).await.map_err(|e| {
                     let chain: &(dyn std::error::Error + 'static) = e.as_ref();
                     match chain.http_status() {
-                        Some(status @ 400..500) => SendFailure::Rejected(format!("WhatsApp's media servers refused the file ({status})")),
+                        _ if !self.client.is_connected() => SendFailure::NotConnected(format!("the file could not be uploaded: {e}")),
+                        Some(status @ 400..500) if status != 408 && status != 429 => {
+                            SendFailure::Rejected(format!("WhatsApp's media servers refused the file ({status})"))
+                        }
                         _ => SendFailure::UploadFailed(format!("the file could not be uploaded: {e}")),
                     }
                 })?;
@@ -404,9 +407,10 @@ impl InboundDurabilityHook for Keeper {
         let stored = self.inbox.store(kept.iter().map(|(incoming, _)| incoming.clone()).collect()).await.map_err(whatsapp_rust::anyhow::Error::msg)?;
         if stored.auto_read {
             // Not awaited here: the hook runs inside the receive pipeline, under the senders' locks.
-            let read = kept.iter().map(|(_, m)| {
+            let read = kept.iter().map(|(incoming, m)| {
                 let source = &m.info.source;
-                ((source.chat.clone(), source.is_group.then(|| source.sender.clone())), m.info.id.clone())
+                let ours = (incoming.content.chat.clone(), incoming.content.from.clone().unwrap_or_default());
+                ((source.chat.clone(), source.is_group.then(|| source.sender.clone()), ours), m.info.id.clone())
             });
             tokio::spawn(mark_read(client, self.inbox.clone(), receipts_by_chat(read)));
         }
@@ -416,11 +420,11 @@ impl InboundDurabilityHook for Keeper {
 
 /// Read receipts, one per chat and sender (the group member who wrote), as WhatsApp Web sends
 /// them; the messages are `read` once theirs went out.
-async fn mark_read(client: Arc<whatsapp_rust::Client>, inbox: Arc<dyn Inbox>, read: Vec<((Jid, Option<Jid>), Vec<String>)>) {
-    for ((chat, sender), ids) in read {
+async fn mark_read(client: Arc<whatsapp_rust::Client>, inbox: Arc<dyn Inbox>, read: Vec<((Jid, Option<Jid>, (String, String)), Vec<String>)>) {
+    for ((chat, sender, (our_chat, our_sender)), ids) in read {
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         match client.mark_as_read(&chat, sender.as_ref(), &refs).await {
-            Ok(()) => inbox.read(ids).await,
+            Ok(()) => inbox.read(&our_chat, &our_sender, ids).await,
             Err(e) => tracing::warn!(%chat, "cannot send read receipts: {e}"),
         }
     }
