@@ -738,4 +738,12 @@ async fn a_ban_outlives_restarts_of_the_session_and_its_daemon() {
     wait_for("the queued message goes out once the ban lifted", SOON, async || {
         stack.client.get(&message_url, &key).await.body["status"] != "queued"
     }).await;
+
+    // A ban is the number's: after a logout, the session pairs again at once.
+    stack.phone("ban", &[("session", &id), ("secs", "600")]).await;
+    stack.row_until(&key, &id, SOON, |row| row["statusReason"].as_str().is_some_and(|r| r.starts_with("temporary_ban"))).await;
+    act(&stack, &key, &id, "logout").await;
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    act(&stack, &key, &id, "start").await;
+    stack.status_until(&key, &id, "scan_qr_code", SOON).await;
 }
