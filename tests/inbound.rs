@@ -337,42 +337,29 @@ async fn a_received_file_is_fetched_from_whatsapp_once_then_cached() {
     let received = logged(&stack, &org, "message.received", 5, SOON).await;
     let ids: Vec<String> = received.iter().map(|e| e["data"]["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(received[0]["data"]["media"]["caption"], "receipt");
-    let downloads = || async { redis::AsyncCommands::get::<_, Option<i64>>(&mut stack.redis().await, shared::keys::simulator_downloads()).await.unwrap().unwrap_or(0) };
 
     // Ten readers at once: one fetch from WhatsApp.
     let path = format!("/messages/{}/media", ids[0]);
-    let readers = (0..10).map(|_| async {
-        let response = stack.client.0.get(stack.session_url(&id, &path)).bearer_auth(&key).send().await.unwrap();
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-        (response.status().as_u16(), content_type, response.bytes().await.unwrap().to_vec())
-    });
+    let readers = (0..10).map(|_| stack.file(&key, &id, &path));
     for (status, content_type, body) in futures::future::join_all(readers).await {
         assert_eq!((status, content_type.as_str(), body.len()), (200, "image/jpeg", photo.len()));
         assert!(body == photo, "the very file the phone sent");
     }
-    assert_eq!(downloads().await, 1, "one fetch for ten readers");
-    let again = stack.client.0.get(stack.session_url(&id, &path)).bearer_auth(&key).send().await.unwrap();
-    assert_eq!(again.bytes().await.unwrap().to_vec(), photo);
-    assert_eq!(downloads().await, 1, "then from the cache");
+    assert_eq!(stack.simulator_downloads().await, 1, "one fetch for ten readers");
+    assert_eq!(stack.file(&key, &id, &path).await.2, photo);
+    assert_eq!(stack.simulator_downloads().await, 1, "then from the cache");
 
     // The organization's cache holds 60,000 bytes: the sticker pushes the photo out.
-    let fetch = |message_id: String| {
-        let (stack, id, key) = (&stack, &id, &key);
-        async move {
-            let response = stack.client.0.get(stack.session_url(id, &format!("/messages/{message_id}/media"))).bearer_auth(key).send().await.unwrap();
-            assert_eq!(response.status().as_u16(), 200);
-            response.bytes().await.unwrap().to_vec()
-        }
-    };
-    assert_eq!(fetch(ids[1].clone()).await, b"%PDF");
-    assert_eq!(fetch(ids[3].clone()).await, sticker);
-    assert_eq!(downloads().await, 3);
+    let fetch = async |message_id: &str| stack.file(&key, &id, &format!("/messages/{message_id}/media")).await;
+    assert_eq!(fetch(&ids[1]).await, (200, "application/pdf".to_owned(), b"%PDF".to_vec()));
+    assert_eq!(fetch(&ids[3]).await, (200, "image/webp".to_owned(), sticker.clone()));
+    assert_eq!(stack.simulator_downloads().await, 3);
     let mut redis = stack.redis().await;
     let cached = |message_id: &str| shared::keys::message_media(&org, message_id);
     let photo_cached: bool = redis::AsyncCommands::exists(&mut redis, cached(&ids[0])).await.unwrap();
     assert!(!photo_cached, "the oldest file made room");
-    assert_eq!(fetch(ids[0].clone()).await, photo);
-    assert_eq!(downloads().await, 4, "fetched again once evicted");
+    assert_eq!(fetch(&ids[0]).await, (200, "image/jpeg".to_owned(), photo.clone()));
+    assert_eq!(stack.simulator_downloads().await, 4, "fetched again once evicted");
     let total: i64 = redis::AsyncCommands::get(&mut redis, shared::keys::org_media_cache_total(&org)).await.unwrap();
     assert!(total <= 60_000, "the cache stays within its budget: {total}");
 
@@ -389,5 +376,5 @@ async fn a_received_file_is_fetched_from_whatsapp_once_then_cached() {
     stack.status_until(&key, &id, "stopped", SOON).await;
     let document = stack.client.get(&stack.session_url(&id, &format!("/messages/{}/media", ids[1])), &key).await;
     assert_eq!(document.expect_error(409, "conflict")["reason"], "not_connected");
-    assert_eq!(downloads().await, 4);
+    assert_eq!(stack.simulator_downloads().await, 4);
 }

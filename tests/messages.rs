@@ -49,14 +49,6 @@ async fn delivered(stack: &Stack) -> Vec<Value> {
     records.iter().map(|r| serde_json::from_str(r).unwrap()).collect()
 }
 
-/// `GET` of a file: status, content type, bytes.
-async fn file(stack: &Stack, key: &str, session_id: &str, path: &str) -> (u16, String, Vec<u8>) {
-    let response = stack.client.0.get(stack.session_url(session_id, path)).bearer_auth(key).send().await.unwrap();
-    let status = response.status().as_u16();
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    (status, content_type, response.bytes().await.unwrap().to_vec())
-}
-
 /// A lifecycle action (`:stop`, `:start`, `:logout`) that must be accepted.
 async fn act(stack: &Stack, key: &str, session_id: &str, action: &str) {
     let reply = stack.client.post(&stack.session_url(session_id, action), key, "").await;
@@ -270,7 +262,7 @@ async fn other_organizations_get_not_found_and_capabilities_hold() {
     let image_id = image["id"].as_str().unwrap();
     message_until(&stack, &key, &id, image_id, SOON, |m| m["status"] == "delivered").await;
     let media_path = format!("/messages/{image_id}/media");
-    assert_eq!(file(&stack, &reader, &id, &media_path).await, (200, "image/png".to_owned(), b"png bytes".to_vec()));
+    assert_eq!(stack.file(&reader, &id, &media_path).await, (200, "image/png".to_owned(), b"png bytes".to_vec()));
     stack.client.get(&stack.session_url(&id, &media_path), &stranger).await.expect_error(404, "not_found");
     stack.client.get(&stack.session_url(&other, &media_path), &key).await.expect_error(404, "not_found");
     stack.client.get(&stack.session_url(&id, &media_path), &sender).await.expect_error(403, "forbidden");
@@ -478,16 +470,15 @@ async fn every_kind_of_file_reaches_the_phone_and_comes_back() {
         let uploads: bool = redis::AsyncCommands::exists(&mut redis, shared::keys::message_upload(&org, message_id)).await.unwrap();
         assert!(!uploads, "an inline file is kept only until its message is sent");
         let path = format!("/messages/{message_id}/media");
-        assert_eq!(file(&stack, &key, &id, &path).await, (200, mime.clone(), bytes.clone()), "from the cache");
+        assert_eq!(stack.file(&key, &id, &path).await, (200, mime.clone(), bytes.clone()), "from the cache");
     }
     // The cache lost the image: it comes from WhatsApp's media servers, once.
     let (image_id, photo_bytes, _) = &sent[0];
-    let downloads = || async { redis::AsyncCommands::get::<_, Option<i64>>(&mut stack.redis().await, shared::keys::simulator_downloads()).await.unwrap().unwrap_or(0) };
     let () = redis::AsyncCommands::del(&mut redis, shared::keys::message_media(&org, image_id)).await.unwrap();
     let path = format!("/messages/{image_id}/media");
-    assert_eq!(file(&stack, &key, &id, &path).await, (200, "image/jpeg".to_owned(), photo_bytes.clone()));
-    assert_eq!(file(&stack, &key, &id, &path).await.2, *photo_bytes);
-    assert_eq!(downloads().await, 1, "fetched from WhatsApp once, then cached");
+    assert_eq!(stack.file(&key, &id, &path).await, (200, "image/jpeg".to_owned(), photo_bytes.clone()));
+    assert_eq!(stack.file(&key, &id, &path).await.2, *photo_bytes);
+    assert_eq!(stack.simulator_downloads().await, 1, "fetched from WhatsApp once, then cached");
 
     // A URL that fails, and one past MEDIA_MAX_BYTES: the message fails and says why.
     for (file_path, why) in [("/missing.jpg", "404"), ("/huge.bin", "larger than 65536")] {
@@ -542,10 +533,10 @@ async fn inline_files_are_bounded_per_message_and_per_session() {
     let second = accepted(&stack, &key, &id, document(8000)).await;
     // Queued, the file is served from what the gateway keeps to send it.
     let path = format!("/messages/{}/media", second["id"].as_str().unwrap());
-    assert_eq!(file(&stack, &key, &id, &path).await, (200, "application/pdf".to_owned(), vec![1u8; 8000]));
+    assert_eq!(stack.file(&key, &id, &path).await, (200, "application/pdf".to_owned(), vec![1u8; 8000]));
     act(&stack, &key, &id, ":start").await;
     message_until(&stack, &key, &id, second["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
-    assert_eq!(file(&stack, &key, &id, &path).await.2, vec![1u8; 8000]);
+    assert_eq!(stack.file(&key, &id, &path).await.2, vec![1u8; 8000]);
 
     // A file that went away by itself (lapsed) no longer counts against the session.
     act(&stack, &key, &id, ":stop").await;

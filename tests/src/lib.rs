@@ -652,6 +652,20 @@ impl Stack {
         (id, row)
     }
 
+    /// `GET` of a session's file (`path` under the session, e.g. `/messages/{id}/media`):
+    /// status, content type, bytes.
+    pub async fn file(&self, key: &str, session_id: &str, path: &str) -> (u16, String, Vec<u8>) {
+        let response = self.client.0.get(self.session_url(session_id, path)).bearer_auth(key).send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        (status, content_type, response.bytes().await.unwrap().to_vec())
+    }
+
+    /// How many files sessions downloaded from the simulated WhatsApp media servers.
+    pub async fn simulator_downloads(&self) -> i64 {
+        redis::AsyncCommands::get::<_, Option<i64>>(&mut self.redis().await, shared::keys::simulator_downloads()).await.unwrap().unwrap_or(0)
+    }
+
     pub async fn phone(&self, action: &str, fields: &[(&str, &str)]) {
         phone_action(&self.redis.url, action, fields).await
     }
