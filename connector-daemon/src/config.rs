@@ -87,6 +87,32 @@ pub struct Config {
     /// What one organization's cached media files may add up to; the oldest go first.
     #[arg(long, env = "MEDIA_CACHE_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub media_cache_max_bytes: u64,
+    /// How long a webhook endpoint has to answer a delivery (2xx: delivered).
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// The pause after a delivery's first failure; it doubles per failure up to
+    /// `webhook_retry_max_ms`, with ±20% jitter.
+    #[arg(long, env = "WEBHOOK_RETRY_BASE_MS", default_value_t = 5_000)]
+    pub webhook_retry_base_ms: u64,
+    #[arg(long, env = "WEBHOOK_RETRY_MAX_MS", default_value_t = 3_600_000)]
+    pub webhook_retry_max_ms: u64,
+    /// How long an event keeps being retried before it is dead-lettered.
+    #[arg(long, env = "WEBHOOK_RETRY_PERIOD_SECS", default_value_t = 24 * 60 * 60)]
+    pub webhook_retry_period_secs: u64,
+    /// Let webhook URLs reach loopback, private and link-local addresses (the functions'
+    /// `webhook_allow_private` should say the same).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+    /// Deliveries this daemon makes at once (one per endpoint and session at a time).
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    pub webhook_concurrency: usize,
+    /// Events queued for one endpoint at most; past it new ones are dead-lettered (`backlog_full`).
+    #[arg(long, env = "WEBHOOK_BACKLOG_MAX", default_value_t = 10_000)]
+    pub webhook_backlog_max: u64,
+    /// How often every endpoint is looked at without an event announcing itself (retries come
+    /// due, announcements lost while Redis was away).
+    #[arg(long, env = "WEBHOOK_POLL_MS", default_value_t = 1_000)]
+    pub webhook_poll_ms: u64,
     /// Exit when standard input closes: a supervisor (xtask, the tests) holds the other end.
     #[arg(long)]
     pub stop_on_stdin_close: bool,

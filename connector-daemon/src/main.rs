@@ -8,6 +8,7 @@ mod backend;
 mod commands;
 mod config;
 mod daemon;
+mod egress;
 mod inbound;
 mod lease;
 mod limiter;
@@ -17,6 +18,7 @@ mod receipts;
 mod simulator;
 mod supervisor;
 mod unlinks;
+mod webhooks;
 mod whatsapp;
 
 use clap::Parser;
@@ -65,6 +67,7 @@ async fn run(config: Config) -> Result {
     tokio::spawn(unlinks::retry(daemon.clone()));
     resume(&daemon).await;
     tokio::spawn(remove_deleted_stores(daemon.clone()));
+    tokio::spawn(webhooks::run(daemon.clone()));
     let (stop_reading, stopping) = watch::channel(false);
     let reader = tokio::spawn(commands::run(daemon.clone(), connect().await?, stopping));
     println!("connector-daemon {} running", daemon.gateway_id);

@@ -4,10 +4,9 @@
 
 use crate::backend::Client;
 use crate::daemon::Daemon;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use crate::egress;
 use shared::media::{self, FetchError, MediaRef};
 use shared::message::Content;
-use std::net::{IpAddr, SocketAddr};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
@@ -136,7 +135,7 @@ async fn fetch_url(daemon: &Daemon, url: &str) -> Result<Vec<u8>, String> {
     let config = &daemon.config;
     let client = http_client(config.media_fetch_allow_private, Duration::from_millis(config.media_fetch_timeout_ms))?;
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("the media URL is not valid: {e}"))?;
-    if !config.media_fetch_allow_private && !literal_host_is_public(&parsed) {
+    if !config.media_fetch_allow_private && !egress::literal_host_is_public(&parsed) {
         return Err("the media URL points inside the gateway's network, which this gateway does not fetch from".into());
     }
     let response = client.get(parsed).send().await.map_err(|e| format!("cannot fetch the media URL: {}", without_url(e)))?;
@@ -174,91 +173,17 @@ fn http_client(allow_private: bool, timeout: Duration) -> Result<reqwest::Client
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 attempt.error("too many redirects")
-            } else if !allow_private && !literal_host_is_public(attempt.url()) {
+            } else if !allow_private && !egress::literal_host_is_public(attempt.url()) {
                 attempt.error("redirected inside the gateway's network")
             } else {
                 attempt.follow()
             }
         });
-        let mut builder = reqwest::Client::builder().timeout(timeout).redirect(redirects).no_proxy().user_agent("whatsapp-gateway-media/1");
-        if !allow_private {
-            builder = builder.dns_resolver(Arc::new(PublicOnly));
-        }
-        builder.build().ok()
+        egress::client(allow_private).timeout(timeout).redirect(redirects).user_agent("whatsapp-gateway-media/1").build().ok()
     };
     CLIENTS.get_or_init(|| [build(false), build(true)])[usize::from(allow_private)]
         .clone()
         .ok_or_else(|| "cannot build an HTTP client".to_owned())
-}
-
-/// Resolves names to their public addresses only, so a name cannot lead a fetch into the
-/// gateway's own network (a check before connecting would race a DNS answer that changes).
-struct PublicOnly;
-
-impl Resolve for PublicOnly {
-    fn resolve(&self, name: Name) -> Resolving {
-        Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = found.into_iter().filter(|a| is_public(a.ip())).collect();
-            if public.is_empty() {
-                return Err(format!("{} has no public address", name.as_str()).into());
-            }
-            Ok(Box::new(public.into_iter()) as Addrs)
-        })
-    }
-}
-
-/// A URL whose host is a name (the resolver checks it), or a public address.
-fn literal_host_is_public(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)),
-        Some(url::Host::Domain(name)) => !name.eq_ignore_ascii_case("localhost") && !name.to_ascii_lowercase().ends_with(".localhost"),
-        None => false,
-    }
-}
-
-/// An address on the public internet: not loopback, private, link-local, shared (CGNAT),
-/// unspecified, multicast, broadcast, benchmarking or reserved, in either family; an IPv6
-/// address that carries an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by that one.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && c == 0)
-                || (a == 198 && (18..20).contains(&b))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-                return is_public(embedded(s[6], s[7])); // IPv4-compatible
-            }
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return is_public(embedded(s[6], s[7])); // NAT64, well-known prefix
-            }
-            if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
-                return false; // local NAT64 (RFC 8215), IPv4-translated: where they lead is the network's
-            }
-            if s[0] == 0x2002 {
-                return is_public(embedded(s[1], s[2])); // 6to4
-            }
-            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80 || (s[0] & 0xffc0) == 0xfec0)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -276,20 +201,5 @@ mod tests {
         assert!(soon("c").await.is_err(), "the daemon's total holds");
         drop(a1);
         soon("a").await.expect("a slot again once one came back");
-    }
-
-    #[test]
-    fn only_public_addresses_pass() {
-        for private in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1",
-            "255.255.255.255", "192.0.0.8", "198.18.0.1", "::1", "::", "fd00::1", "fe80::1", "fec0::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
-            "::127.0.0.1", "64:ff9b::a00:1", "64:ff9b:1::a00:1", "64:ff9b:1:a00:1:0:808:808", "::ffff:0:808:808", "2002:a00:1::1", "2002:7f00:1::"] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["8.8.8.8", "157.240.1.1", "2a03:2880:f10c:83:face:b00c:0:25de", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
-        let host = |url: &str| literal_host_is_public(&reqwest::Url::parse(url).unwrap());
-        assert!(host("https://cdn.example.com/a.jpg") && host("http://8.8.8.8/x"));
-        assert!(!host("http://127.0.0.1:8080/x") && !host("http://[::1]/x") && !host("http://localhost/x") && !host("http://a.localhost/x"));
     }
 }

@@ -132,6 +132,22 @@ pub async fn max_sessions_per_org<V: Variables>(vars: &V) -> u64 {
     }
 }
 
+/// Webhook endpoints one organization may register.
+pub async fn max_webhooks_per_org<V: Variables>(vars: &V) -> u64 {
+    number(vars, "max_webhooks_per_org", 10).await.max(1)
+}
+
+/// Whether webhook URLs may point at loopback, private and link-local addresses; the daemon's
+/// `WEBHOOK_ALLOW_PRIVATE` should say the same.
+pub async fn webhook_allow_private<V: Variables>(vars: &V) -> bool {
+    setting(vars, "webhook_allow_private").await.is_some_and(|v| v == "true")
+}
+
+/// How long a rotated-out webhook secret still signs deliveries beside the new one.
+pub async fn webhook_secret_overlap_ms<V: Variables>(vars: &V) -> u64 {
+    number(vars, "webhook_secret_overlap_secs", 86_400).await * 1_000
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimNames {
     pub user: String,

@@ -92,12 +92,8 @@ impl EventFilter {
     /// Adds a comma list of types; each must name a type or a family that exists.
     pub fn types(&mut self, list: &str) -> Result<(), crate::ApiError> {
         for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let well_formed = pattern.strip_suffix('*').is_none_or(|family| family.ends_with('.'));
-            let exists = well_formed && EventType::ALL.iter().any(|t| type_matches(pattern, t.as_str()));
-            if !exists {
-                let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
-                return Err(crate::ApiError::invalid_field("types", format!("unknown event type or family {pattern:?}"))
-                    .with_detail("allowed", known));
+            if !is_known_pattern(pattern) {
+                return Err(unknown_pattern("types", pattern));
             }
             self.types.push(pattern.to_owned());
         }
@@ -109,6 +105,18 @@ impl EventFilter {
         let type_ok = self.types.is_empty() || self.types.iter().any(|p| type_matches(p, kind));
         session_ok && type_ok
     }
+}
+
+/// Whether `pattern` names an event type or a family (`auth.*`) that exists.
+pub fn is_known_pattern(pattern: &str) -> bool {
+    let well_formed = pattern.strip_suffix('*').is_none_or(|family| family.ends_with('.'));
+    well_formed && EventType::ALL.iter().any(|t| type_matches(pattern, t.as_str()))
+}
+
+/// The 400 for a `field` naming an unknown type or family, listing the types there are.
+pub fn unknown_pattern(field: &str, pattern: &str) -> crate::ApiError {
+    let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+    crate::ApiError::invalid_field(field, format!("unknown event type or family {pattern:?}")).with_detail("allowed", known)
 }
 
 /// Whether `kind` is the type `pattern` names, or of the family it names (`auth.*`).

@@ -9,6 +9,51 @@
 
 const PREFIX: &str = "gw";
 
+/// Every organization's webhook endpoints, each as the JSON `["<org>", "<endpoint id>"]`: what
+/// the daemons' delivery workers go through (platform-wide, like [`session_owner`]).
+pub fn webhook_endpoints() -> String {
+    format!("{PREFIX}:webhook-endpoints")
+}
+
+/// The organization's webhook endpoints (ids, scored by creation time).
+pub fn org_webhooks(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:webhooks")
+}
+
+/// One webhook endpoint (a hash): its settings, signing secrets and delivery health.
+pub fn webhook(org: &str, webhook_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}")
+}
+
+/// The endpoint's consumer group on the organization's event log ([`org_events`]): the group's
+/// position is how far the endpoint's events were queued for delivery.
+pub fn webhook_group(webhook_id: &str) -> String {
+    format!("webhook:{webhook_id}")
+}
+
+/// The endpoint's events for one session waiting to be delivered, oldest first (a list of event
+/// JSON): this prefix and the session id, so the delivery scripts can reach any session's.
+pub fn webhook_queue_prefix(org: &str, webhook_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}:queue:")
+}
+
+/// The sessions with events queued for the endpoint (a sorted set), scored by when the first
+/// is due: now, after a retry's backoff, or when a worker's claim on it lapses.
+pub fn webhook_due(org: &str, webhook_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}:due")
+}
+
+/// Per session of the endpoint (a hash): the worker's claim on its first event (`claim:<s>`),
+/// that event's failed attempts (`tries:<s>`) and when it first failed (`since:<s>`).
+pub fn webhook_heads(org: &str, webhook_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}:heads")
+}
+
+/// The endpoint's dead letters (a stream): events given up on, with why, until redelivered.
+pub fn webhook_dead_letters(org: &str, webhook_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}:dead")
+}
+
 /// One session's row (a JSON document).
 pub fn session(org: &str, session_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}")
@@ -177,6 +222,16 @@ pub fn org_events(org: &str) -> String {
 /// The pub/sub channel on which the organization's events are announced as they are logged.
 pub fn org_events_channel(org: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:events:live")
+}
+
+/// A `PSUBSCRIBE` pattern for every organization's [`org_events_channel`].
+pub fn all_events_channels() -> String {
+    org_events_channel("*")
+}
+
+/// The organization whose [`org_events_channel`] this is.
+pub fn org_of_events_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix(PREFIX)?.strip_prefix(":{org:")?.strip_suffix("}:events:live")
 }
 
 /// The organization's open event streams: stream id → when its slot lapses unless renewed.

@@ -10,7 +10,9 @@ pub mod auth;
 pub mod backfill;
 pub mod command;
 pub mod config;
+pub mod delivery;
 pub mod directory;
+pub mod egress;
 pub mod error;
 pub mod event;
 pub mod event_log;
@@ -30,6 +32,7 @@ pub mod store;
 pub mod stream_slots;
 pub mod stream_token;
 pub mod time;
+pub mod webhook;
 pub mod validate;
 
 #[cfg(feature = "spin")]

@@ -67,9 +67,9 @@ impl FileServer {
         let requests = Arc::new(AtomicUsize::new(0));
         let count = requests.clone();
         let files: std::collections::HashMap<&str, Vec<u8>> = files.into_iter().collect();
-        let address = serve(move |path| {
+        let address = serve(move |request| {
             count.fetch_add(1, Ordering::SeqCst);
-            match files.get(path) {
+            match files.get(request.path.as_str()) {
                 Some(file) => (200, file.clone(), 0),
                 None => (404, b"no such file".to_vec(), 0),
             }
@@ -78,9 +78,17 @@ impl FileServer {
     }
 }
 
+/// A request as a test server saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
 /// Serves HTTP/1 on a loopback port of its own, from a thread of its own: `answer` gives each
-/// request (by path) its status, body and delay in ms.
-fn serve(answer: impl Fn(&str) -> (u16, Vec<u8>, u64) + Send + Sync + 'static) -> std::net::SocketAddr {
+/// request its status, body and delay in ms.
+fn serve(answer: impl Fn(Received) -> (u16, Vec<u8>, u64) + Send + Sync + 'static) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let answer = Arc::new(answer);
@@ -93,8 +101,11 @@ fn serve(answer: impl Fn(&str) -> (u16, Vec<u8>, u64) + Send + Sync + 'static) -
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let answer = answer.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (code, body, delay) = answer(req.uri().path());
+                    let answer = answer.clone();
                     async move {
+                        let (parts, body) = req.into_parts();
+                        let body = http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                        let (code, body, delay) = answer(Received { path: parts.uri.path().to_owned(), headers: parts.headers, body });
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                         let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
                         *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
@@ -106,6 +117,52 @@ fn serve(answer: impl Fn(&str) -> (u16, Vec<u8>, u64) + Send + Sync + 'static) -
         });
     });
     address
+}
+
+/// A webhook receiver on a loopback port: records every request as it arrives (before it
+/// answers), and answers each path as the test set it (200 at once unless told otherwise).
+pub struct Receiver {
+    pub url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    answers: Arc<Mutex<std::collections::HashMap<String, (u16, u64)>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let answers: Arc<Mutex<std::collections::HashMap<String, (u16, u64)>>> = Arc::default();
+        let (log, rules) = (received.clone(), answers.clone());
+        let address = serve(move |request| {
+            let (status, delay) = rules.lock().unwrap().get(&request.path).copied().unwrap_or((200, 0));
+            log.lock().unwrap().push(request);
+            (status, Vec::new(), delay)
+        });
+        Receiver { url: format!("http://{address}"), received, answers }
+    }
+
+    /// How `path` answers from now on: `status` after `delay_ms`.
+    pub fn answer(&self, path: &str, status: u16, delay_ms: u64) {
+        self.answers.lock().unwrap().insert(path.to_owned(), (status, delay_ms));
+    }
+
+    /// Every request to `path` so far, in arrival order.
+    pub fn requests(&self, path: &str) -> Vec<Received> {
+        self.received.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Waits until `done` holds for the requests to `path`, failing with what arrived after `within`.
+    pub async fn until(&self, path: &str, within: Duration, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let requests = self.requests(path);
+            if done(&requests) {
+                return requests;
+            }
+            assert!(Instant::now() < deadline, "{path}: condition not reached; {} requests: {:?}", requests.len(),
+                requests.iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect::<Vec<_>>());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A running gateway host. Dropping it (or the test process ending) stops it.
@@ -339,6 +396,7 @@ impl Daemon {
             .env("SEND_JITTER_MS", "0")
             // The tests serve media URLs from 127.0.0.1.
             .env("MEDIA_FETCH_ALLOW_PRIVATE", "true")
+            .env("WEBHOOK_ALLOW_PRIVATE", "true")
             // whatsapp-rust logs every refused dial at ERROR; the tests assert on the outcome instead.
             .env("RUST_LOG", std::env::var("DAEMON_LOG").unwrap_or_else(|_| "warn,whatsapp_rust=off".into()))
             .envs(self.settings.iter().map(|(k, v)| (k, v)))
@@ -583,6 +641,8 @@ impl Stack {
     pub fn on(redis: RedisServer, daemon_settings: &[(&str, &str)], host_variables: &[(&'static str, &str)]) -> Stack {
         let mut variables = login_variables();
         variables.push(("pairing_code_wait_ms", "10000".to_owned()));
+        // Webhook receivers run on loopback ports of the test process.
+        variables.push(("webhook_allow_private", "true".to_owned()));
         variables.extend(host_variables.iter().map(|(k, v)| (*k, v.to_string())));
         let gateway = Gateway::start(&redis.url, &borrowed(&variables));
         let daemon = Daemon::start_with(&redis.url, daemon_settings);

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--seconds N] [--only requests|events|messages]`:
+//! `cargo xtask bench [--seconds N] [--only requests|events|messages|webhooks]`:
 //!
 //! - requests: `GET /api/v1/sessions` (one organization, 10 sessions, api-key auth) over
 //!   keep-alive connections, through the embedded host and through a native server that runs
@@ -6,6 +6,8 @@
 //!   run, so machine noise hits both alike.
 //! - events: publish → SSE receive latency through the host (see [`crate::event_latency`]).
 //! - messages: send latency and accepted sends per second (see [`crate::send_bench`]).
+//! - webhooks: delivery latency and deliveries per second to one endpoint (see
+//!   [`crate::webhook_bench`]).
 
 use crate::Result;
 use bytes::Bytes;
@@ -45,6 +47,8 @@ pub async fn run(args: &[String]) -> Result {
         .env("RUST_LOG", "warn")
         // The throughput of sends fills one outbox for the whole run.
         .env("SPIN_VARIABLE_MESSAGE_QUEUE_MAX", "100000000")
+        // The webhook receiver listens on a loopback port of this process.
+        .env("SPIN_VARIABLE_WEBHOOK_ALLOW_PRIVATE", "true")
         .spawn()?;
     crate::prereq::wait_for_port(&host_addr).await?;
     let wants = |part: &str| only.is_none_or(|o| o == part);
@@ -64,6 +68,9 @@ pub async fn run(args: &[String]) -> Result {
         let sender = shared::apikey::mint();
         shared::apikey::create(&redis, &sender, &org, vec![Capability::Manage, Capability::Send, Capability::Read], Some("bench".into())).await?;
         crate::send_bench::run(&host_addr, &redis_url, &redis, &org, &sender, seconds).await?;
+    }
+    if wants("webhooks") {
+        crate::webhook_bench::run(&host_addr, &redis_url, &redis, &org, &key).await?;
     }
     host.kill()?;
     host.wait()?;
@@ -164,6 +171,41 @@ async fn cleanup(redis: &ConnectionManager, org: &str) -> Result {
     drop(found);
     redis.del::<_, ()>(org_keys).await?;
     Ok(())
+}
+
+/// A simulator-backed connector daemon of the bench's own (its gateway id and data directory),
+/// removed with what it kept in Redis when stopped.
+pub struct BenchDaemon {
+    gateway: String,
+    data: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl BenchDaemon {
+    pub fn start(redis_url: &str, settings: &[(&str, &str)]) -> Result<BenchDaemon> {
+        let gateway = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
+        let data = crate::prereq::root().join("target/bench").join(&gateway);
+        let child = crate::prereq::daemon_command(redis_url)
+            .env("BACKEND", "simulator")
+            .env("GATEWAY_ID", &gateway)
+            .env("DATA_DIR", &data)
+            .env("RUST_LOG", "warn")
+            .envs(settings.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        Ok(BenchDaemon { gateway, data, child })
+    }
+
+    pub async fn stop(mut self, redis: &ConnectionManager) -> Result {
+        self.child.kill()?;
+        self.child.wait()?;
+        let mut redis = redis.clone();
+        let gateway = &self.gateway;
+        redis.del::<_, ()>(&[shared::keys::gateway_alive(gateway), shared::keys::gateway_sessions(gateway), shared::keys::gateway_commands(gateway)]).await?;
+        redis.srem::<_, _, ()>(shared::keys::gateways(), gateway).await?;
+        let _ = std::fs::remove_dir_all(&self.data);
+        Ok(())
+    }
 }
 
 async fn free_addr() -> Result<String> {

@@ -6,7 +6,8 @@
 //! - `test`: the same prerequisites, then every test of the workspace.
 //! - `bench`: `GET /api/v1/sessions` through the host vs a native baseline, side by side,
 //!   event latency from the daemon's publish to an SSE client, and messaging: send latency to
-//!   the simulated WhatsApp server and accepted sends per second.
+//!   the simulated WhatsApp server and accepted sends per second; webhook delivery latency and
+//!   deliveries per second to one endpoint.
 //! - `apikey create|list|revoke`: an organization's api-keys.
 
 mod apikey;
@@ -14,6 +15,7 @@ mod bench;
 mod event_latency;
 mod prereq;
 mod send_bench;
+mod webhook_bench;
 
 use std::process::ExitCode;
 
@@ -70,7 +72,7 @@ async fn up() -> Result {
 /// The suites that run a second time with real Spin as the host, and the tests among them that
 /// the second run skips: one about the embedded host's own limits (Spin has its own), and one
 /// that spends 70 s on the daemon's rate limiter, whose HTTP side the other tests cover.
-const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits", "messages", "inbound"];
+const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits", "messages", "inbound", "webhooks"];
 const NOT_ON_SPIN: &[&str] = &[
     "the_host_answers_503_in_the_envelope_when_out_of_instances_or_connections",
     "a_rate_of_ten_a_minute_holds_over_a_burst_of_twenty_five",

@@ -23,29 +23,15 @@ const SPACING: Duration = Duration::from_millis(5);
 const PHONE: &str = "6281100000000";
 
 pub async fn run(host: &str, redis_url: &str, redis: &ConnectionManager, org: &str, key: &str, seconds: u64) -> Result {
-    let gateway = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let data = crate::prereq::root().join("target/bench").join(&gateway);
-    let mut daemon = crate::prereq::daemon_command(redis_url)
-        .env("BACKEND", "simulator")
-        .env("GATEWAY_ID", &gateway)
-        .env("DATA_DIR", &data)
-        .env("SIM_CONNECT_MS", "20")
+    let daemon = crate::bench::BenchDaemon::start(redis_url, &[
+        ("SIM_CONNECT_MS", "20"),
         // The gateway's own latency: no deliberate pause between sends to one chat.
-        .env("SEND_CHAT_GAP_MS", "0")
-        .env("SEND_JITTER_MS", "0")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
+        ("SEND_CHAT_GAP_MS", "0"),
+        ("SEND_JITTER_MS", "0"),
+    ])?;
     let outcome = measure(host, redis, org, key, seconds).await;
-    daemon.kill()?;
-    daemon.wait()?;
-    let mut redis = redis.clone();
-    redis.del::<_, ()>(&[
-        shared::keys::gateway_alive(&gateway), shared::keys::gateway_sessions(&gateway), shared::keys::gateway_commands(&gateway),
-        shared::keys::simulator_delivered(),
-    ]).await?;
-    redis.srem::<_, _, ()>(shared::keys::gateways(), &gateway).await?;
-    let _ = std::fs::remove_dir_all(&data);
+    daemon.stop(redis).await?;
+    redis.clone().del::<_, ()>(shared::keys::simulator_delivered()).await?;
     outcome
 }
 

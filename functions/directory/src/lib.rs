@@ -5,7 +5,7 @@
 use shared::answer::{Answer, Page};
 use shared::auth::{Caller, Capability};
 use shared::directory::{self, Kind};
-use shared::route::{SessionPath, session_path};
+use shared::route::{ApiPath, session_path};
 use shared::spin::{Context, accept, respond};
 use shared::{ApiError, store, validate};
 use spin_sdk::http::{IntoResponse, Method, Request};
@@ -23,8 +23,8 @@ impl Endpoint {
     /// Routes before authenticating: an unknown path is 404 and a wrong method 405 for anyone.
     fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         let (session, kind) = match session_path(path) {
-            Some(SessionPath::Resource(id, "contacts")) => (id, Kind::Contacts),
-            Some(SessionPath::Resource(id, "groups")) => (id, Kind::Groups),
+            Some(ApiPath::Resource(id, "contacts")) => (id, Kind::Contacts),
+            Some(ApiPath::Resource(id, "groups")) => (id, Kind::Groups),
             _ => return Err(ApiError::route_not_found(path)),
         };
         if *method != Method::GET {

@@ -10,7 +10,7 @@ mod outbox;
 mod send;
 
 use shared::answer::Answer;
-use shared::route::{SessionPath, session_path};
+use shared::route::{ApiPath, session_path};
 use shared::spin::{accept, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
@@ -29,21 +29,21 @@ impl Endpoint {
     /// Routes before authenticating: an unknown path is 404 and a wrong method 405 for anyone.
     fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         match session_path(path) {
-            Some(SessionPath::Resource(id, "messages")) => match *method {
+            Some(ApiPath::Resource(id, "messages")) => match *method {
                 Method::POST => Ok(Endpoint::Send(id.to_owned())),
                 Method::GET => Ok(Endpoint::List(id.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "POST"])),
             },
-            Some(SessionPath::Resource(id, "outbox")) => match *method {
+            Some(ApiPath::Resource(id, "outbox")) => match *method {
                 Method::GET => Ok(Endpoint::Outbox(id.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET"])),
             },
-            Some(SessionPath::Item(id, "messages", message)) => match *method {
+            Some(ApiPath::Item(id, "messages", message)) => match *method {
                 Method::GET => Ok(Endpoint::Get(id.to_owned(), message.to_owned())),
                 Method::DELETE => Ok(Endpoint::Cancel(id.to_owned(), message.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "DELETE"])),
             },
-            Some(SessionPath::ItemPart(id, "messages", message, "media")) => match *method {
+            Some(ApiPath::ItemPart(id, "messages", message, "media")) => match *method {
                 Method::GET => Ok(Endpoint::Media(id.to_owned(), message.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET"])),
             },

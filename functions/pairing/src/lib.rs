@@ -5,7 +5,7 @@ mod pairing_code;
 mod qr;
 
 use shared::answer::Answer;
-use shared::route::{SessionPath, session_path};
+use shared::route::{ApiPath, session_path};
 use shared::spin::{accept, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
@@ -20,12 +20,12 @@ impl Endpoint {
     /// Routes before authenticating: an unknown path is 404 and a wrong method 405 for anyone.
     fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         match session_path(path) {
-            Some(SessionPath::Resource(id, "qr")) if *method == Method::GET => Ok(Endpoint::Qr(id.to_owned())),
-            Some(SessionPath::Resource(_, "qr")) => Err(ApiError::method_not_allowed(method.as_str(), &["GET"])),
-            Some(SessionPath::Resource(id, "pairing-code")) if *method == Method::POST => {
+            Some(ApiPath::Resource(id, "qr")) if *method == Method::GET => Ok(Endpoint::Qr(id.to_owned())),
+            Some(ApiPath::Resource(_, "qr")) => Err(ApiError::method_not_allowed(method.as_str(), &["GET"])),
+            Some(ApiPath::Resource(id, "pairing-code")) if *method == Method::POST => {
                 Ok(Endpoint::PairingCode(id.to_owned()))
             }
-            Some(SessionPath::Resource(_, "pairing-code")) => Err(ApiError::method_not_allowed(method.as_str(), &["POST"])),
+            Some(ApiPath::Resource(_, "pairing-code")) => Err(ApiError::method_not_allowed(method.as_str(), &["POST"])),
             _ => Err(ApiError::route_not_found(path)),
         }
     }

@@ -10,7 +10,7 @@ mod me;
 
 use shared::answer::Answer;
 use shared::command::CommandKind;
-use shared::route::{SessionPath, session_path};
+use shared::route::{self, ApiPath, session_path};
 use shared::spin::{accept, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
@@ -28,21 +28,19 @@ enum Endpoint {
 impl Endpoint {
     /// Routes before authenticating: an unknown path is 404 and a wrong method 405 for anyone.
     fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
-        let only = |allowed: &'static [&'static str]| {
-            if allowed.contains(&method.as_str()) { Ok(()) } else { Err(ApiError::method_not_allowed(method.as_str(), allowed)) }
-        };
+        let only = |allowed| route::only(method.as_str(), allowed);
         match session_path(path).ok_or_else(|| ApiError::route_not_found(path))? {
-            SessionPath::Collection => match *method {
+            ApiPath::Collection => match *method {
                 Method::GET => Ok(Endpoint::List),
                 Method::POST => Ok(Endpoint::Create),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "POST"])),
             },
-            SessionPath::Session(id) => match *method {
+            ApiPath::One(id) => match *method {
                 Method::GET => Ok(Endpoint::Get(id.to_owned())),
                 Method::DELETE => Ok(Endpoint::Delete(id.to_owned())),
                 _ => Err(ApiError::method_not_allowed(method.as_str(), &["GET", "DELETE"])),
             },
-            SessionPath::Action(id, action) => {
+            ApiPath::Action(id, action) => {
                 let kind = match action {
                     "start" => CommandKind::Start,
                     "stop" => CommandKind::Stop,
@@ -52,8 +50,8 @@ impl Endpoint {
                 };
                 only(&["POST"]).map(|()| Endpoint::Action(id.to_owned(), kind))
             }
-            SessionPath::Resource(id, "me") => only(&["GET"]).map(|()| Endpoint::Me(id.to_owned())),
-            SessionPath::Resource(..) | SessionPath::Item(..) | SessionPath::ItemPart(..) => Err(ApiError::route_not_found(path)),
+            ApiPath::Resource(id, "me") => only(&["GET"]).map(|()| Endpoint::Me(id.to_owned())),
+            ApiPath::Resource(..) | ApiPath::Item(..) | ApiPath::ItemPart(..) => Err(ApiError::route_not_found(path)),
         }
     }
 }
