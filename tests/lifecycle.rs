@@ -29,6 +29,19 @@ async fn qr_pairing_and_the_whole_lifecycle() {
     assert!(first["expiresAt"].as_i64().unwrap() > shared::time::now_millis());
     stack.status_until(&key, id, "scan_qr_code", SOON).await;
 
+    // The same code as a picture: PNG by `?format=`, SVG by `Accept`; never cached (it rotates).
+    let (status, content_type, png) = stack.file(&key, id, "/qr?format=png").await;
+    assert_eq!((status, content_type.as_str()), (200, "image/png"));
+    let current = stack.qr_until(&key, id, None, SOON).await;
+    let scanned = e2e::decode_qr_png(&png);
+    assert!(scanned == code || scanned == current["code"], "the image holds the code: {scanned}");
+    let svg = stack.client.0.get(stack.session_url(id, "/qr")).bearer_auth(&key).header("accept", "image/svg+xml").send().await.unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert_eq!(svg.headers()["cache-control"], "no-store");
+    assert!(svg.text().await.unwrap().contains("<svg"));
+    let details = stack.client.get(&stack.session_url(id, "/qr?format=gif"), &key).await.expect_error(400, "validation_error").clone();
+    assert_eq!(details["field"], "format");
+
     // The code rotates, each with a later expiry.
     let second = stack.qr_until(&key, id, Some(code), SOON).await;
     assert!(second["expiresAt"].as_i64() > first["expiresAt"].as_i64());

@@ -11,8 +11,9 @@ use serde::Serialize;
 pub enum Answer {
     Json(u16, Vec<u8>),
     NoContent,
-    /// A file, 200 with its content type.
-    File { content_type: String, body: Vec<u8> },
+    /// A file, 200 with its content type, kept by private caches for `max_age_secs` (0: not
+    /// at all, for what changes, such as a rotating QR code).
+    File { content_type: String, body: Vec<u8>, max_age_secs: u32 },
 }
 
 impl Answer {

@@ -163,13 +163,14 @@ impl Context {
 }
 
 /// A file, 200: never sniffed as another type, never run as a page, kept by private caches only.
-fn file(content_type: String, body: Vec<u8>) -> Response {
+fn file(content_type: String, body: Vec<u8>, max_age_secs: u32) -> Response {
+    let cache = if max_age_secs == 0 { "no-store".to_owned() } else { format!("private, max-age={max_age_secs}") };
     http::Response::builder()
         .status(200)
         .header(http::header::CONTENT_TYPE, content_type)
         .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(http::header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox")
-        .header(http::header::CACHE_CONTROL, "private, max-age=3600")
+        .header(http::header::CACHE_CONTROL, cache)
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
 }
@@ -179,7 +180,7 @@ pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
     let (status, body, allow, retry_after) = match outcome {
         Ok(Answer::Json(status, body)) => (status, Some(body), None, None),
         Ok(Answer::NoContent) => (204, None, None, None),
-        Ok(Answer::File { content_type, body }) => return file(content_type, body),
+        Ok(Answer::File { content_type, body, max_age_secs }) => return file(content_type, body, max_age_secs),
         Err(error) => {
             let allow = error.details.get("allowed").filter(|_| error.code == ErrorCode::MethodNotAllowed).map(|a| {
                 a.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(", ")

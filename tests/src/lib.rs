@@ -165,6 +165,20 @@ impl Receiver {
     }
 }
 
+/// The text of the QR code in a PNG (grayscale or colour), as a phone's camera would read it.
+pub fn decode_qr_png(bytes: &[u8]) -> String {
+    let mut reader = png::Decoder::new(bytes).read_info().unwrap();
+    let mut buffer = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buffer).unwrap();
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let channels = frame.color_type.samples();
+    let gray = |x: usize, y: usize| buffer[(y * width + x) * channels];
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(width, height, gray);
+    let grids = image.detect_grids();
+    assert!(!grids.is_empty(), "no QR code in the image");
+    grids[0].decode().unwrap().1
+}
+
 /// A running gateway host. Dropping it (or the test process ending) stops it.
 pub struct Gateway {
     pub url: String,

@@ -12,6 +12,9 @@ use shared::spin::{Context, SpinVariables};
 use shared::{ApiError, ErrorCode, config, media, outbox, store};
 use std::time::Duration;
 
+/// How long a client may keep a file: a message's file never changes.
+const CACHE_SECS: u32 = 3_600;
+
 /// How often a waiting request looks for the file.
 const POLL: Duration = Duration::from_millis(25);
 
@@ -25,10 +28,10 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, message_id:
     let content_type = shared::message::content_type(file.mime_type.as_deref());
     // A file sent from inline data is at hand until sent, and cached once sent.
     if let Some(body) = media::cached(&ctx.redis, org, message_id).await? {
-        return Ok(Answer::File { content_type, body });
+        return Ok(Answer::File { content_type, body, max_age_secs: CACHE_SECS });
     }
     if let Some(body) = media::upload(&ctx.redis, org, message_id).await? {
-        return Ok(Answer::File { content_type, body });
+        return Ok(Answer::File { content_type, body, max_age_secs: CACHE_SECS });
     }
     let wait_ms = config::media_wait_ms(&SpinVariables).await;
     media::request(&ctx.redis, &session, message_id, wait_ms).await?;
@@ -37,7 +40,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, message_id:
             outcome?;
             // Cached a moment ago; gone again only if its TTL is shorter than a request.
             let body = media::cached(&ctx.redis, org, message_id).await?.ok_or_else(|| ApiError::new(ErrorCode::Timeout, "the file left the cache; try again"))?;
-            return Ok(Answer::File { content_type, body });
+            return Ok(Answer::File { content_type, body, max_age_secs: CACHE_SECS });
         }
         spin_sdk::time::sleep(POLL).await;
     }

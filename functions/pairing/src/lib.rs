@@ -1,6 +1,7 @@
 //! `/api/v1/sessions/{session}/qr` and `/api/v1/sessions/{session}/pairing-code`: the two ways
 //! to attach a number, one module each.
 
+mod image;
 mod pairing_code;
 mod qr;
 
@@ -39,7 +40,11 @@ async fn handle(req: Request) -> impl IntoResponse {
 async fn route(req: Request) -> Result<Answer, ApiError> {
     let (endpoint, ctx, caller) = accept(&req, Endpoint::parse).await?;
     match endpoint {
-        Endpoint::Qr(id) => qr::apply(&ctx, &caller, &id).await,
+        Endpoint::Qr(id) => {
+            let accept = req.headers().get("accept").and_then(|v| v.to_str().ok());
+            let format = image::format(req.uri().query(), accept)?;
+            qr::apply(&ctx, &caller, &id, format).await
+        }
         Endpoint::PairingCode(id) => {
             let body = ctx.body(req).await?;
             pairing_code::apply(&ctx, &caller, &id, &body).await

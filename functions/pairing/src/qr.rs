@@ -1,6 +1,8 @@
-//! `GET /api/v1/sessions/{session}/qr`: the current pairing QR `{code, expiresAt}`. With no code
-//! ready it starts pairing (when nothing runs yet) and answers 404 until the daemon has one.
+//! `GET /api/v1/sessions/{session}/qr`: the current pairing QR `{code, expiresAt}`, or the code
+//! as a PNG or SVG image (`?format=`, `Accept`). With no code ready it starts pairing (when
+//! nothing runs yet) and answers 404 until the daemon has one.
 
+use crate::image::Format;
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandKind};
@@ -8,14 +10,20 @@ use shared::session::SessionStatus;
 use shared::spin::Context;
 use shared::{ApiError, ErrorCode, lifecycle, store, validate};
 
-pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str) -> Result<Answer, ApiError> {
+pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, format: Format) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
     let session = store::get_observed(&ctx.redis, org, session_id).await?;
     validate::unpaired(&session)?;
     // Only a code that a live client shows: a dead gateway's last code scans into nothing.
     if session.status == SessionStatus::ScanQrCode {
         if let Some(qr) = store::qr(&ctx.redis, org, session_id).await? {
-            return Ok(Answer::ok(&qr));
+            return match format {
+                Format::Json => Ok(Answer::ok(&qr)),
+                image => {
+                    let code = qr["code"].as_str().ok_or_else(|| ApiError::internal("the stored QR code has no code"))?;
+                    crate::image::render(code, image)
+                }
+            };
         }
     }
     if !session.status.is_running() {
