@@ -294,3 +294,78 @@ async fn the_log_keeps_the_last_n_events_or_the_recent_ones_whichever_is_more() 
     assert!(text.contains(&format!(": events before {} are no longer retained", log[0].id)), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("id: ")).count(), log.len(), "{text}");
 }
+
+/// The example consumer of `examples/event-consumer` (docs/redis-contract.md), its printed events
+/// collected as they come.
+struct Consumer {
+    child: std::process::Child,
+    printed: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Consumer {
+    fn start(redis_url: &str, org: &str) -> Consumer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(e2e::root().join("target/release/event-consumer"))
+            .args([redis_url, org, "crm-bridge", "worker-1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = printed.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+            }
+        });
+        Consumer { child, printed }
+    }
+
+    /// Waits until it printed `n` events; returns their log positions.
+    async fn until(&self, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + SOON;
+        loop {
+            let printed = self.printed.lock().unwrap().clone();
+            if printed.len() >= n {
+                return printed.iter().map(|p| p["position"].as_str().unwrap().to_owned()).collect();
+            }
+            assert!(std::time::Instant::now() < deadline, "{} of {n} events printed", printed.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_service_beside_the_gateway_reads_the_log_with_its_own_consumer_group() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let consumer = Consumer::start(&stack.redis.url, &org);
+    let (session_id, _) = stack.paired_session(&key, "628999000001").await;
+    let logged = stack.log(&org).await;
+    consumer.until(logged.len()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = consumer.until(0).await;
+    assert_eq!(consumer.printed.lock().unwrap()[0]["event"], logged[0].data, "the event as logged");
+
+    // Killed, then events while it is away, then started again: it goes on where it stopped.
+    drop(consumer);
+    let stopped = stack.client.post(&stack.session_url(&session_id, ":stop"), &key, "").await;
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all: Vec<String> = stack.log(&org).await.into_iter().map(|e| e.id).collect();
+    assert!(all.len() > before.len(), "the stop logged events");
+    let again = Consumer::start(&stack.redis.url, &org);
+    again.until(all.len() - before.len()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = again.until(0).await;
+    assert_eq!([before, after].concat(), all, "every event once, in the log's order, across the restart");
+}
