@@ -80,3 +80,35 @@ async fn narrowed_outbound_hosts_are_enforced() {
         let _ = std::fs::remove_file(path);
     }
 }
+
+/// The first line a process writes to standard error, as JSON.
+fn first_log_line(command: &mut std::process::Command) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut child = command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let line = std::io::BufReader::new(child.stderr.take().unwrap()).lines().next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+}
+
+#[tokio::test]
+async fn logs_are_json_lines_when_asked() {
+    let redis = RedisServer::start();
+    let host = first_log_line(std::process::Command::new(root().join("target/release/gateway-host"))
+        .args(["--manifest", &root().join("spin.toml").to_string_lossy(), "--listen", "127.0.0.1:0", "--stop-on-stdin-close"])
+        .env("SPIN_VARIABLE_REDIS_URL", &redis.url)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info"));
+    assert!(host["level"].is_string(), "{host}");
+    assert!(host["fields"]["message"].is_string() && host["timestamp"].is_string(), "{host}");
+    let data = root().join("target/e2e").join(format!("json-logs-{}", ulid::Ulid::new()));
+    let daemon = first_log_line(std::process::Command::new(root().join("target/release/connector-daemon"))
+        .args(["--stop-on-stdin-close", "--data-dir", &data.to_string_lossy()])
+        .env("REDIS_URL", &redis.url)
+        .env("BACKEND", "simulator")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info"));
+    assert_eq!(daemon["fields"]["message"], "connector-daemon starting", "{daemon}");
+    assert_eq!(daemon["fields"]["backend"], "Simulator", "{daemon}");
+    let _ = std::fs::remove_dir_all(data);
+}

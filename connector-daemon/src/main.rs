@@ -39,10 +39,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    shared::logging::init("info");
     if let Err(e) = run(Config::parse()).await {
         tracing::error!("connector-daemon: {e}");
         std::process::exit(1);

@@ -104,12 +104,7 @@ fn main() -> Result<()> {
 }
 
 async fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "gateway_host=info,wasmtime=warn".into()),
-        )
-        .init();
+    shared::logging::init("gateway_host=info,wasmtime=warn");
     let options = options()?;
     let manifest = manifest::Manifest::load(&options.manifest)?;
     let base_dir = options.manifest.parent().map(PathBuf::from).unwrap_or_default();

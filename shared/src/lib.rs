@@ -35,6 +35,8 @@ pub mod time;
 pub mod webhook;
 pub mod validate;
 
+#[cfg(feature = "native")]
+pub mod logging;
 #[cfg(feature = "spin")]
 pub mod spin;
 
