@@ -369,3 +369,54 @@ async fn a_service_beside_the_gateway_reads_the_log_with_its_own_consumer_group(
     let after = again.until(0).await;
     assert_eq!([before, after].concat(), all, "every event once, in the log's order, across the restart");
 }
+
+/// A sample's value in a Prometheus text page (`name{labels} value`), if the page has it.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Scrapes `url` until `done` holds for the page, failing with the page after `within`.
+async fn scrape_until(url: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+        if done(&page) {
+            return page;
+        }
+        assert!(std::time::Instant::now() < deadline, "{url}: condition not reached:\n{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_streams_sessions_sends_and_deliveries() {
+    let port = e2e::free_port();
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("METRICS_LISTEN", &format!("127.0.0.1:{port}"))]);
+    let receiver = e2e::Receiver::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let hook = stack.client.post(&stack.gateway.url("/api/v1/webhooks"), &key, &format!(r#"{{"url": "{}/hook"}}"#, receiver.url)).await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    let (session_id, _) = stack.paired_session_with(&key, r#"{"start": true, "presenceTyping": false}"#, "628999000002").await;
+    let sent = stack.client.post(&stack.session_url(&session_id, "/messages"), &key, r#"{"to": "628222000001", "text": "hi"}"#).await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    stack.client.get(&stack.gateway.url("/api/v1/nowhere"), &key).await.expect_error(404, "not_found");
+    let _stream = stack.subscribe(Some(&key), "", None).await.unwrap();
+
+    let host = scrape_until(&stack.gateway.url("/metrics"), SOON, |page| sample(page, "gateway_open_event_streams") == Some(1.0)).await;
+    assert!(sample(&host, r#"gateway_http_requests_total{route="/api/v1/webhooks",status="201"}"#) >= Some(1.0), "{host}");
+    assert!(sample(&host, r#"gateway_http_requests_total{route="/api/v1/sessions/:session/messages",status="202"}"#) >= Some(1.0), "{host}");
+    assert!(sample(&host, r#"gateway_http_requests_total{route="/...",status="404"}"#) >= Some(1.0), "{host}");
+    assert!(sample(&host, r#"gateway_http_request_duration_seconds_count{route="/api/v1/sessions/..."}"#) >= Some(2.0), "{host}");
+    assert!(host.contains(r#"gateway_http_request_duration_seconds_bucket{route="/api/v1/sessions/...",le="0.005"}"#), "{host}");
+    assert!(sample(&host, r#"gateway_instances_idle{component="sessions"}"#) >= Some(1.0), "{host}");
+
+    let daemon = scrape_until(&format!("http://127.0.0.1:{port}/metrics"), Duration::from_secs(15), |page| {
+        sample(page, r#"daemon_sessions{status="working"}"#) == Some(1.0)
+            && sample(page, r#"daemon_messages_total{outcome="sent"}"#) == Some(1.0)
+            && sample(page, r#"daemon_webhook_deliveries_total{outcome="delivered"}"#) >= Some(1.0)
+    }).await;
+    assert!(sample(&daemon, r#"daemon_commands_total{kind="start"}"#) >= Some(1.0), "{daemon}");
+    assert_eq!(sample(&daemon, "daemon_outbox_depth"), Some(0.0), "{daemon}");
+    assert_eq!(sample(&daemon, r#"daemon_sessions{status="failed"}"#), Some(0.0), "{daemon}");
+}

@@ -182,6 +182,7 @@ fn dispatch(daemon: &Arc<Daemon>, stream: &str, entry: StreamId) {
         });
         return;
     };
+    crate::metrics::command(command.kind.as_str());
     let (reply, answer) = oneshot::channel();
     daemon.command(command.clone(), reply);
     tokio::spawn(async move {

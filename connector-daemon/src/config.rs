@@ -113,6 +113,9 @@ pub struct Config {
     /// due, announcements lost while Redis was away).
     #[arg(long, env = "WEBHOOK_POLL_MS", default_value_t = 1_000)]
     pub webhook_poll_ms: u64,
+    /// Where to serve `/metrics` (Prometheus text), e.g. `127.0.0.1:9464`; unset: not served.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Exit when standard input closes: a supervisor (xtask, the tests) holds the other end.
     #[arg(long)]
     pub stop_on_stdin_close: bool,

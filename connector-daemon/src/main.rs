@@ -13,6 +13,7 @@ mod inbound;
 mod lease;
 mod limiter;
 mod media;
+mod metrics;
 mod outbox;
 mod receipts;
 mod simulator;
@@ -56,6 +57,7 @@ async fn run(config: Config) -> Result {
         BackendKind::Whatsapp => Arc::new(whatsapp::WhatsApp::new(config.clone())),
     };
     let daemon = Daemon::new(config.clone(), redis, backend);
+    metrics::serve(&daemon)?;
     tracing::info!(gateway = %daemon.gateway_id, backend = ?config.backend, data = %config.data_dir.display(), "connector-daemon starting");
     lease::ensure_sole_process(&daemon).await?;
     lease::heartbeat(&daemon).await?;

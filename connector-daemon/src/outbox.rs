@@ -308,6 +308,7 @@ impl Run {
             lease: Some(self.lease.clone()),
             retention: self.daemon.config.retention(),
         };
+        crate::metrics::message(if status == MessageStatus::Sent { "sent" } else { "failed" });
         match outbox::advance(&self.daemon.redis, &step).await? {
             Advanced::Fenced => Ok(Turn::Fenced),
             Advanced::Moved | Advanced::Unchanged => Ok(Turn::Again),

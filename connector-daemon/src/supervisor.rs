@@ -688,6 +688,7 @@ impl Supervisor {
         }
         let delay = self.daemon.config.reconnect_delay(self.failures);
         tracing::info!(session = %self.id, failures = self.failures, ?delay, "reconnecting: {reason}");
+        crate::metrics::reconnect();
         self.retry_at = Some(Instant::now() + delay);
         let update = self.status_change(SessionStatus::Starting, Some(&format!("reconnecting: {reason}")));
         self.write(update).await;

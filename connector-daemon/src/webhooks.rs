@@ -149,8 +149,12 @@ impl Worker {
         };
         while let Some(attempt) = next {
             let outcome = match post(config, &attempt).await {
-                Ok(()) => Outcome::Delivered,
+                Ok(()) => {
+                    crate::metrics::delivery("delivered");
+                    Outcome::Delivered
+                }
                 Err(reason) => {
+                    crate::metrics::delivery("failed");
                     let failures = attempt.failures.saturating_add(1);
                     let retry_in_ms = delivery::retry_delay(failures, config.webhook_retry_base_ms, config.webhook_retry_max_ms, rand::random());
                     tracing::info!(org = %org, webhook = %id, session = %session, failures, "webhook delivery failed: {reason}");

@@ -5,6 +5,7 @@
 mod allowed_hosts;
 mod bindings;
 mod manifest;
+mod metrics;
 mod outbound_http;
 mod outbound_redis;
 mod router;
@@ -113,7 +114,11 @@ async fn run() -> Result<()> {
     let components = runtime::load_application(&engine, &manifest, &base_dir, &options.cache_dir, options.reuse)?;
     tracing::info!(components = components.len(), millis = started.elapsed().as_millis() as u64, "components ready");
     let router = router::Router::new(manifest.trigger.http.iter().map(|t| (t.route.as_str(), t.component.as_str())));
-    let app = Arc::new(server::App { engine, router, components, response_timeout: Duration::from_secs(30), limits: options.limits });
+    let metrics = match std::env::var("GATEWAY_METRICS").is_ok_and(|v| v == "false") {
+        true => None,
+        false => Some(metrics::Metrics::install(manifest.trigger.http.iter().map(|t| t.route.as_str()))?),
+    };
+    let app = Arc::new(server::App { engine, router, components, response_timeout: Duration::from_secs(30), limits: options.limits, metrics });
     let listener = tokio::net::TcpListener::bind(&options.listen).await.with_context(|| format!("binding {}", options.listen))?;
     // Scripts wait for this exact line to know the host is ready.
     println!("gateway-host listening on http://{}", listener.local_addr()?);

@@ -111,6 +111,11 @@ impl ComponentRuntime {
     }
 
     /// Drops the instances idle past the timeout.
+    /// Warm instances waiting for a request.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
     pub fn drop_idle(&self) {
         let expired: Vec<Warm> = {
             let mut idle = self.idle.lock().unwrap();

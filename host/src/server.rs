@@ -32,6 +32,8 @@ pub struct App {
     /// How long a guest may take to produce response headers (not to finish streaming).
     pub response_timeout: Duration,
     pub limits: Limits,
+    /// `/metrics`, unless turned off.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// What one client may hold of the host: open connections beyond `max_connections` are
@@ -131,19 +133,38 @@ impl App {
     async fn handle(&self, req: hyper::Request<Incoming>, peer: SocketAddr) -> hyper::Response<HostBody> {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let (response, component) = match self.router.route(&path) {
+        if let (Some(metrics), "/metrics", &http::Method::GET) = (&self.metrics, path.as_str(), &method) {
+            let text = metrics.render(self.components.values().map(|c| (c.id.clone(), c.idle_count())));
+            let mut response = hyper::Response::new(full(Bytes::from(text)));
+            response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            return response;
+        }
+        let in_flight = self.metrics.as_ref().map(crate::metrics::Metrics::in_flight);
+        let (response, component, route) = match self.router.route(&path) {
             Some(matched) => {
                 let component = self.components[matched.component].clone();
                 let req = with_spin_headers(req, matched.route, peer);
-                (self.invoke(component.clone(), req).await, component.id.clone())
+                (self.invoke(component.clone(), req).await, component.id.clone(), matched.route)
             }
-            None => (envelope(&ApiError::route_not_found(&path)), "-".to_owned()),
+            None => (envelope(&ApiError::route_not_found(&path)), "-".to_owned(), crate::metrics::NO_ROUTE),
         };
-        tracing::info!(
-            %method, %path, status = response.status().as_u16(), component,
-            micros = started.elapsed().as_micros() as u64, "request"
-        );
-        response
+        let status = response.status().as_u16();
+        tracing::info!(%method, %path, status, component, micros = started.elapsed().as_micros() as u64, "request");
+        drop(in_flight);
+        let Some(metrics) = &self.metrics else { return response };
+        metrics.answered(route, status, started.elapsed());
+        if !is_event_stream(response.headers()) {
+            return response;
+        }
+        // The stream counts as open for as long as its body lives (the closure owns the count).
+        let open = metrics.open_stream();
+        response.map(|body| {
+            body.map_frame(move |frame| {
+                let _ = &open;
+                frame
+            })
+            .boxed_unsync()
+        })
     }
 
     /// Runs the guest inside this connection's task, not a spawned one: a spawn per request
