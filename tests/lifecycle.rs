@@ -441,3 +441,46 @@ async fn qr_starts_pairing_and_unscanned_codes_end_in_stopped() {
     stack.client.get(&stack.session_url(&id, "/qr"), &key).await.expect_error(404, "not_found");
     stack.qr_until(&key, &id, None, SOON).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pairing_page_shows_the_live_qr_in_a_browser_and_then_the_attached_number() {
+    // Codes that last, so the one a screenshot shows is still the one to scan.
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_FIRST_QR_MS", "60000"), ("SIM_NEXT_QR_MS", "60000")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let id = stack.create(&key, r#"{"label": "Shop"}"#).await["id"].as_str().unwrap().to_owned();
+    let other = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
+
+    let link = stack.client.post(&stack.session_url(&id, "/pairing-link"), &key, "").await;
+    assert_eq!(link.status, 201, "{}", link.body);
+    let path = link.body["url"].as_str().unwrap();
+    let token = path.split_once("?token=").unwrap().1;
+    assert!(path.starts_with(&format!("/pair/{id}?token=wgp_")), "{path}");
+    assert!(link.body["expiresAt"].as_i64().unwrap() > shared::time::now_millis());
+
+    // The link opens this session's page and nothing else.
+    stack.client.get(&stack.session_url(&id, ""), token).await.expect_error(401, "unauthorized");
+    stack.client.send("GET", &stack.gateway.url(&format!("/pair/{other}/state?token={token}")), None, None).await.expect_error(404, "not_found");
+    stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state?token=wgp_forged")), None, None).await.expect_error(401, "unauthorized");
+    stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state")), None, None).await.expect_error(401, "unauthorized");
+    stack.client.send("DELETE", &stack.gateway.url(&format!("/pair/{id}")), None, None).await.expect_error(405, "method_not_allowed");
+    let (read_key, _) = e2e::api_key_at(&stack.redis.url, &org, &[shared::auth::Capability::Read]).await;
+    stack.client.post(&stack.session_url(&id, "/pairing-link"), &read_key, "").await.expect_error(403, "forbidden");
+
+    // Minting the link started pairing; a browser shows the code, and a phone scans the screen.
+    let current = stack.qr_until(&key, &id, None, SOON).await;
+    let shot = e2e::root().join("target/e2e").join(format!("pairing-page-{id}.png"));
+    e2e::chromium(&stack.gateway.url(path), &format!("--screenshot={}", shot.display()), 3_000);
+    let scanned = e2e::decode_qr_png(&std::fs::read(&shot).unwrap());
+    let _ = std::fs::remove_file(&shot);
+    assert_eq!(scanned, current["code"].as_str().unwrap(), "the page shows the live code");
+    stack.phone("scan", &[("code", &scanned), ("phone", "628777000001")]).await;
+    stack.status_until(&key, &id, "working", SOON).await;
+
+    // The page now says so, with the number.
+    let dom = e2e::chromium(&stack.gateway.url(path), "--dump-dom", 2_000);
+    assert!(dom.contains("Connected: +628777000001"), "{dom}");
+    let state = stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state?token={token}")), None, None).await;
+    assert_eq!((state.body["status"].as_str(), &state.body["qr"]), (Some("working"), &Value::Null), "{}", state.body);
+    stack.client.post(&stack.session_url(&id, "/pairing-link"), &key, "").await.expect_error(400, "validation_error");
+}

@@ -14,6 +14,9 @@ pub enum Answer {
     /// A file, 200 with its content type, kept by private caches for `max_age_secs` (0: not
     /// at all, for what changes, such as a rotating QR code).
     File { content_type: String, body: Vec<u8>, max_age_secs: u32 },
+    /// An HTML page of the gateway's own (the pairing page): its inline script and style may
+    /// run, it may call back only its own origin, and its URL never leaves in a Referer.
+    Page(&'static str),
 }
 
 impl Answer {

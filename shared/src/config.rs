@@ -132,6 +132,11 @@ pub async fn max_sessions_per_org<V: Variables>(vars: &V) -> u64 {
     }
 }
 
+/// How long a pairing link (`POST …/pairing-link`) works.
+pub async fn pairing_link_ttl_secs<V: Variables>(vars: &V) -> u64 {
+    number(vars, "pairing_link_ttl_secs", 600).await.clamp(60, 86_400)
+}
+
 /// Webhook endpoints one organization may register.
 pub async fn max_webhooks_per_org<V: Variables>(vars: &V) -> u64 {
     number(vars, "max_webhooks_per_org", 10).await.max(1)

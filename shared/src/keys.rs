@@ -255,6 +255,12 @@ pub fn rate_window(scope: &str, subject: &str, window: u64) -> String {
 }
 
 /// A stream token's grant, found by the token's SHA-256; deleted by its one use.
+/// A pairing link's grant (one session of one organization), by the SHA-256 of its token;
+/// expires with the link.
+pub fn pairing_link(token_hash: &str) -> String {
+    format!("{PREFIX}:pairing-link:{token_hash}")
+}
+
 pub fn stream_token(token_hash: &str) -> String {
     format!("{PREFIX}:stream-token:{token_hash}")
 }

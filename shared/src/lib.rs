@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod media;
 pub mod message;
 pub mod outbox;
+pub mod pairing_link;
 pub mod rate_limit;
 pub mod redis;
 pub mod route;

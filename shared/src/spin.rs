@@ -175,12 +175,26 @@ fn file(content_type: String, body: Vec<u8>, max_age_secs: u32) -> Response {
         .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
 }
 
+/// One of the gateway's own pages, 200.
+fn page(html: &'static str) -> Response {
+    const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+    http::Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(http::header::CONTENT_SECURITY_POLICY, POLICY)
+        .header(http::header::REFERRER_POLICY, "no-referrer")
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from_static(html.as_bytes())))
+        .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
+}
+
 /// Turns an endpoint's outcome into the HTTP response; errors always travel in the envelope.
 pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
     let (status, body, allow, retry_after) = match outcome {
         Ok(Answer::Json(status, body)) => (status, Some(body), None, None),
         Ok(Answer::NoContent) => (204, None, None, None),
         Ok(Answer::File { content_type, body, max_age_secs }) => return file(content_type, body, max_age_secs),
+        Ok(Answer::Page(html)) => return page(html),
         Err(error) => {
             let allow = error.details.get("allowed").filter(|_| error.code == ErrorCode::MethodNotAllowed).map(|a| {
                 a.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(", ")

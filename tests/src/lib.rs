@@ -179,6 +179,25 @@ pub fn decode_qr_png(bytes: &[u8]) -> String {
     grids[0].decode().unwrap().1
 }
 
+/// Debian's Chromium, headless, loading `url` in a profile of its own: `action` is
+/// `--screenshot=<file>` or `--dump-dom`; the page's scripts run for `millis` of virtual time
+/// first. Returns what it printed.
+pub fn chromium(url: &str, action: &str, millis: u64) -> String {
+    let profile = root().join("target/e2e").join(format!("chromium-{}", ulid::Ulid::new()));
+    let output = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run", "--window-size=600,900"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--virtual-time-budget={millis}"))
+        .arg(action)
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium (Debian's package; `cargo xtask test` installs it)");
+    let _ = std::fs::remove_dir_all(profile);
+    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A running gateway host. Dropping it (or the test process ending) stops it.
 pub struct Gateway {
     pub url: String,

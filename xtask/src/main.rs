@@ -88,6 +88,7 @@ async fn test(extra: &[String]) -> Result {
     // sessions with starts still queued among it, must not reach the deployment `up` serves.
     let redis_url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned());
     prereq::ensure_redis(&redis_url).await?;
+    prereq::ensure_chromium()?;
     prereq::build()?;
     let cargo_test = |args: &[String], spin: bool| -> Result {
         let mut command = prereq::cargo();

@@ -86,6 +86,17 @@ async fn ping(url: &str) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Some(_)))
 }
 
+/// Debian's Chromium for the pairing page's browser test, installed when missing.
+pub fn ensure_chromium() -> Result {
+    if Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    println!("xtask: chromium is missing; installing Debian's chromium package for the browser test");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get").args(["install", "-y", "chromium"]).env("DEBIAN_FRONTEND", "noninteractive"))
+        .map_err(|e| format!("cannot install chromium ({e}); install Debian's chromium package").into())
+}
+
 /// Starts a throwaway local Redis (no persistence) when none answers at `url`, installing the
 /// Debian package first if needed.
 pub async fn ensure_redis(url: &str) -> Result {

@@ -42,15 +42,20 @@ pub fn format(query: Option<&str>, accept: Option<&str>) -> Result<Format, ApiEr
 
 /// The code drawn as `format` asks (never cached: codes rotate every 20 s or so).
 pub fn render(code: &str, format: Format) -> Result<Answer, ApiError> {
-    let qr = QrCode::new(code.as_bytes()).map_err(|e| ApiError::internal(format!("cannot draw the QR code: {e}")))?;
     let (content_type, body) = match format {
-        Format::Svg => {
-            let svg = qr.render::<qrcode::render::svg::Color>().min_dimensions(320, 320).quiet_zone(true).build();
-            ("image/svg+xml", svg.into_bytes())
-        }
-        _ => ("image/png", png(&qr)?),
+        Format::Svg => ("image/svg+xml", svg(code)?.into_bytes()),
+        _ => ("image/png", png(&encode(code)?)?),
     };
     Ok(Answer::File { content_type: content_type.to_owned(), body, max_age_secs: 0 })
+}
+
+fn encode(code: &str) -> Result<QrCode, ApiError> {
+    QrCode::new(code.as_bytes()).map_err(|e| ApiError::internal(format!("cannot draw the QR code: {e}")))
+}
+
+/// The code as an SVG document, at least 320 px square with its quiet zone.
+pub fn svg(code: &str) -> Result<String, ApiError> {
+    Ok(encode(code)?.render::<qrcode::render::svg::Color>().min_dimensions(320, 320).quiet_zone(true).build())
 }
 
 /// A grayscale PNG: black modules on white, `SCALE` pixels each, inside the quiet zone.

@@ -1,12 +1,14 @@
-//! `/api/v1/sessions/{session}/qr` and `/api/v1/sessions/{session}/pairing-code`: the two ways
-//! to attach a number, one module each.
+//! `/api/v1/sessions/{session}/qr`, `…/pairing-code` and `…/pairing-link`: the ways to attach
+//! a number, one module each, and the pairing page a link opens (`/pair/{session}`, [`page`]).
 
 mod image;
+mod link;
+mod page;
 mod pairing_code;
 mod qr;
 
 use shared::answer::Answer;
-use shared::route::{ApiPath, session_path};
+use shared::route::{self, ApiPath, session_path};
 use shared::spin::{accept, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
@@ -15,6 +17,7 @@ use spin_sdk::http_service;
 enum Endpoint {
     Qr(String),
     PairingCode(String),
+    Link(String),
 }
 
 impl Endpoint {
@@ -27,6 +30,7 @@ impl Endpoint {
                 Ok(Endpoint::PairingCode(id.to_owned()))
             }
             Some(ApiPath::Resource(_, "pairing-code")) => Err(ApiError::method_not_allowed(method.as_str(), &["POST"])),
+            Some(ApiPath::Resource(id, "pairing-link")) => route::only(method.as_str(), &["POST"]).map(|()| Endpoint::Link(id.to_owned())),
             _ => Err(ApiError::route_not_found(path)),
         }
     }
@@ -38,6 +42,10 @@ async fn handle(req: Request) -> impl IntoResponse {
 }
 
 async fn route(req: Request) -> Result<Answer, ApiError> {
+    // The pairing page and its calls carry a pairing link's token, not a caller's credential.
+    if let Some(endpoint) = page::parse(req.method(), req.uri().path())? {
+        return page::serve(req, endpoint).await;
+    }
     let (endpoint, ctx, caller) = accept(&req, Endpoint::parse).await?;
     match endpoint {
         Endpoint::Qr(id) => {
@@ -45,6 +53,7 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
             let format = image::format(req.uri().query(), accept)?;
             qr::apply(&ctx, &caller, &id, format).await
         }
+        Endpoint::Link(id) => link::apply(&ctx, &caller, &id).await,
         Endpoint::PairingCode(id) => {
             let body = ctx.body(req).await?;
             pairing_code::apply(&ctx, &caller, &id, &body).await

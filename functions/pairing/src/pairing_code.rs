@@ -12,7 +12,12 @@ use shared::rate_limit::{self, Limit};
 use shared::{ApiError, ErrorCode, config, lifecycle, store, validate};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, body: &[u8]) -> Result<Answer, ApiError> {
-    let org = caller.org_with(Capability::Manage)?;
+    request(ctx, caller.org_with(Capability::Manage)?, session_id, body).await
+}
+
+/// The request for the organization's session, however the caller was let in (a `manage`
+/// caller, or the session's pairing link).
+pub async fn request(ctx: &Context, org: &str, session_id: &str, body: &[u8]) -> Result<Answer, ApiError> {
     let session = store::get(&ctx.redis, org, session_id).await?;
     let phone = validate::pairing_phone(body)?;
     validate::unpaired(&session)?;

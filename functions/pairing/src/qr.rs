@@ -6,7 +6,7 @@ use crate::image::Format;
 use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandKind};
-use shared::session::SessionStatus;
+use shared::session::{Session, SessionStatus};
 use shared::spin::Context;
 use shared::{ApiError, ErrorCode, lifecycle, store, validate};
 
@@ -26,9 +26,15 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, format: For
             };
         }
     }
-    if !session.status.is_running() {
-        lifecycle::send(&ctx.redis, &session, &Command::new(CommandKind::Start, &session.id, org)).await?;
-    }
+    start_pairing(ctx, &session).await?;
     Err(ApiError::new(ErrorCode::NotFound, "no QR code is ready yet: pairing has started, retry shortly or follow auth.qr events")
         .with_detail("reason", "qr_not_ready"))
+}
+
+/// Starts the session when nothing runs it yet, so a QR code comes.
+pub async fn start_pairing(ctx: &Context, session: &Session) -> Result<(), ApiError> {
+    if !session.status.is_running() {
+        lifecycle::send(&ctx.redis, session, &Command::new(CommandKind::Start, &session.id, &session.organization_id)).await?;
+    }
+    Ok(())
 }

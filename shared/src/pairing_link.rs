@@ -1,0 +1,46 @@
+//! Pairing links: a short-lived URL a manager hands to whoever holds the phone, opening the
+//! pairing page (`/pair/{session}?token=…`) for one session and nothing else: its live QR code,
+//! its status, a phone pairing code. Unlike a stream token it works for its whole lifetime (the
+//! page asks for the state again and again), so it grants far less. Only the token's SHA-256
+//! is stored.
+
+use crate::redis::{Redis, first};
+use crate::secret::{self, sha256_hex};
+use crate::store::decode;
+use crate::{ApiError, ErrorCode, args, keys};
+use serde::{Deserialize, Serialize};
+
+pub const TOKEN_PREFIX: &str = "wgp_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairingLink {
+    pub organization_id: String,
+    pub session_id: String,
+    pub expires_at: i64,
+}
+
+/// Mints a link's token for the session; returns it with the grant.
+pub async fn mint<R: Redis>(r: &R, org: &str, session_id: &str, ttl_secs: u64) -> Result<(String, PairingLink), ApiError> {
+    let token = secret::mint(TOKEN_PREFIX);
+    let link = PairingLink {
+        organization_id: org.to_owned(),
+        session_id: session_id.to_owned(),
+        expires_at: crate::time::now_millis() + ttl_secs as i64 * 1000,
+    };
+    let json = serde_json::to_string(&link).map_err(|e| ApiError::internal(e.to_string()))?;
+    r.execute("SET", args![keys::pairing_link(&sha256_hex(&token)), json, "EX", ttl_secs as i64]).await?;
+    Ok((token, link))
+}
+
+/// The grant of a token for `session_id`: 401 for a token that is unknown or expired, 404 for
+/// a token of another session.
+pub async fn open<R: Redis>(r: &R, token: Option<&str>, session_id: &str) -> Result<PairingLink, ApiError> {
+    let expired = || ApiError::new(ErrorCode::Unauthorized, "this pairing link is not valid or has expired; ask for a new one");
+    let token = token.filter(|t| t.starts_with(TOKEN_PREFIX)).ok_or_else(expired)?;
+    let link: PairingLink = decode(first(r, "GET", args![keys::pairing_link(&sha256_hex(token))]).await?)?.ok_or_else(expired)?;
+    if link.session_id != session_id {
+        return Err(ApiError::session_not_found());
+    }
+    Ok(link)
+}
