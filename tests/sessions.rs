@@ -222,3 +222,28 @@ async fn warm_instances_answer_each_organization_as_fresh_ones_would() {
         assert_eq!(rejected.expect_error(400, "validation_error")["field"], "ratePerMin", "round {round}");
     }
 }
+
+#[tokio::test]
+async fn the_api_document_is_served_and_rendered_by_the_gateway_alone() {
+    let gateway = e2e::gateway();
+    let document = reqwest::get(gateway.url("/api/v1/openapi.json")).await.unwrap();
+    assert_eq!(document.status(), 200);
+    let document: serde_json::Value = document.json().await.unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    for path in ["/api/v1/sessions", "/api/v1/sessions/{session}/messages", "/api/v1/webhooks/{webhook}:replay", "/api/v1/events"] {
+        assert!(document["paths"][path].is_object(), "{path} is documented");
+    }
+    let page = reqwest::get(gateway.url("/docs")).await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "every asset is the gateway's own");
+    // A browser renders every operation from the document.
+    let dom = e2e::chromium(&gateway.url("/docs"), "--dump-dom", 2_000);
+    for summary in ["Register a webhook endpoint", "Send a message (queued; 202)", "The pairing page (HTML)"] {
+        assert!(dom.contains(summary), "{summary} rendered: {dom}");
+    }
+    let client = e2e::Client::default();
+    client.send("POST", &gateway.url("/docs"), None, None).await.expect_error(405, "method_not_allowed");
+}

@@ -2,6 +2,8 @@
 //! spin.toml, a real Redis, real HTTP. Login JWTs are signed with the fixture keys and verified
 //! by the gateway against a JWKS it fetches over HTTP from a server in the test process.
 
+mod openapi;
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use shared::auth::Capability;
@@ -630,6 +632,8 @@ impl Client {
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
         let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        openapi::conforms(method, url, status, content_type, &body);
         Reply { status, headers, body }
     }
 
