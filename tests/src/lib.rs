@@ -181,23 +181,96 @@ pub fn decode_qr_png(bytes: &[u8]) -> String {
     grids[0].decode().unwrap().1
 }
 
-/// Debian's Chromium, headless, loading `url` in a profile of its own: `action` is
-/// `--screenshot=<file>` or `--dump-dom`; the page's scripts run for `millis` of virtual time
-/// first. Returns what it printed.
-pub fn chromium(url: &str, action: &str, millis: u64) -> String {
-    let profile = root().join("target/e2e").join(format!("chromium-{}", ulid::Ulid::new()));
-    let output = Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run", "--window-size=600,900"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--virtual-time-budget={millis}"))
-        .arg(action)
-        .arg(url)
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium (Debian's package; `cargo xtask test` installs it)");
-    let _ = std::fs::remove_dir_all(profile);
-    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8_lossy(&output.stdout).into_owned()
+/// Debian's Chromium, headless, showing one page and driven over the DevTools protocol: a
+/// test reads what the page shows and takes screenshots while the page lives on, as a person
+/// watching it would. Closed (and its profile removed) when dropped.
+pub struct Browser {
+    child: Child,
+    profile: PathBuf,
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    calls: u64,
+}
+
+impl Browser {
+    pub async fn open(url: &str) -> Browser {
+        let port = free_port();
+        let profile = root().join("target/e2e").join(format!("chromium-{}", ulid::Ulid::new()));
+        let child = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run", "--window-size=600,900"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium (Debian's package; `cargo xtask test` installs it)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let page = loop {
+            let targets = async { reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await?.json::<Value>().await };
+            if let Ok(targets) = targets.await {
+                let page = targets.as_array().into_iter().flatten().find(|t| t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with("http")));
+                if let Some(socket) = page.and_then(|p| p["webSocketDebuggerUrl"].as_str()) {
+                    break socket.to_owned();
+                }
+            }
+            assert!(Instant::now() < deadline, "chromium did not open the page");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (socket, _) = tokio_tungstenite::connect_async(page.as_str()).await.expect("DevTools socket");
+        Browser { child, profile, socket, calls: 0 }
+    }
+
+    /// One DevTools call; its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        use futures::{SinkExt, StreamExt};
+        self.calls += 1;
+        let id = self.calls;
+        let message = json!({"id": id, "method": method, "params": params}).to_string();
+        self.socket.send(tokio_tungstenite::tungstenite::Message::Text(message.into())).await.unwrap();
+        while let Some(message) = self.socket.next().await {
+            let Ok(tokio_tungstenite::tungstenite::Message::Text(text)) = message else { continue };
+            let reply: Value = serde_json::from_str(&text).unwrap();
+            if reply["id"] == id {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+        panic!("the DevTools socket closed");
+    }
+
+    /// The page's text as a reader sees it.
+    pub async fn text(&mut self) -> String {
+        let result = self.call("Runtime.evaluate", json!({"expression": "document.body.innerText"})).await;
+        result["result"]["value"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until the page's text satisfies `done`; returns it.
+    pub async fn text_until(&mut self, within: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.text().await;
+            if done(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "the page never showed it; it shows: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A PNG of what the page shows now.
+    pub async fn screenshot(&mut self) -> Vec<u8> {
+        use base64::Engine as _;
+        let result = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
+        base64::engine::general_purpose::STANDARD.decode(result["data"].as_str().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 /// A running gateway host. Dropping it (or the test process ending) stops it.
