@@ -470,15 +470,27 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
 
     // Minting the link started pairing; a browser shows the live code.
     let first = stack.qr_until(&key, &id, None, SOON).await["code"].as_str().unwrap().to_owned();
+
+    // The link streams this session's pairing events, codes included (what the page follows),
+    // and nothing else.
+    let mut pairing = stack.subscribe(None, &format!("token={token}&session={id}&types=message.*"), Some("0-0")).await.unwrap();
+    let seen = pairing.until(SOON, |e| e.kind == "auth.qr").await;
+    assert_eq!(seen.last().unwrap().data["data"]["code"], first.as_str(), "unredacted for the page");
+    assert!(seen.iter().all(|e| e.data["sessionId"] == id.as_str() && (e.kind.starts_with("auth.") || e.kind == "session.status")), "{seen:?}");
+    let refused = stack.subscribe(None, &format!("token={token}&session={other}"), None).await.err().unwrap();
+    refused.expect_error(404, "not_found");
+    let refused = stack.subscribe(None, &format!("token={token}"), None).await.err().unwrap();
+    assert_eq!(refused.expect_error(400, "validation_error")["field"], "session");
     let mut browser = e2e::Browser::open(&stack.gateway.url(path)).await;
     browser.text_until(SOON, |text| text.contains("Scan this code")).await;
     let shown = e2e::decode_qr_png(&browser.screenshot().await);
     let current = stack.qr_until(&key, &id, None, SOON).await;
     assert!(shown == first || shown == current["code"], "the page shows the live code: {shown}");
 
-    // The code rotates and the open page follows it; a phone scans the screen.
+    // The code rotates and the open page follows it at once, told by the event stream (its
+    // fallback poll is every 15 s); a phone scans the screen.
     let second = stack.qr_until(&key, &id, Some(&first), SOON).await["code"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + SOON;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while e2e::decode_qr_png(&browser.screenshot().await) != second {
         assert!(std::time::Instant::now() < deadline, "the page did not follow the rotation");
         tokio::time::sleep(Duration::from_millis(200)).await;

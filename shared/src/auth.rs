@@ -54,6 +54,9 @@ pub enum Credential {
     /// that minted it: the stream holds only as long as that one does.
     #[serde(rename_all = "camelCase")]
     StreamToken { minted_by: Box<Credential> },
+    /// A pairing link ([`crate::pairing_link`]), holding while the link lives.
+    #[serde(rename_all = "camelCase")]
+    PairingLink { token_hash: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +103,8 @@ pub trait Fetch {
 }
 
 /// Whether the caller's credential still holds: an api-key not revoked, a login JWT not
-/// expired; a stream token holds while the credential that minted it does. An open event
+/// expired, a pairing link not expired; a stream token holds while the credential that minted
+/// it does. An open event
 /// stream asks this periodically.
 pub async fn still_valid<R: Redis>(redis: &R, caller: &Caller) -> Result<bool, ApiError> {
     let credential = match &caller.credential {
@@ -113,6 +117,9 @@ pub async fn still_valid<R: Redis>(redis: &R, caller: &Caller) -> Result<bool, A
             Some(org) => Ok(apikey::is_active(redis, org, id).await?),
             None => Ok(false),
         },
+        Credential::PairingLink { token_hash } => {
+            Ok(crate::redis::first(redis, "EXISTS", crate::args![crate::keys::pairing_link(token_hash)]).await?.as_int() == Some(1))
+        }
         Credential::StreamToken { .. } => Ok(false),
     }
 }

@@ -100,6 +100,11 @@ impl EventFilter {
         Ok(())
     }
 
+    /// The sessions named (none: every session).
+    pub fn sessions(&self) -> &[String] {
+        &self.sessions
+    }
+
     pub fn admits(&self, kind: &str, session_id: &str) -> bool {
         let session_ok = self.sessions.is_empty() || self.sessions.iter().any(|s| s == session_id);
         let type_ok = self.types.is_empty() || self.types.iter().any(|p| type_matches(p, kind));

@@ -1,9 +1,12 @@
 //! Pairing links: a short-lived URL a manager hands to whoever holds the phone, opening the
 //! pairing page (`/pair/{session}?token=…`) for one session and nothing else: its live QR code,
-//! its status, a phone pairing code. Unlike a stream token it works for its whole lifetime (the
-//! page asks for the state again and again), so it grants far less. Only the token's SHA-256
-//! is stored.
+//! its status, a phone pairing code, and the event stream of that session's pairing (`auth.*`,
+//! `session.status`, codes included) that the page follows. Unlike a stream token it works for
+//! its whole lifetime (the page asks again and again), so it grants far less. Only the token's
+//! SHA-256 is stored.
 
+use crate::auth::{Caller, Capability, Credential};
+use crate::event::EventFilter;
 use crate::redis::{Redis, first};
 use crate::secret::{self, sha256_hex};
 use crate::store::decode;
@@ -43,4 +46,29 @@ pub async fn open<R: Redis>(r: &R, token: Option<&str>, session_id: &str) -> Res
         return Err(ApiError::session_not_found());
     }
     Ok(link)
+}
+
+/// Whether `token` is a pairing link's (and not a stream token).
+pub fn is_link(token: &str) -> bool {
+    token.starts_with(TOKEN_PREFIX)
+}
+
+/// The event stream a link opens: the one session its filter names (the link's) and only the
+/// events of its pairing. The caller reads, and holds while the link lives.
+pub async fn stream<R: Redis>(r: &R, token: &str, filter: &EventFilter) -> Result<(Caller, EventFilter), ApiError> {
+    let [session_id] = filter.sessions() else {
+        return Err(ApiError::invalid_field("session", "a pairing link streams its one session: name it"));
+    };
+    let link = open(r, Some(token), session_id).await?;
+    let mut pairing = EventFilter::default();
+    pairing.session(&link.session_id)?;
+    pairing.types("auth.*,session.status")?;
+    let caller = Caller {
+        user_id: format!("pairing-link:{}", link.session_id),
+        organization_id: Some(link.organization_id),
+        capabilities: vec![Capability::Read],
+        super_admin: false,
+        credential: Credential::PairingLink { token_hash: sha256_hex(token) },
+    };
+    Ok((caller, pairing))
 }

@@ -8,8 +8,9 @@
 //! - Filters: `?session=<id>` (repeatable) and `?types=auth.*,session.status`.
 //! - Waiting is a blocking read of the log, so an event goes out as soon as it is logged; an
 //!   idle stream sends a keep-alive comment every `event_keepalive_ms`.
-//! - Credentials: the Authorization header, or `?token=` holding a stream token (and nothing
-//!   else: an api-key or login JWT is never accepted from a URL).
+//! - Credentials: the Authorization header, or `?token=` holding a stream token or a pairing
+//!   link's token (and nothing else: an api-key or login JWT is never accepted from a URL). A
+//!   pairing link streams only its session's pairing events (`auth.*`, `session.status`).
 //! - Bounds: a stream holds a slot ([`shared::stream_slots`]) capped per caller, organization
 //!   and deployment (429 past a cap); it ends after `event_stream_max_secs`, and as soon as a
 //!   periodic check finds its credential no longer holds (a revoked api-key, an expired login
@@ -26,7 +27,7 @@ use shared::event::{EventFilter, redact_pairing_secret};
 use shared::event_log::{self, Entry};
 use shared::spin::{Context, SpinVariables};
 use shared::stream_slots::Slot;
-use shared::{ApiError, config, stream_token, validate};
+use shared::{ApiError, config, pairing_link, stream_token, validate};
 use spin_sdk::http::Request;
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -62,8 +63,15 @@ impl Query {
 }
 
 pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
-    let query = Query::parse(req.uri().query())?;
+    let mut query = Query::parse(req.uri().query())?;
+    // A pairing page's stream shows its session's codes, which other readers see redacted.
+    let mut pairing_page = false;
     let caller = match &query.token {
+        Some(token) if pairing_link::is_link(token) => {
+            let (caller, filter) = pairing_link::stream(&ctx.redis, token, &query.filter).await?;
+            (query.filter, pairing_page) = (filter, true);
+            caller
+        }
         Some(token) => stream_token::redeem(&ctx.redis, token).await?,
         None => ctx.authenticate(req).await?,
     };
@@ -100,7 +108,7 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
         position,
         keepalive,
         last_write: now,
-        redact: !caller.capabilities.contains(&Capability::Manage),
+        redact: !pairing_page && !caller.capabilities.contains(&Capability::Manage),
         caller,
         slot,
         renewed: now,
