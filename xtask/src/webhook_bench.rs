@@ -33,7 +33,12 @@ pub async fn run(host: &str, redis_url: &str, redis: &ConnectionManager, org: &s
 async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str) -> Result {
     let (receiver, mut arrivals) = receive().await?;
     let webhook = register(host, key, &format!("http://{receiver}/hook")).await?;
-    let sessions: Vec<String> = store::list(redis, org).await?.into_iter().map(|s| s.id).collect();
+    // The bench's own idle sessions only: one the messages bench paired is held by a daemon,
+    // whose fencing token refuses these writes.
+    let sessions: Vec<String> = store::list(redis, org).await?.into_iter()
+        .filter(|s| s.label.as_deref().is_some_and(|l| l.starts_with("bench ")))
+        .map(|s| s.id)
+        .collect();
     let outcome = async {
         let mut latencies = Vec::with_capacity(LATENCY_EVENTS);
         for seq in 0..LATENCY_EVENTS {
