@@ -33,7 +33,7 @@ async fn qr_pairing_and_the_whole_lifecycle() {
     let (status, content_type, png) = stack.file(&key, id, "/qr?format=png").await;
     assert_eq!((status, content_type.as_str()), (200, "image/png"));
     let current = stack.qr_until(&key, id, None, SOON).await;
-    let scanned = e2e::decode_qr_png(&png);
+    let scanned = e2e::decode_qr_png(&png).expect("a QR code in the PNG");
     assert!(scanned == code || scanned == current["code"], "the image holds the code: {scanned}");
     let svg = stack.client.0.get(stack.session_url(id, "/qr")).bearer_auth(&key).header("accept", "image/svg+xml").send().await.unwrap();
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
@@ -483,7 +483,7 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
     assert_eq!(refused.expect_error(400, "validation_error")["field"], "session");
     let mut browser = e2e::Browser::open(&stack.gateway.url(path)).await;
     browser.text_until(SOON, |text| text.contains("Scan this code")).await;
-    let shown = e2e::decode_qr_png(&browser.screenshot().await);
+    let shown = e2e::decode_qr_png(&browser.screenshot().await).expect("a QR code on the page");
     let current = stack.qr_until(&key, &id, None, SOON).await;
     assert!(shown == first || shown == current["code"], "the page shows the live code: {shown}");
 
@@ -491,7 +491,7 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
     // fallback poll is every 15 s); a phone scans the screen.
     let second = stack.qr_until(&key, &id, Some(&first), SOON).await["code"].as_str().unwrap().to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while e2e::decode_qr_png(&browser.screenshot().await) != second {
+    while e2e::decode_qr_png(&browser.screenshot().await).as_deref() != Some(second.as_str()) {
         assert!(std::time::Instant::now() < deadline, "the page did not follow the rotation");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -500,6 +500,13 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
 
     // The same page turns to say so, with the number.
     browser.text_until(SOON, |text| text.contains("Connected: +628777000001")).await;
+
+    // The link did its job: it still shows the outcome, but streams and pairs nothing more, so
+    // a later logout cannot hand the number to whoever kept it.
+    let spent = stack.subscribe(None, &format!("token={token}&session={id}"), None).await.err().unwrap();
+    spent.expect_error(401, "unauthorized");
+    let code = stack.client.send("POST", &stack.gateway.url(&format!("/pair/{id}/pairing-code?token={token}")), None, Some(r#"{"phone": "628777000001"}"#)).await;
+    code.expect_error(401, "unauthorized");
     let state = stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state?token={token}")), None, None).await;
     assert_eq!((state.body["status"].as_str(), &state.body["qr"]), (Some("working"), &Value::Null), "{}", state.body);
     stack.client.post(&stack.session_url(&id, "/pairing-link"), &key, "").await.expect_error(400, "validation_error");

@@ -43,20 +43,25 @@ pub fn delivery(outcome: &'static str) {
 
 async fn refresh_sessions(daemon: Arc<Daemon>) {
     loop {
-        let mut by_status = [0u64; STATUSES.len()];
-        let mut outbox = 0u64;
-        for (session_id, held) in daemon.held() {
-            if let Ok(session) = shared::store::get(&daemon.redis, &held.org, &session_id).await {
+        // A round Redis could not answer in full leaves the gauges as they were (stale, not 0).
+        let round = async {
+            let mut by_status = [0u64; STATUSES.len()];
+            let mut outbox = 0u64;
+            for (session_id, held) in daemon.held() {
+                let session = shared::store::get(&daemon.redis, &held.org, &session_id).await?;
                 if let Some(i) = STATUSES.iter().position(|s| *s == session.status) {
                     by_status[i] += 1;
                 }
+                outbox += shared::outbox::backlog(&daemon.redis, &held.org, &session_id).await?.depth;
             }
-            outbox += shared::outbox::backlog(&daemon.redis, &held.org, &session_id).await.map_or(0, |b| b.depth);
+            Ok::<_, shared::ApiError>((by_status, outbox))
+        };
+        if let Ok((by_status, outbox)) = round.await {
+            for (status, count) in STATUSES.iter().zip(by_status) {
+                gauge!("daemon_sessions", "status" => status.as_str()).set(count as f64);
+            }
+            gauge!("daemon_outbox_depth").set(outbox as f64);
         }
-        for (status, count) in STATUSES.iter().zip(by_status) {
-            gauge!("daemon_sessions", "status" => status.as_str()).set(count as f64);
-        }
-        gauge!("daemon_outbox_depth").set(outbox as f64);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

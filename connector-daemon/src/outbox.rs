@@ -308,8 +308,11 @@ impl Run {
             lease: Some(self.lease.clone()),
             retention: self.daemon.config.retention(),
         };
-        crate::metrics::message(if status == MessageStatus::Sent { "sent" } else { "failed" });
-        match outbox::advance(&self.daemon.redis, &step).await? {
+        let advanced = outbox::advance(&self.daemon.redis, &step).await?;
+        if matches!(advanced, Advanced::Moved) {
+            crate::metrics::message(if status == MessageStatus::Sent { "sent" } else { "failed" });
+        }
+        match advanced {
             Advanced::Fenced => Ok(Turn::Fenced),
             Advanced::Moved | Advanced::Unchanged => Ok(Turn::Again),
         }

@@ -20,16 +20,33 @@ pub const TOKEN_PREFIX: &str = "wgp_";
 pub struct PairingLink {
     pub organization_id: String,
     pub session_id: String,
+    pub minted_at: i64,
     pub expires_at: i64,
+}
+
+impl PairingLink {
+    /// Whether the session connected since the link was minted: the link did its job, and
+    /// from then on shows the outcome (`/state`) but pairs nothing, so a later logout cannot
+    /// hand the number to whoever still holds the link.
+    pub fn spent(&self, session: &crate::session::Session) -> bool {
+        session.last_connected_at.is_some_and(|at| at >= self.minted_at)
+    }
+}
+
+/// The 401 of a link that did its job.
+pub fn spent_error() -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, "this pairing link was used: the number is attached; ask for a new link to pair again")
 }
 
 /// Mints a link's token for the session; returns it with the grant.
 pub async fn mint<R: Redis>(r: &R, org: &str, session_id: &str, ttl_secs: u64) -> Result<(String, PairingLink), ApiError> {
     let token = secret::mint(TOKEN_PREFIX);
+    let now = crate::time::now_millis();
     let link = PairingLink {
         organization_id: org.to_owned(),
         session_id: session_id.to_owned(),
-        expires_at: crate::time::now_millis() + ttl_secs as i64 * 1000,
+        minted_at: now,
+        expires_at: now + ttl_secs as i64 * 1000,
     };
     let json = serde_json::to_string(&link).map_err(|e| ApiError::internal(e.to_string()))?;
     r.execute("SET", args![keys::pairing_link(&sha256_hex(&token)), json, "EX", ttl_secs as i64]).await?;
@@ -53,22 +70,26 @@ pub fn is_link(token: &str) -> bool {
     token.starts_with(TOKEN_PREFIX)
 }
 
-/// The event stream a link opens: the one session its filter names (the link's) and only the
-/// events of its pairing. The caller reads, and holds while the link lives.
-pub async fn stream<R: Redis>(r: &R, token: &str, filter: &EventFilter) -> Result<(Caller, EventFilter), ApiError> {
+/// The event stream a link opens: the one session its filter names (the link's), only the
+/// events of its pairing, none logged before the link was minted, and not once the link is
+/// spent. The caller reads, and holds while the link lives.
+pub async fn stream<R: Redis>(r: &R, token: &str, filter: &EventFilter) -> Result<(Caller, EventFilter, PairingLink), ApiError> {
     let [session_id] = filter.sessions() else {
         return Err(ApiError::invalid_field("session", "a pairing link streams its one session: name it"));
     };
     let link = open(r, Some(token), session_id).await?;
+    if link.spent(&crate::store::get(r, &link.organization_id, &link.session_id).await?) {
+        return Err(spent_error());
+    }
     let mut pairing = EventFilter::default();
     pairing.session(&link.session_id)?;
     pairing.types("auth.*,session.status")?;
     let caller = Caller {
         user_id: format!("pairing-link:{}", link.session_id),
-        organization_id: Some(link.organization_id),
+        organization_id: Some(link.organization_id.clone()),
         capabilities: vec![Capability::Read],
         super_admin: false,
         credential: Credential::PairingLink { token_hash: sha256_hex(token) },
     };
-    Ok((caller, pairing))
+    Ok((caller, pairing, link))
 }

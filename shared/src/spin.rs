@@ -183,6 +183,7 @@ fn page(html: &'static str) -> Response {
         .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
         .header(http::header::CONTENT_SECURITY_POLICY, POLICY)
         .header(http::header::REFERRER_POLICY, "no-referrer")
+        .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(http::header::CACHE_CONTROL, "no-store")
         .body(Full::new(Bytes::from_static(html.as_bytes())))
         .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))

@@ -167,8 +167,9 @@ impl Receiver {
     }
 }
 
-/// The text of the QR code in a PNG (grayscale or colour), as a phone's camera would read it.
-pub fn decode_qr_png(bytes: &[u8]) -> String {
+/// The text of the QR code in a PNG (grayscale or colour), as a phone's camera would read it;
+/// `None` when the picture holds none.
+pub fn decode_qr_png(bytes: &[u8]) -> Option<String> {
     let mut reader = png::Decoder::new(bytes).read_info().unwrap();
     let mut buffer = vec![0; reader.output_buffer_size()];
     let frame = reader.next_frame(&mut buffer).unwrap();
@@ -176,9 +177,7 @@ pub fn decode_qr_png(bytes: &[u8]) -> String {
     let channels = frame.color_type.samples();
     let gray = |x: usize, y: usize| buffer[(y * width + x) * channels];
     let mut image = rqrr::PreparedImage::prepare_from_greyscale(width, height, gray);
-    let grids = image.detect_grids();
-    assert!(!grids.is_empty(), "no QR code in the image");
-    grids[0].decode().unwrap().1
+    image.detect_grids().first()?.decode().ok().map(|(_, text)| text)
 }
 
 /// Debian's Chromium, headless, showing one page and driven over the DevTools protocol: a
@@ -193,18 +192,29 @@ pub struct Browser {
 
 impl Browser {
     pub async fn open(url: &str) -> Browser {
-        let port = free_port();
+        use std::os::unix::process::CommandExt;
         let profile = root().join("target/e2e").join(format!("chromium-{}", ulid::Ulid::new()));
         let child = Command::new("chromium")
             .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run", "--window-size=600,900"])
             .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(format!("--remote-debugging-port={port}"))
+            // Port 0: Chromium picks a free one and writes it to DevToolsActivePort.
+            .arg("--remote-debugging-port=0")
             .arg(url)
+            // A group of its own, so closing kills its helper processes too.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromium (Debian's package; `cargo xtask test` installs it)");
         let deadline = Instant::now() + Duration::from_secs(15);
+        let port = loop {
+            let written = std::fs::read_to_string(profile.join("DevToolsActivePort")).ok();
+            if let Some(port) = written.as_deref().and_then(|w| w.lines().next()?.trim().parse::<u16>().ok()) {
+                break port;
+            }
+            assert!(Instant::now() < deadline, "chromium did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let page = loop {
             let targets = async { reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await?.json::<Value>().await };
             if let Ok(targets) = targets.await {
@@ -226,16 +236,19 @@ impl Browser {
         self.calls += 1;
         let id = self.calls;
         let message = json!({"id": id, "method": method, "params": params}).to_string();
-        self.socket.send(tokio_tungstenite::tungstenite::Message::Text(message.into())).await.unwrap();
-        while let Some(message) = self.socket.next().await {
-            let Ok(tokio_tungstenite::tungstenite::Message::Text(text)) = message else { continue };
-            let reply: Value = serde_json::from_str(&text).unwrap();
-            if reply["id"] == id {
-                assert!(reply.get("error").is_none(), "{method}: {reply}");
-                return reply["result"].clone();
+        let exchange = async {
+            self.socket.send(tokio_tungstenite::tungstenite::Message::Text(message.into())).await.unwrap();
+            while let Some(message) = self.socket.next().await {
+                let Ok(tokio_tungstenite::tungstenite::Message::Text(text)) = message else { continue };
+                let reply: Value = serde_json::from_str(&text).unwrap();
+                if reply["id"] == id {
+                    assert!(reply.get("error").is_none(), "{method}: {reply}");
+                    return reply["result"].clone();
+                }
             }
-        }
-        panic!("the DevTools socket closed");
+            panic!("the DevTools socket closed");
+        };
+        tokio::time::timeout(Duration::from_secs(15), exchange).await.unwrap_or_else(|_| panic!("{method}: no answer from chromium"))
     }
 
     /// The page's text as a reader sees it.
@@ -267,6 +280,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);

@@ -65,11 +65,11 @@ impl Query {
 pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
     let mut query = Query::parse(req.uri().query())?;
     // A pairing page's stream shows its session's codes, which other readers see redacted.
-    let mut pairing_page = false;
+    let mut pairing_page: Option<pairing_link::PairingLink> = None;
     let caller = match &query.token {
         Some(token) if pairing_link::is_link(token) => {
-            let (caller, filter) = pairing_link::stream(&ctx.redis, token, &query.filter).await?;
-            (query.filter, pairing_page) = (filter, true);
+            let (caller, filter, link) = pairing_link::stream(&ctx.redis, token, &query.filter).await?;
+            (query.filter, pairing_page) = (filter, Some(link));
             caller
         }
         Some(token) => stream_token::redeem(&ctx.redis, token).await?,
@@ -79,7 +79,14 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
     let keepalive = Duration::from_millis(config::event_keepalive_ms(&SpinVariables).await);
 
     let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let resume = header.or(query.last_event_id).filter(|id| !id.trim().is_empty());
+    let mut resume = header.or(query.last_event_id).filter(|id| !id.trim().is_empty());
+    // A pairing page sees nothing logged before its link existed (earlier codes, numbers).
+    if let Some(link) = &pairing_page {
+        let minted = (link.minted_at.max(1) as u64 - 1, u64::MAX);
+        if resume.as_deref().and_then(event_log::position).is_none_or(|p| p < minted) {
+            resume = Some(format!("{}-{}", minted.0, minted.1));
+        }
+    }
     let mut preface = format!("retry: {}\n\n", config::event_retry_ms(&SpinVariables).await);
     let position = match resume {
         Some(id) => {
@@ -108,13 +115,16 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
         position,
         keepalive,
         last_write: now,
-        redact: !pairing_page && !caller.capabilities.contains(&Capability::Manage),
+        redact: pairing_page.is_none() && !caller.capabilities.contains(&Capability::Manage),
         caller,
         slot,
         renewed: now,
         recheck: Duration::from_secs(config::event_recheck_secs(&SpinVariables).await),
         checked: now,
-        ends: now + Duration::from_secs(config::event_stream_max_secs(&SpinVariables).await),
+        ends: now + Duration::from_secs(config::event_stream_max_secs(&SpinVariables).await).min(match &pairing_page {
+            Some(link) => Duration::from_millis((link.expires_at - shared::time::now_millis()).max(0) as u64),
+            None => Duration::MAX,
+        }),
         ended: false,
     };
     let first = stream::once(async move { Ok(http_body::Frame::data(Bytes::from(preface))) });

@@ -41,21 +41,22 @@ pub async fn serve(req: Request, endpoint: Endpoint) -> Result<Answer, ApiError>
     let token = params.into_iter().find(|(name, _)| name == "token").map(|(_, token)| token);
     let ctx = Context::open().await?;
     let link = pairing_link::open(&ctx.redis, token.as_deref(), &session_id).await?;
+    let session = store::get_observed(&ctx.redis, &link.organization_id, &link.session_id).await?;
     match endpoint {
+        Endpoint::PairingCode(_) if link.spent(&session) => Err(pairing_link::spent_error()),
         Endpoint::PairingCode(_) => {
             let body = ctx.body(req).await?;
             crate::pairing_code::request(&ctx, &link.organization_id, &session_id, &body).await
         }
-        _ => state(&ctx, &link).await,
+        _ => state(&ctx, &link, &session).await,
     }
 }
 
 /// `{status, phoneNumber, qr: {svg, expiresAt} | null, linkExpiresAt}`: the QR only while a
 /// live client shows it.
-async fn state(ctx: &Context, link: &pairing_link::PairingLink) -> Result<Answer, ApiError> {
-    let session = store::get_observed(&ctx.redis, &link.organization_id, &link.session_id).await?;
+async fn state(ctx: &Context, link: &pairing_link::PairingLink, session: &shared::session::Session) -> Result<Answer, ApiError> {
     let mut qr = serde_json::Value::Null;
-    if session.status == SessionStatus::ScanQrCode {
+    if session.status == SessionStatus::ScanQrCode && !link.spent(session) {
         if let Some(current) = store::qr(&ctx.redis, &link.organization_id, &link.session_id).await? {
             if let Some(code) = current["code"].as_str() {
                 qr = serde_json::json!({ "svg": crate::image::svg(code)?, "expiresAt": current["expiresAt"] });
