@@ -171,6 +171,7 @@ fn file(content_type: String, body: Vec<u8>, max_age_secs: u32) -> Response {
         .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(http::header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox")
         .header(http::header::CACHE_CONTROL, cache)
+        .header(http::header::CONTENT_LENGTH, body.len())
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
 }
@@ -217,5 +218,10 @@ pub fn respond(outcome: Result<Answer, ApiError>) -> Response {
         }
         None => Bytes::new(),
     };
+    // A declared length, not chunks: an error answered before the request body was read (a
+    // 413) may see the connection closed behind it, and a client must still read it whole.
+    if status != 204 {
+        builder = builder.header(http::header::CONTENT_LENGTH, body.len());
+    }
     builder.body(Full::new(body)).unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
 }
