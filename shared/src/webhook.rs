@@ -182,6 +182,11 @@ pub fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "webhook not found")
 }
 
+/// An id no endpoint could have is simply not found (and never reaches a key).
+fn known_shape(id: &str) -> Result<(), ApiError> {
+    if validate::is_safe_id(id) { Ok(()) } else { Err(not_found()) }
+}
+
 /// Registers an endpoint (at most `max` per organization: 409 past it) with a fresh secret, and
 /// its consumer group at the log's end. The platform-wide index is written first: a worker
 /// skips an entry whose endpoint does not exist.
@@ -225,9 +230,7 @@ local all = redis.call('HGETALL', KEYS[1])
 table.insert(all, 1, redis.call('XLEN', KEYS[2]))
 return all
 "#;
-    if !validate::is_safe_id(id) {
-        return Err(not_found());
-    }
+    known_shape(id)?;
     let replies = r.execute("EVAL", args![READ, 2, keys::webhook(org, id), keys::webhook_dead_letters(org, id)]).await?;
     let mut replies = replies.into_iter();
     let dead_letters = match replies.next() {
@@ -278,7 +281,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 "#;
-    get(r, org, id).await?;
+    known_shape(id)?;
     let mut argv = args![UPDATE, 1, keys::webhook(org, id)];
     for (field, value) in settings.fields() {
         argv.extend(args![field, value]);
@@ -301,9 +304,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 pcall(redis.call, 'XGROUP', 'DESTROY', KEYS[6], ARGV[2])
 return 1
 "#;
-    if !validate::is_safe_id(id) {
-        return Err(not_found());
-    }
+    known_shape(id)?;
     let argv = args![DELETE, 6, keys::webhook(org, id), keys::org_webhooks(org), keys::webhook_due(org, id), keys::webhook_heads(org, id),
         keys::webhook_dead_letters(org, id), keys::org_events(org), id, keys::webhook_group(id), keys::webhook_queue_prefix(org, id)];
     if first(r, "EVAL", argv).await?.as_int() != Some(1) {
@@ -330,9 +331,7 @@ if not old then return 0 end
 redis.call('HSET', KEYS[1], 'previousSecret', old, 'previousSecretUntil', ARGV[2], 'secret', ARGV[1], 'updatedAt', ARGV[3])
 return 1
 "#;
-    if !validate::is_safe_id(id) {
-        return Err(not_found());
-    }
+    known_shape(id)?;
     let now = crate::time::now_millis();
     let rotated = Rotated { secret: mint_secret(), previous_secret_expires_at: now + overlap_ms as i64 };
     let argv = args![ROTATE, 1, keys::webhook(org, id), &rotated.secret, rotated.previous_secret_expires_at, now];
@@ -371,9 +370,7 @@ redis.call('HINCRBY', KEYS[1], 'backlog', count)
 redis.call('DEL', KEYS[3])
 return count
 "#;
-    if !validate::is_safe_id(id) {
-        return Err(not_found());
-    }
+    known_shape(id)?;
     let argv = args![REDELIVER, 4, keys::webhook(org, id), keys::webhook_due(org, id), keys::webhook_dead_letters(org, id),
         keys::webhook_heads(org, id), keys::webhook_queue_prefix(org, id)];
     match first(r, "EVAL", argv).await?.as_int() {
@@ -399,9 +396,7 @@ local ok = pcall(redis.call, 'XGROUP', 'SETID', KEYS[2], ARGV[1], ARGV[2])
 if not ok then redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], ARGV[2], 'MKSTREAM') end
 return 1
 "#;
-    if !validate::is_safe_id(id) {
-        return Err(not_found());
-    }
+    known_shape(id)?;
     let argv = args![REPLAY, 2, keys::webhook(org, id), keys::org_events(org), keys::webhook_group(id), &after.position];
     match first(r, "EVAL", argv).await?.as_int() {
         Some(1) => {}
