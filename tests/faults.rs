@@ -7,7 +7,7 @@
 //! time two clients of one device were live at once), what the API reports is true, and the
 //! command streams stay bounded.
 
-use e2e::{RedisServer, Stack, new_org};
+use e2e::{RedisServer, Stack, new_org, reconnect_waits};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -502,31 +502,77 @@ async fn an_old_command_delivered_late_changes_nothing() {
     stack.status_until(&key, &id, "working", SOON).await;
 }
 
-/// A connection that drops right after it came up counts as a failure: the backoff grows and
-/// the session ends `failed`, its reason on the row, instead of reconnecting forever.
+/// What no reconnect fixes ends a session, its reason on the row; what one does never does. A
+/// stream error without a code keeps the connection; a drop reconnects at once and a flapping
+/// connection backs off further each time (WhatsApp Web's Fibonacci backoff); a rate limit
+/// (stream error 429) backs off far longer; an outage longer than any number of attempts keeps
+/// the session `starting`, saying when it tries next, until WhatsApp is back: no re-pairing.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_flapping_connection_backs_off_and_fails_with_its_reason_on_the_row() {
-    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("MAX_CONNECT_FAILURES", "3"), ("STABLE_CONNECTION_MS", "60000")]);
+async fn only_what_no_reconnect_fixes_fails_a_session() {
+    let stack = Stack::start_with(&[
+        ("BACKEND", "simulator"),
+        ("RECONNECT_BASE_MS", "100"),
+        ("RECONNECT_MAX_MS", "500"),
+        ("STABLE_CONNECTION_MS", "1500"),
+    ]);
     let org = new_org();
     let key = stack.key(&org).await;
     let (id, row) = stack.paired_session(&key, "61412345678").await;
-    let mut connected_at = row["lastConnectedAt"].as_i64();
-    for _ in 0..2 {
-        stack.phone("drop", &[("session", &id)]).await;
-        let row = stack.row_until(&key, &id, SOON, |row| row["status"] == "working" && row["lastConnectedAt"].as_i64() > connected_at).await;
-        connected_at = row["lastConnectedAt"].as_i64();
-    }
-    stack.phone("drop", &[("session", &id)]).await;
-    let failed = stack.status_until(&key, &id, "failed", SOON).await;
-    assert!(failed["statusReason"].as_str().unwrap().starts_with("connection_failed: 3 attempts"), "{failed}");
-    assert_eq!(failed["gatewayId"], Value::Null, "no gateway holds a failed session");
+    let connected = |row: &Value| row["lastConnectedAt"].as_i64();
 
-    // A ban for an unknown time is a failure with its reason on the row too.
-    act(&stack, &key, &id, "start").await;
-    stack.status_until(&key, &id, "working", SOON).await;
+    // Informational: nothing drops, and a message still goes out.
+    stack.phone("stream_error", &[("session", &id)]).await;
+    stack.phone("stream_error", &[("session", &id), ("code", "500")]).await;
+    let text = stack.client.post(&stack.session_url(&id, "/messages"), &key, r#"{"to": "61400000002", "text": "still here"}"#).await;
+    assert_eq!(text.status, 202, "{}", text.body);
+    let url = stack.session_url(&id, &format!("/messages/{}", text.body["id"].as_str().unwrap()));
+    let deadline = Instant::now() + SOON;
+    while stack.client.get(&url, &key).await.body["sentAt"].is_null() {
+        assert!(Instant::now() < deadline, "the message never went out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connected(&stack.client.get(&stack.session_url(&id, ""), &key).await.body), connected(&row), "the connection stayed");
+
+    // A flapping connection: each drop soon after a login waits longer than the one before.
+    let mut last = connected(&row);
+    for _ in 0..3 {
+        stack.phone("drop", &[("session", &id)]).await;
+        last = connected(&stack.row_until(&key, &id, SOON, |row| row["status"] == "working" && connected(row) > last).await);
+    }
+    let waits = reconnect_waits(&stack.events(&org).await);
+    assert!(waits.len() == 3 && waits[0] <= 150 && waits[2] >= 170, "Fibonacci from 100 ms: {waits:?}");
+
+    // After a stable connection, a rate limit backs off five steps further up the sequence
+    // (to the cap here, five times a drop's wait).
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    stack.phone("stream_error", &[("session", &id), ("code", "429")]).await;
+    last = connected(&stack.row_until(&key, &id, SOON, |row| row["status"] == "working" && connected(row) > last).await);
+    let waits = reconnect_waits(&stack.events(&org).await);
+    assert!(waits.len() == 4 && waits[3] >= 450, "a rate limit waits 800 ms, capped at 500, ±10%: {waits:?}");
+
+    // An outage: the session says it is reconnecting and when, for as long as it lasts.
+    let mut redis = stack.redis().await;
+    let _: () = redis::AsyncCommands::set(&mut redis, shared::keys::simulator_outage(), "1").await.unwrap();
+    stack.phone("drop", &[("session", &id)]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reconnect_waits(&stack.events(&org).await).len() < 4 + 9 {
+        assert!(Instant::now() < deadline, "not retrying through the outage");
+        let row = stack.client.get(&stack.session_url(&id, ""), &key).await.body;
+        assert_eq!(row["status"], "starting", "{row}");
+        assert!(row["statusReason"].as_str().unwrap().contains("; next attempt at "), "{row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _: () = redis::AsyncCommands::del(&mut redis, shared::keys::simulator_outage()).await.unwrap();
+    let back = stack.row_until(&key, &id, SOON, |row| row["status"] == "working" && connected(row) > last).await;
+    assert_eq!(back["waJid"], row["waJid"], "the same pairing, no scan");
+    let events = stack.events(&org).await;
+    assert!(!events.iter().any(|e| e["type"] == "session.status" && e["data"]["status"] == "failed"), "nothing failed");
+
+    // A ban for an unknown time is a failure with its reason on the row.
     stack.phone("ban", &[("session", &id)]).await;
     let banned = stack.status_until(&key, &id, "failed", SOON).await;
     assert!(banned["statusReason"].as_str().unwrap().starts_with("temporary_ban"), "{banned}");
+    assert_eq!(banned["gatewayId"], Value::Null, "no gateway holds a failed session");
 
     // A ban that lifts at a known time pauses the session (and its outbox) until then.
     act(&stack, &key, &id, "start").await;
@@ -541,6 +587,11 @@ async fn a_flapping_connection_backs_off_and_fails_with_its_reason_on_the_row() 
     assert_eq!(queued.body["status"], "queued", "nothing goes out while banned");
     let lifted = stack.row_until(&key, &id, SOON, |row| row["status"] == "working").await;
     assert!(lifted["lastConnectedAt"].as_i64() > paused["updatedAt"].as_i64(), "{lifted}");
+
+    // Another client taking the stream over is the end too: a person must look.
+    stack.phone("replace", &[("session", &id)]).await;
+    let replaced = stack.status_until(&key, &id, "failed", SOON).await;
+    assert!(replaced["statusReason"].as_str().unwrap().starts_with("stream_replaced"), "{replaced}");
 }
 
 /// Whether the simulated WhatsApp server still has a device linked for `phone`.

@@ -154,12 +154,16 @@ async fn auto_read_sends_read_receipts_only_for_sessions_that_ask() {
     phone_sends(&stack, "628111100003", "628333100020", &[("id", &same_id), ("text", "read me")]).await;
     phone_sends(&stack, "628111100003", "628333100021", &[("id", "3A0000000000000000021"), ("text", "in a group"), ("group", "120363000000000002@g.us")]).await;
     phone_sends(&stack, "628111100004", "628333100020", &[("text", "leave me unread")]).await;
+    // A contact's status post is no chat message: not kept, and never marked viewed.
+    phone_sends(&stack, "628111100003", "628333100022", &[("text", "my holiday"), ("status", "true")]).await;
     logged(&stack, &org, "message.received", 3, SOON).await;
 
     let receipts = records_until(&stack, &shared::keys::simulator_read_receipts(), 2, |_| true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let receipts_now = records(&stack, &shared::keys::simulator_read_receipts()).await;
     assert_eq!(receipts, receipts_now, "no more receipts came");
+    assert_eq!(logged(&stack, &org, "message.received", 3, SOON).await.len(), 3, "the status post was not kept");
+    assert!(texts(&list(&stack, &key, &reader, "").await).iter().all(|t| *t != "my holiday"));
     let seen: Vec<(&str, &str, &str, Value)> = receipts
         .iter()
         .map(|r| (r["session"].as_str().unwrap(), r["chat"].as_str().unwrap(), r["sender"].as_str().unwrap(), r["ids"].clone()))
@@ -377,4 +381,54 @@ async fn a_received_file_is_fetched_from_whatsapp_once_then_cached() {
     let document = stack.client.get(&stack.session_url(&id, &format!("/messages/{}/media", ids[1])), &key).await;
     assert_eq!(document.expect_error(409, "conflict")["reason"], "not_connected");
     assert_eq!(stack.simulator_downloads().await, 4);
+}
+
+/// A message the session could not decrypt shows as such (`undecryptable`, announced) until
+/// WhatsApp recovers it: the recovered copy fills in the same message, announced as received.
+/// A contact's edit or deletion for everyone marks their message and is announced, once; one
+/// made by someone else does not touch it.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecryptable_messages_are_recovered_and_edits_and_deletions_are_announced() {
+    let stack = Stack::start();
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session(&key, "628111100040").await;
+    let me = "628111100040";
+    phone_sends(&stack, me, "628333100041", &[("id", "3A0000000000000000041"), ("text", "secret plans"), ("undecryptable", "true"), ("recover_ms", "1500")]).await;
+    phone_sends(&stack, me, "628333100042", &[("id", "3A0000000000000000042"), ("text", "lost"), ("undecryptable", "true")]).await;
+    let unreadable = logged(&stack, &org, "message.undecryptable", 2, SOON).await;
+    let placeholder = unreadable.iter().find(|e| e["data"]["waMessageId"] == "3A0000000000000000041").expect("the first one").clone();
+    assert_eq!((&placeholder["data"]["type"], &placeholder["data"]["text"]), (&json!("undecryptable"), &Value::Null), "{placeholder}");
+    let message_id = placeholder["data"]["id"].as_str().unwrap().to_owned();
+    let shown = stack.client.get(&stack.session_url(&id, &format!("/messages/{message_id}")), &key).await.body;
+    assert_eq!(shown["type"], "undecryptable", "{shown}");
+
+    let received = logged(&stack, &org, "message.received", 1, SOON).await;
+    assert_eq!((&received[0]["data"]["id"], &received[0]["data"]["text"]), (&json!(message_id), &json!("secret plans")), "the same message, now readable");
+    let page = list(&stack, &key, &id, "").await;
+    let types: Vec<&str> = page["data"].as_array().unwrap().iter().map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!((texts(&page), types), (vec!["", "secret plans"], vec!["undecryptable", "text"]), "one message each, the lost one still unreadable");
+
+    // Edits and deletions of a message, by its author; a repeat and an impostor change nothing.
+    phone_sends(&stack, me, "628333100043", &[("id", "3A0000000000000000043"), ("text", "meet at 5")]).await;
+    let original = logged(&stack, &org, "message.received", 2, SOON).await[1]["data"]["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        phone_sends(&stack, me, "628333100043", &[("id", "3A0000000000000000044"), ("type", "edit"), ("target", "3A0000000000000000043"), ("text", "meet at 6")]).await;
+    }
+    phone_sends(&stack, me, "628333100049", &[("id", "3A0000000000000000045"), ("type", "edit"), ("target", "3A0000000000000000043"), ("text", "meet never")]).await;
+    let edits = logged(&stack, &org, "message.edited", 2, SOON).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let edits_now = logged(&stack, &org, "message.edited", 2, SOON).await;
+    assert_eq!(edits.len(), edits_now.len());
+    assert_eq!(edits.len(), 2, "the repeat is announced once: {edits:#?}");
+    let by_author = edits.iter().find(|e| e["data"]["text"] == "meet at 6").expect("the author's edit");
+    assert_eq!(by_author["data"]["messageId"], json!(original), "{by_author}");
+    let impostor = edits.iter().find(|e| e["data"]["text"] == "meet never").expect("the impostor's edit");
+    assert_eq!(impostor["data"]["messageId"], Value::Null, "names no message of ours: {impostor}");
+    phone_sends(&stack, me, "628333100043", &[("id", "3A0000000000000000046"), ("type", "revoke"), ("target", "3A0000000000000000043")]).await;
+    let revoked = logged(&stack, &org, "message.revoked", 1, SOON).await;
+    assert_eq!((&revoked[0]["data"]["messageId"], &revoked[0]["data"]["by"]), (&json!(original), &json!("628333100043@s.whatsapp.net")));
+    let marked = stack.client.get(&stack.session_url(&id, &format!("/messages/{original}")), &key).await.body;
+    assert!(marked["editedAt"].is_i64() && marked["revokedAt"].is_i64(), "{marked}");
+    assert_eq!(marked["text"], "meet at 5", "the text as it arrived (the edit comes with its event)");
 }

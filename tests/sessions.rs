@@ -7,8 +7,8 @@ use std::time::Duration;
 
 /// The reference's fields, and the one this gateway adds (`statusReason`); never anything it
 /// keeps for itself on the stored row.
-const FIELDS: [&str; 18] = [
-    "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession", "label",
+const FIELDS: [&str; 19] = [
+    "alwaysOnline", "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession", "label",
     "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping", "ratePerHour",
     "ratePerMin", "status", "statusReason", "updatedAt", "waJid", "waLid",
 ];

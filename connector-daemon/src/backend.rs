@@ -4,13 +4,13 @@
 
 use async_trait::async_trait;
 use shared::directory::{Contact, Group};
-use shared::inbox::{Incoming, Stored};
+use shared::inbox::Incoming;
 use shared::media::{FetchError, MediaRef};
 use shared::message::{Content, MessageStatus};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Who the attached number is, as far as WhatsApp has told us.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -26,18 +26,31 @@ pub struct Identity {
 pub enum BackendEvent {
     /// A code to show for scanning, valid for `valid_for`.
     Qr { code: String, valid_for: Duration },
-    /// The client showed all its codes and gave up; a new client is needed to keep pairing.
-    QrExhausted,
-    /// The phone accepted the pairing.
+    /// The QR codes ran out. With `code_outstanding`, a phone code asked for on this connection
+    /// may still be typed on the phone: the client keeps its socket up for it (as WhatsApp Web
+    /// does), and only a new client shows QR codes again. Without, the client closed and is done.
+    QrExhausted { code_outstanding: bool },
+    /// The phone code given out no longer links anything: WhatsApp asked for a new one, or refused
+    /// the request (`retry_after`, when it said how long to wait), or the phone's confirmation
+    /// failed.
+    PairingFailed { reason: String, retry_after: Option<Duration> },
+    /// The phone accepted the pairing. WhatsApp then restarts the stream (a
+    /// [`Cause::Restart`]); the session logs in on the same client.
     Paired(Identity),
     /// Logged in and ready.
     Connected(Identity),
-    /// The socket went away or could not be opened; reconnecting may help.
-    Disconnected { reason: String },
+    /// The number's own profile name changed or first arrived (after a pairing, with the first
+    /// sync). WhatsApp clients announce themselves online when it does.
+    ProfileName(String),
+    /// The connection ended; the same client can connect again ([`Client::reconnect`]).
+    Disconnected { reason: String, cause: Cause },
     /// The device was unlinked (from the phone or by WhatsApp): the stored pairing is void.
     LoggedOut { reason: String },
     /// Another client logged in with the same credentials and took over the stream.
     StreamReplaced,
+    /// WhatsApp refuses this client in a way no reconnect changes (an outdated version, a
+    /// refused login other than a logout or a ban): the client is done.
+    Refused { reason: String },
     /// WhatsApp banned the number for a while: `lifts_in` from now, when WhatsApp said.
     TemporaryBan { reason: String, lifts_in: Option<Duration> },
     /// What WhatsApp told about contacts (address-book sync, push names): kept as they come,
@@ -48,20 +61,114 @@ pub enum BackendEvent {
     ServerAck { id: String, error: Option<String> },
     /// The recipient's side reached a step (`Delivered`, `Read`, `Played`) for these message ids.
     Receipt { ids: Vec<String>, status: MessageStatus },
+    /// The recipient's device cannot take these messages (a receipt of type `sent`, from a LID
+    /// peer lacking what they need): WhatsApp delivered them to nobody.
+    Undeliverable { ids: Vec<String> },
+}
+
+/// Why a connection ended, which says when to connect again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// WhatsApp closed the stream on purpose and expects the client back at once: the restart
+    /// (stream error 515) that follows every pairing. Not a failure.
+    Restart,
+    /// The connection failed or was lost (an outage, a dead socket, a server restarting):
+    /// connect again after a backoff, however long it lasts.
+    Lost,
+    /// WhatsApp said the client connects too often (stream error 429): back off far longer.
+    RateLimited,
 }
 
 /// Why a message could not be handed to WhatsApp.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendFailure {
-    /// No usable connection right now: the same message goes again once connected.
+    /// No usable connection right now (the socket is down, or went while writing): the same
+    /// message goes again once connected, and nothing is counted.
     NotConnected(String),
-    /// WhatsApp (or the library) will never take this message as it is.
+    /// WhatsApp (or the library) will never take this message as it is: a refusal (not a member
+    /// of the group any more, no such recipient), a request that cannot be made.
     Rejected(String),
-    /// The message's file could not be uploaded: counted as a send, so it fails after a few.
-    UploadFailed(String),
+    /// It failed this time for another reason (a timeout, an encryption failure, the client not
+    /// logged in yet, a server error, a file not uploaded): counted, tried again after a pause,
+    /// failed after the last attempt.
+    Failed(String),
 }
 
-pub type Events = mpsc::UnboundedSender<BackendEvent>;
+/// Where a client reports, in the order things happen. What concerns the messages sent (acks,
+/// receipts) and the directory (contacts) goes to workers of its own, so an acknowledgement never
+/// waits behind a large contact sync on the session's supervisor, which gets the rest.
+#[derive(Clone)]
+pub struct Events {
+    status: mpsc::UnboundedSender<BackendEvent>,
+    acks: Option<Arc<Acks>>,
+    receipts: Option<mpsc::UnboundedSender<BackendEvent>>,
+    contacts: Option<mpsc::UnboundedSender<BackendEvent>>,
+}
+
+impl Events {
+    /// Everything to one channel.
+    pub fn to(status: mpsc::UnboundedSender<BackendEvent>) -> Events {
+        Events { status, acks: None, receipts: None, contacts: None }
+    }
+
+    /// Acks to `acks`, receipts and contacts to their workers, the rest to `status`.
+    pub fn routed(
+        status: mpsc::UnboundedSender<BackendEvent>,
+        acks: Arc<Acks>,
+        receipts: mpsc::UnboundedSender<BackendEvent>,
+        contacts: mpsc::UnboundedSender<BackendEvent>,
+    ) -> Events {
+        Events { status, acks: Some(acks), receipts: Some(receipts), contacts: Some(contacts) }
+    }
+
+    /// Reports an event; `false` once nobody listens (the client is being dropped).
+    pub fn send(&self, event: BackendEvent) -> bool {
+        // A receipt from the recipient means WhatsApp's server took the message: it answers for
+        // an acknowledgement that is late (or lost), as WhatsApp Web reads it.
+        if let (BackendEvent::Receipt { ids, .. }, Some(acks)) = (&event, &self.acks) {
+            for id in ids {
+                acks.answer(id, None);
+            }
+        }
+        let route = match (&event, &self.acks, &self.receipts, &self.contacts) {
+            (BackendEvent::ServerAck { id, error }, Some(acks), _, _) => {
+                // An answer nobody waits for any more (its sender stopped) is dropped.
+                acks.answer(id, error.clone());
+                return !self.status.is_closed();
+            }
+            (BackendEvent::Receipt { .. } | BackendEvent::Undeliverable { .. }, _, Some(receipts), _) => receipts,
+            (BackendEvent::Contacts(_), _, _, Some(contacts)) => contacts,
+            _ => &self.status,
+        };
+        route.send(event).is_ok()
+    }
+}
+
+/// The message a session's sender waits on WhatsApp's answer for: one at a time, so one slot.
+#[derive(Default)]
+pub struct Acks(Mutex<Option<(String, oneshot::Sender<Option<String>>)>>);
+
+impl Acks {
+    /// Waits for WhatsApp's answer (`None`: taken; `Some(code)`: refused) to the message sent
+    /// with WhatsApp id `id`, from now on: call it before the send, as the answer may come first.
+    pub fn expect(&self, id: &str) -> oneshot::Receiver<Option<String>> {
+        let (answer, answered) = oneshot::channel();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((id.to_owned(), answer));
+        answered
+    }
+
+    /// WhatsApp answered for `id`; `true` when someone waited for it.
+    fn answer(&self, id: &str, error: Option<String>) -> bool {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.take() {
+            Some((expected, answer)) if expected == id => answer.send(error).is_ok(),
+            other => {
+                *slot = other;
+                false
+            }
+        }
+    }
+}
 
 /// Where a client hands the messages it receives. WhatsApp's server is told they arrived only
 /// once `store` answered `Ok`; on `Err` they stay unacknowledged and WhatsApp delivers them
@@ -69,13 +176,22 @@ pub type Events = mpsc::UnboundedSender<BackendEvent>;
 /// messages stored before (their acknowledgement was lost): they are stored once.
 #[async_trait]
 pub trait Inbox: Send + Sync {
-    /// `Ok` once the batch is durable; with [`Stored::auto_read`], the client then sends read
-    /// receipts for it.
-    async fn store(&self, batch: Vec<Incoming>) -> Result<Stored, String>;
+    /// `Ok` once the batch is durable (what the session keeps of it: not a contact's status
+    /// post); the client then sends read receipts for the entries [`Kept::read`] names.
+    async fn store(&self, batch: Vec<Incoming>) -> Result<Kept, String>;
 
     /// The client's read receipts for these messages went out: they are read. They are named as
     /// they were stored: by chat and sender (`Content::chat`, `Content::from`) and WhatsApp id.
     async fn read(&self, chat: &str, sender: &str, wa_ids: Vec<String>);
+}
+
+/// What the inbox made of a batch: the entries (by position) the client sends read receipts
+/// for. Only messages of a session that reads what arrives (`autoRead`), and never a contact's
+/// status post (a receipt there tells the contact it was viewed), a change or an undecryptable
+/// message.
+#[derive(Debug, Default, PartialEq)]
+pub struct Kept {
+    pub read: Vec<usize>,
 }
 
 /// What a backend is given to work with. A session's store is plain files in a directory, so
@@ -91,8 +207,21 @@ pub trait Backend: Send + Sync {
 
 #[async_trait]
 pub trait Client: Send + Sync {
-    /// Asks WhatsApp for the 8-character code that links `phone` without a QR scan.
+    /// Connects again after [`BackendEvent::Disconnected`], on the same client: what it holds in
+    /// memory (after a pairing, that the first full sync is still to run) carries over. `Err`
+    /// when the client was closed (`disconnect`, `logout`, a final event) and a new one is needed.
+    async fn reconnect(&self) -> Result<(), String>;
+
+    /// Waits up to `within` for the socket to be up (before login), as a phone-code request needs.
+    async fn wait_for_socket(&self, within: Duration) -> Result<(), String>;
+
+    /// Asks WhatsApp for the 8-character code that links `phone` without a QR scan. Fails at
+    /// once when the socket is not up: wait for it first ([`Client::wait_for_socket`]).
     async fn pair_with_code(&self, phone: &str) -> Result<String, String>;
+
+    /// Shows the number online (`true`) or offline to its contacts. WhatsApp clients announce
+    /// themselves online on every login, and while one is, the phone gets no notifications.
+    async fn set_presence(&self, available: bool) -> Result<(), String>;
 
     /// Unlinks the device on WhatsApp's side through the live socket; `Err` unless WhatsApp
     /// took it. The client is not used again afterwards; the store is the caller's to wipe.
@@ -103,6 +232,10 @@ pub trait Client: Send + Sync {
     /// means the stanza went out; WhatsApp's answer comes as [`BackendEvent::ServerAck`]. A
     /// media message's `file` is uploaded first; `Ok` then holds the reference to fetch it again.
     async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure>;
+
+    /// Whether a phone-number JID is on WhatsApp (a usync query). A message to a number that is
+    /// not is taken by WhatsApp's server and delivered to nobody, so it is checked first.
+    async fn on_whatsapp(&self, jid: &str) -> Result<bool, SendFailure>;
 
     /// Downloads and decrypts a file from WhatsApp's media servers, refusing one past
     /// `max_bytes` (`too_large`) whatever length its sender claimed.

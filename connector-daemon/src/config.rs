@@ -34,16 +34,14 @@ pub struct Config {
     /// How long a session lease and the heartbeat last unless renewed (renewed every third).
     #[arg(long, env = "LEASE_MS", default_value_t = 15_000)]
     pub lease_ms: u64,
-    /// Consecutive failed connections after which a session is `failed` instead of retried.
-    #[arg(long, env = "MAX_CONNECT_FAILURES", default_value_t = 8)]
-    pub max_connect_failures: u32,
-    /// First reconnect delay; it doubles per failure up to `reconnect_max_ms`, with jitter.
-    #[arg(long, env = "RECONNECT_BASE_MS", default_value_t = 500)]
+    /// The first two reconnect delays; later ones follow the Fibonacci sequence (1, 1, 2, 3, 5,
+    /// 8 … times this) up to `reconnect_max_ms`, ±10% jitter: WhatsApp Web's own backoff.
+    #[arg(long, env = "RECONNECT_BASE_MS", default_value_t = 1_000)]
     pub reconnect_base_ms: u64,
-    #[arg(long, env = "RECONNECT_MAX_MS", default_value_t = 60_000)]
+    #[arg(long, env = "RECONNECT_MAX_MS", default_value_t = 900_000)]
     pub reconnect_max_ms: u64,
     /// A connection that lasts this long counts as stable: only then does the reconnect backoff
-    /// start over. One that drops sooner counts as a failed attempt.
+    /// start over. One that drops sooner keeps climbing it, so a flapping number backs off.
     #[arg(long, env = "STABLE_CONNECTION_MS", default_value_t = 30_000)]
     pub stable_connection_ms: u64,
     /// How often an unlink that could not reach WhatsApp (a logout, a delete) is tried again.
@@ -70,6 +68,10 @@ pub struct Config {
     /// (a queue being worked through, not a message to an idle one); 0 turns it off.
     #[arg(long, env = "SEND_JITTER_MS", default_value_t = 1_500)]
     pub send_jitter_ms: u64,
+    /// The pause before a message that failed (for another reason than a missing connection or a
+    /// refusal) is tried again; it doubles with each attempt, up to five minutes.
+    #[arg(long, env = "SEND_RETRY_BASE_MS", default_value_t = 5_000)]
+    pub send_retry_base_ms: u64,
     /// The largest media file a message sends or `GET …/media` fetches (bytes); the same as the
     /// functions' `media_max_bytes`.
     #[arg(long, env = "MEDIA_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -138,6 +140,9 @@ pub struct SimulatorTimings {
     /// QR codes per client before they run out.
     #[arg(long, env = "SIM_QR_COUNT", default_value_t = 6)]
     pub sim_qr_count: u32,
+    /// How long a phone code stays typeable after it was issued.
+    #[arg(long, env = "SIM_PAIRING_CODE_MS", default_value_t = 180_000)]
+    pub sim_pairing_code_ms: u64,
     /// Contacts in each simulated phone's address book, synced after every login.
     #[arg(long, env = "SIM_CONTACTS", default_value_t = 12)]
     pub sim_contacts: u32,
@@ -147,6 +152,10 @@ pub struct SimulatorTimings {
     /// Time WhatsApp takes to answer the joined-groups query.
     #[arg(long, env = "SIM_GROUPS_FETCH_MS", default_value_t = 200)]
     pub sim_groups_fetch_ms: u64,
+    /// How long a silent socket goes unnoticed before the client's keepalive ends the connection
+    /// (whatsapp-rust pings every 15–30 s and gives up 20 s later).
+    #[arg(long, env = "SIM_KEEPALIVE_MS", default_value_t = 35_000)]
+    pub sim_keepalive_ms: u64,
     /// Time the simulated server takes to acknowledge a sent message; 0 never acknowledges
     /// (as when the connection dies with the stanza in flight).
     #[arg(long, env = "SIM_ACK_MS", default_value_t = 5)]
@@ -202,12 +211,22 @@ impl Config {
         Duration::from_millis(self.stable_connection_ms)
     }
 
-    /// Delay before reconnect attempt `failures` (1-based): doubling, capped, ±20% jitter so
-    /// many sessions dropped together do not reconnect in lockstep.
-    pub fn reconnect_delay(&self, failures: u32) -> Duration {
-        let doubled = self.reconnect_base_ms.saturating_mul(1 << failures.saturating_sub(1).min(20));
-        let capped = doubled.min(self.reconnect_max_ms) as f64;
-        Duration::from_millis((capped * rand::random_range(0.8..1.2)) as u64)
+    /// Delay before reconnect attempt `attempt` (0-based): the Fibonacci sequence from
+    /// `reconnect_base_ms`, capped, ±10% jitter so many sessions dropped together do not
+    /// reconnect in lockstep (WhatsApp Web's `{fibonacci, first: 1 s, second: 1 s, max: 900 s}`).
+    pub fn reconnect_delay(&self, attempt: u32) -> Duration {
+        let (mut a, mut b) = (self.reconnect_base_ms, self.reconnect_base_ms);
+        for _ in 0..attempt.min(64) {
+            (a, b) = (b, a.saturating_add(b).min(self.reconnect_max_ms));
+        }
+        let base = a.min(self.reconnect_max_ms) as f64;
+        Duration::from_millis((base * rand::random_range(0.9..=1.1)) as u64)
+    }
+
+    /// The pause after a message's `attempts`-th failed attempt (1-based): doubling, capped.
+    pub fn send_retry_pause(&self, attempts: u32) -> Duration {
+        let doubled = self.send_retry_base_ms.saturating_mul(1 << attempts.saturating_sub(1).min(20));
+        Duration::from_millis(doubled.min(300_000))
     }
 
     pub fn session_dir(&self, session_id: &str) -> PathBuf {
@@ -228,12 +247,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconnect_delay_doubles_and_caps() {
+    fn reconnect_delays_follow_fibonacci_and_cap() {
         let config = Config::parse_from(["connector-daemon", "--reconnect-base-ms", "100", "--reconnect-max-ms", "1000"]);
         let ms = |n| config.reconnect_delay(n).as_millis();
-        assert!((80..=120).contains(&ms(1)));
-        assert!((160..=240).contains(&ms(2)));
-        assert!((800..=1200).contains(&ms(30)));
+        for (attempt, base) in [(0, 100), (1, 100), (2, 200), (3, 300), (4, 500), (5, 800), (6, 1000), (40, 1000)] {
+            let (low, high) = (base * 9 / 10, base * 11 / 10);
+            assert!((low..=high).contains(&ms(attempt)), "attempt {attempt}: {} not within {low}..={high}", ms(attempt));
+        }
     }
 
     #[test]

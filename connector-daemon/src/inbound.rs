@@ -2,12 +2,16 @@
 //! `message.received` or `message.reaction` before the client lets WhatsApp's server know they
 //! arrived, so a daemon that dies mid-batch loses none: WhatsApp delivers them again. Once the
 //! session's read receipts for them went out (`autoRead`), they are `read`.
+//!
+//! Contacts' status posts (`status@broadcast`) are no chat messages: they are neither stored
+//! nor read (a read receipt would tell the contact the session viewed them).
 
-use crate::backend::Inbox;
+use crate::backend::{Inbox, Kept};
 use crate::daemon::{Daemon, persist};
 use crate::receipts;
 use async_trait::async_trait;
-use shared::inbox::{self, Incoming, Stored};
+use shared::inbox::{self, Incoming};
+use shared::message::{STATUS_BROADCAST, UNDECRYPTABLE};
 use std::sync::Arc;
 
 /// Tries to store a batch before giving it back unacknowledged (WhatsApp then delivers it again
@@ -23,17 +27,26 @@ pub struct SessionInbox {
 
 #[async_trait]
 impl Inbox for SessionInbox {
-    async fn store(&self, batch: Vec<Incoming>) -> Result<Stored, String> {
+    async fn store(&self, batch: Vec<Incoming>) -> Result<Kept, String> {
         let (config, redis) = (&self.daemon.config, &self.daemon.redis);
+        let kept: Vec<Incoming> = batch.iter().filter(|i| i.content.chat != STATUS_BROADCAST).cloned().collect();
+        if kept.is_empty() {
+            return Ok(Kept::default());
+        }
         let mut failures = 0;
         let give_up = || {
             failures += 1;
             failures >= ATTEMPTS
         };
-        let store = || inbox::store(redis, &self.org, &self.session_id, &batch, config.retention(), config.message_retention_ms());
+        let store = || inbox::store(redis, &self.org, &self.session_id, &kept, config.retention(), config.message_retention_ms());
         let stored = persist("store received messages", give_up, store).await.ok_or("cannot store received messages; WhatsApp keeps them")?;
         tracing::debug!(session = %self.session_id, received = batch.len(), new = stored.new.len(), "stored received messages");
-        Ok(stored)
+        let readable = |i: &Incoming| i.content.chat != STATUS_BROADCAST && i.change.is_none() && i.content.kind != UNDECRYPTABLE;
+        let read = match stored.auto_read {
+            true => batch.iter().enumerate().filter(|(_, i)| readable(i)).map(|(n, _)| n).collect(),
+            false => Vec::new(),
+        };
+        Ok(Kept { read })
     }
 
     async fn read(&self, chat: &str, sender: &str, wa_ids: Vec<String>) {
@@ -46,7 +59,7 @@ pub struct Refuse;
 
 #[async_trait]
 impl Inbox for Refuse {
-    async fn store(&self, _batch: Vec<Incoming>) -> Result<Stored, String> {
+    async fn store(&self, _batch: Vec<Incoming>) -> Result<Kept, String> {
         Err("the device is being unlinked; received messages are not kept".to_owned())
     }
 

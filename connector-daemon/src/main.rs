@@ -54,7 +54,7 @@ async fn run(config: Config) -> Result {
         BackendKind::Simulator => {
             simulator::Simulator::start(config.clone(), redis.clone(), connect().await?).await
         }
-        BackendKind::Whatsapp => Arc::new(whatsapp::WhatsApp::new(config.clone())),
+        BackendKind::Whatsapp => Arc::new(whatsapp::WhatsApp::new(config.clone())?),
     };
     let daemon = Daemon::new(config.clone(), redis, backend);
     metrics::serve(&daemon)?;

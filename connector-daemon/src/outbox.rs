@@ -6,12 +6,24 @@
 //! A message goes out only from the number it was accepted for: after a logout and a pairing
 //! with another number, what was queued fails (`number_changed`) instead.
 //!
-//! Nothing accepted is lost or sent twice: a message leaves the outbox only when acknowledged
-//! (`sent`) or failed, so a daemon that dies mid-send leaves it at the head, and whoever runs
-//! the session next sends it again with the same id, which WhatsApp delivers once. Every write
-//! carries the session's lease: a sender whose daemon lost the session stops.
+//! A message to a number that is not on WhatsApp would be taken by WhatsApp's server and
+//! delivered to nobody: a direct message is sent only to a number a usync query found on
+//! WhatsApp (kept a while per session), else it fails as `not_on_whatsapp`.
+//!
+//! Nothing accepted is lost: a message leaves the outbox only when acknowledged (`sent`) or
+//! failed. A copy is sent again only when the first cannot have been acknowledged any more: the
+//! connection that carried it ended first (or its daemon died). A resend is encrypted anew and
+//! the recipient's phone may show both copies, so while the connection lives the sender waits
+//! for WhatsApp's answer however long it takes, and never fails a message whose
+//! acknowledgement may still come. Whoever runs the session next sends a message left at the
+//! head again with the same id. Every write carries the session's lease: a sender whose daemon
+//! lost the session stops.
+//!
+//! Failures are told apart as the library classifies them: no connection (the message waits for
+//! one, nothing counted), a refusal (it fails now), anything else (counted, tried again after a
+//! pause that doubles from `SEND_RETRY_BASE_MS`, failed after [`MAX_ATTEMPTS`]).
 
-use crate::backend::{Client, SendFailure};
+use crate::backend::{Acks, Client, SendFailure};
 use crate::daemon::Daemon;
 use crate::limiter::{self, limiter_lua};
 use crate::media;
@@ -21,14 +33,18 @@ use shared::redis::{Redis, Reply};
 use shared::{ApiError, args, keys};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// How long WhatsApp's server may take to acknowledge a message before it is sent again.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Sends of one message left unacknowledged before it fails.
+/// How long WhatsApp's server may take to acknowledge a message before the wait is logged (it
+/// goes on: whatsmeow waits 75 s, and a dead socket ends the connection, hence the wait, sooner).
+const ACK_PATIENCE: Duration = Duration::from_secs(75);
+/// Attempts at one message (copies sent, failures) before it fails.
 const MAX_ATTEMPTS: i64 = 5;
+/// How long a number's presence on WhatsApp is remembered: found there, and not found.
+const REGISTERED_TTL_MS: i64 = 24 * 3_600_000;
+const UNREGISTERED_TTL_MS: i64 = 3_600_000;
 /// How often an idle sender looks at the outbox without a wake-up (one lost with a gateway).
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Pause before trying again after the connection refused a send or Redis failed.
@@ -45,7 +61,7 @@ const STREAK: Duration = Duration::from_secs(10);
 /// while this gateway holds the lease (KEYS[4] = ARGV[2]), a place within the rates of the
 /// row (KEYS[2]) in the session's sends (KEYS[3]) and at least ARGV[5] ms after the last send
 /// to the same chat (KEYS[5]), and the claim (`sendingAt`: no cancel after it). Answers
-/// `{verdict, content, sends so far, WhatsApp id, presenceTyping}`.
+/// `{verdict, content, attempts so far, WhatsApp id, presenceTyping, last failure}`.
 const NEXT: &str = concat!(
     limiter_lua!(),
     r"
@@ -73,34 +89,28 @@ local wait = take_place(KEYS[3], id, per_min, per_hour, now, tonumber(ARGV[4]), 
 if wait > 0 then return {'wait', tostring(wait)} end
 redis.call('HSETNX', key, 'sendingAt', now)
 local typing = row['presenceTyping'] == true and 1 or 0
-return {'send', doc, tonumber(redis.call('HGET', key, 'attempts') or '0'), redis.call('HGET', key, 'waId'), typing}"
+local state = redis.call('HMGET', key, 'attempts', 'waId', 'lastError')
+return {'send', doc, tonumber(state[1] or '0'), state[2], typing, state[3] or ''}"
 );
 
 /// The running sender of one session; dropping it stops it.
 pub struct Sender {
     wake: Arc<Notify>,
-    acks: mpsc::UnboundedSender<(String, Option<String>)>,
     task: JoinHandle<()>,
 }
 
 impl Sender {
     /// Starts sending the session's outbox through `client`, logged in as `me` (its JID), under
-    /// the lease value `lease`.
-    pub fn start(daemon: Arc<Daemon>, client: Arc<dyn Client>, org: String, session_id: String, me: String, lease: String) -> Sender {
+    /// the lease value `lease`; WhatsApp's answers come through `acks`.
+    pub fn start(daemon: Arc<Daemon>, client: Arc<dyn Client>, acks: Arc<Acks>, org: String, session_id: String, me: String, lease: String) -> Sender {
         let wake = Arc::new(Notify::new());
-        let (acks, inbox) = mpsc::unbounded_channel();
-        let run = Run { daemon, client, org, session_id, me, lease, wake: wake.clone(), acks: inbox, last_sent: None };
-        Sender { wake, acks, task: tokio::spawn(run.run()) }
+        let run = Run { daemon, client, acks, org, session_id, me, lease, wake: wake.clone(), last_sent: None };
+        Sender { wake, task: tokio::spawn(run.run()) }
     }
 
     /// A message was queued: look at the outbox now.
     pub fn wake(&self) {
         self.wake.notify_one();
-    }
-
-    /// WhatsApp's server answered for the message with WhatsApp id `id`.
-    pub fn acked(&self, id: String, error: Option<String>) {
-        let _ = self.acks.send((id, error));
     }
 }
 
@@ -113,12 +123,12 @@ impl Drop for Sender {
 struct Run {
     daemon: Arc<Daemon>,
     client: Arc<dyn Client>,
+    acks: Arc<Acks>,
     org: String,
     session_id: String,
     me: String,
     lease: String,
     wake: Arc<Notify>,
-    acks: mpsc::UnboundedReceiver<(String, Option<String>)>,
     /// When the last message went out.
     last_sent: Option<Instant>,
 }
@@ -165,7 +175,7 @@ impl Run {
         ];
         let mut reply = redis.execute("EVAL", argv).await?.into_iter().map(Reply::into_string);
         let verdict = reply.next().flatten().unwrap_or_default();
-        let (content, attempts, wa_id, presence_typing) = match verdict.as_str() {
+        let sending = match verdict.as_str() {
             "idle" => return Ok(Turn::Idle),
             "again" => return Ok(Turn::Again),
             "fenced" => return Ok(Turn::Fenced),
@@ -189,12 +199,25 @@ impl Run {
                 reply.next().flatten().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0),
                 reply.next().flatten().ok_or_else(|| ApiError::internal("a queued message has no WhatsApp id"))?,
                 reply.next().flatten().as_deref() == Some("1"),
+                reply.next().flatten().filter(|e| !e.is_empty()),
             ),
             other => return Err(ApiError::internal(format!("unexpected outbox verdict {other:?}"))),
         };
+        let (content, attempts, wa_id, presence_typing, last_error) = sending;
         if attempts >= MAX_ATTEMPTS {
-            let error = failure("no_server_ack", format!("WhatsApp did not take the message (or its file) after {MAX_ATTEMPTS} tries"));
+            let reason = last_error.unwrap_or_else(|| "WhatsApp did not acknowledge it".to_owned());
+            let error = failure("send_failed", format!("the message was not sent after {MAX_ATTEMPTS} attempts: {reason}"));
             return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
+        }
+        if attempts == 0 && is_phone_number(&content.chat) {
+            match self.registered(&content.chat).await? {
+                Ok(true) => {}
+                Ok(false) => {
+                    let error = failure("not_on_whatsapp", format!("{} is not on WhatsApp; the message was not sent", content.chat));
+                    return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
+                }
+                Err(failed) => return self.failed(&content, &wa_id, failed, false).await,
+            }
         }
         // A file is held in memory from here until WhatsApp has it: a few sessions at a time.
         let _slot = match content.media {
@@ -215,6 +238,8 @@ impl Run {
         if paused || typing {
             self.restamp(&content).await;
         }
+        // Expected before the send: the answer may come before `send` returns.
+        let answer = self.acks.expect(&wa_id);
         let sent = self.client.send(&wa_id, &content, file.as_deref()).await;
         self.last_sent = Some(Instant::now());
         if typing && sent.is_err() {
@@ -228,23 +253,53 @@ impl Run {
                     tracing::warn!(session = %self.session_id, message = %content.id, "cannot keep a sent file: {e:?}");
                 }
             }
-            Err(SendFailure::Rejected(reason)) => {
-                return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(failure("rejected", reason))).await;
-            }
-            Err(SendFailure::UploadFailed(reason)) => {
-                tracing::info!(session = %self.session_id, message = %content.id, "{reason}; trying again");
-                outbox::count_attempt(redis, org, &content.id).await?;
-                tokio::time::sleep(PAUSE).await;
-                return Ok(Turn::Again);
-            }
-            Err(SendFailure::NotConnected(reason)) => {
-                tracing::info!(session = %self.session_id, message = %content.id, "not sent, the connection is not ready: {reason}");
-                tokio::time::sleep(PAUSE).await;
-                return Ok(Turn::Again);
-            }
+            Err(failed) => return self.failed(&content, &wa_id, failed, false).await,
         }
-        outbox::count_attempt(redis, org, &content.id).await?;
-        self.await_ack(&content, &wa_id).await
+        outbox::note_attempt(redis, org, &content.id, true, None).await?;
+        self.await_ack(&content, &wa_id, answer).await
+    }
+
+    /// Whether `chat` (a phone-number JID) is on WhatsApp: as the session last found, else asked.
+    /// `Err` (inner) when WhatsApp could not say.
+    async fn registered(&self, chat: &str) -> Result<Result<bool, SendFailure>, ApiError> {
+        let key = keys::session_registered(&self.org, &self.session_id, chat);
+        if let Some(known) = shared::redis::get_string(&self.daemon.redis, &key).await? {
+            return Ok(Ok(known == "1"));
+        }
+        let on = match self.client.on_whatsapp(chat).await {
+            Ok(on) => on,
+            Err(failed) => return Ok(Err(failed)),
+        };
+        let ttl = if on { REGISTERED_TTL_MS } else { UNREGISTERED_TTL_MS };
+        self.daemon.redis.execute("SET", args![key, if on { "1" } else { "0" }, "PX", ttl]).await?;
+        Ok(Ok(on))
+    }
+
+    /// A send (or the check before it) failed: without a connection it waits for one, counting
+    /// nothing; refused, the message fails; otherwise the attempt counts (unless `counted`
+    /// already: a copy refused) and the message is tried again after a pause, or fails after the
+    /// last attempt.
+    async fn failed(&self, content: &Content, wa_id: &str, failed: SendFailure, counted: bool) -> Result<Turn, ApiError> {
+        let reason = match failed {
+            SendFailure::NotConnected(reason) => {
+                tracing::info!(session = %self.session_id, message = %content.id, "not sent, no connection: {reason}");
+                tokio::time::sleep(PAUSE).await;
+                return Ok(Turn::Again);
+            }
+            SendFailure::Rejected(reason) => {
+                return self.record(content, Some(wa_id), MessageStatus::Failed, Some(failure("rejected", reason))).await;
+            }
+            SendFailure::Failed(reason) => reason,
+        };
+        let Some(attempts) = outbox::note_attempt(&self.daemon.redis, &self.org, &content.id, !counted, Some(&reason)).await? else { return Ok(Turn::Again) };
+        if attempts >= MAX_ATTEMPTS {
+            let error = failure("send_failed", format!("the message was not sent after {MAX_ATTEMPTS} attempts: {reason}"));
+            return self.record(content, Some(wa_id), MessageStatus::Failed, Some(error)).await;
+        }
+        let pause = self.daemon.config.send_retry_pause(attempts as u32);
+        tracing::info!(session = %self.session_id, message = %content.id, attempts, ?pause, "not sent, trying again: {reason}");
+        tokio::time::sleep(pause).await;
+        Ok(Turn::Again)
     }
 
     /// Shows "typing…" in the message's chat for its [`typing_time`]. `false` when the indicator
@@ -276,23 +331,29 @@ impl Run {
         }
     }
 
-    /// Waits for WhatsApp's server to take or refuse the message; unanswered, it is sent again.
-    async fn await_ack(&mut self, content: &Content, wa_id: &str) -> Result<Turn, ApiError> {
-        let deadline = Instant::now() + ACK_TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.acks.recv()).await {
-                Ok(Some((id, None))) if id == wa_id => return self.record(content, Some(wa_id), MessageStatus::Sent, None).await,
-                Ok(Some((id, Some(code)))) if id == wa_id => {
-                    let error = failure("server_refused", format!("WhatsApp's server refused the message (code {code})"));
-                    return self.record(content, Some(wa_id), MessageStatus::Failed, Some(error)).await;
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return Ok(Turn::Stop),
-                Err(_) => {
-                    tracing::info!(session = %self.session_id, message = %content.id, "no acknowledgement in time; sending again");
-                    return Ok(Turn::Again);
-                }
+    /// Waits for WhatsApp's server to take or refuse the message, for as long as the connection
+    /// lives: the sender stops with it, and the next one sends the message again. A refusal
+    /// worth trying again (a timeout, a rate limit, a server error, stale group addressing)
+    /// counts as a failed attempt; any other fails the message.
+    async fn await_ack(&self, content: &Content, wa_id: &str, mut answer: oneshot::Receiver<Option<String>>) -> Result<Turn, ApiError> {
+        let answer = loop {
+            match tokio::time::timeout(ACK_PATIENCE, &mut answer).await {
+                Ok(answer) => break answer,
+                Err(_) => tracing::warn!(session = %self.session_id, message = %content.id, "no acknowledgement from WhatsApp yet; waiting (a resend could show twice)"),
             }
+        };
+        match answer {
+            Ok(None) => self.record(content, Some(wa_id), MessageStatus::Sent, None).await,
+            Ok(Some(code)) if TRANSIENT_ACK_ERRORS.contains(&code.as_str()) => {
+                let reason = format!("WhatsApp's server refused the message for now (code {code})");
+                self.failed(content, wa_id, SendFailure::Failed(reason), true).await
+            }
+            Ok(Some(code)) => {
+                let error = failure("server_refused", format!("WhatsApp's server refused the message (code {code})"));
+                self.record(content, Some(wa_id), MessageStatus::Failed, Some(error)).await
+            }
+            // Another message took the slot: cannot happen with one sender per session.
+            Err(_) => Ok(Turn::Again),
         }
     }
 
@@ -322,6 +383,16 @@ impl Run {
 /// How long "typing…" shows before a text: half a second and 30 ms a character, at most 4 s.
 fn typing_time(text: &str) -> Duration {
     Duration::from_millis((500 + 30 * text.chars().count() as u64).min(4_000))
+}
+
+/// Error codes of WhatsApp's server acknowledgement that are worth trying again with the same id
+/// (the copy was refused, so it reached nobody): a timeout, stale group addressing (the next
+/// send reads the group afresh), a rate limit, a server error.
+const TRANSIENT_ACK_ERRORS: &[&str] = &["408", "421", "429", "500", "503"];
+
+/// Whether `chat` is a person's phone-number JID (a group, a LID or a broadcast list is not).
+fn is_phone_number(chat: &str) -> bool {
+    chat.ends_with("@s.whatsapp.net")
 }
 
 /// A message's content as the outbox script returned it.

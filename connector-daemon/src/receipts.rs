@@ -24,6 +24,22 @@ pub async fn apply(daemon: &Daemon, org: &str, session_id: &str, wa_ids: &[Strin
     }
 }
 
+/// The recipient's device cannot take these messages: each one still `sent` fails as
+/// `undeliverable`.
+pub async fn undeliverable(daemon: &Daemon, org: &str, session_id: &str, wa_ids: &[String]) {
+    for wa_id in wa_ids {
+        let step = move || async move {
+            let Some(message_id) = outbox::by_wa_id(&daemon.redis, org, session_id, wa_id).await? else { return Ok(()) };
+            let Some((content, _)) = outbox::content(&daemon.redis, org, &message_id).await? else { return Ok(()) };
+            if content.direction != Direction::Outbound {
+                return Ok(());
+            }
+            outbox::undeliverable(&daemon.redis, org, session_id, &content, wa_id, daemon.config.retention()).await.map(drop)
+        };
+        persist("record an undeliverable message", || daemon.is_stopping(), step).await;
+    }
+}
+
 /// The session's read receipts for these received messages (of `chat`, from `sender`) went out.
 pub async fn read_received(daemon: &Daemon, org: &str, session_id: &str, chat: &str, sender: &str, wa_ids: &[String]) {
     for wa_id in wa_ids {

@@ -1,6 +1,9 @@
 //! One task per session this daemon works on: the status machine `stopped → starting →
-//! scan_qr_code → working`, and `failed` with a reason. Transient disconnects reconnect with
-//! capped, jittered backoff. Every change is written to the row together with the events that
+//! scan_qr_code → working`, and `failed` with a reason when only a person can put it right
+//! (logged out, banned, replaced, refused). A lost connection is `starting` until it is back,
+//! however long that takes: reconnects follow WhatsApp Web's backoff (Fibonacci to 15 min,
+//! longer after a rate limit), and the restart WhatsApp asks for after a pairing is immediate,
+//! on the same client. Every change is written to the row together with the events that
 //! announce it (one atomic step), under the session's lease: a write carries the lease's
 //! fencing token, and a row that took a newer lease refuses it.
 //!
@@ -9,7 +12,7 @@
 //! each, never acting on an old snapshot. When the session no longer runs here the task gives
 //! its lease up and ends.
 
-use crate::backend::{BackendEvent, Client, Identity, format_pairing_code};
+use crate::backend::{Acks, BackendEvent, Cause, Client, Events, Identity, format_pairing_code};
 use crate::daemon::{Daemon, Held, persist};
 use crate::inbound::SessionInbox;
 use crate::lease::{self, Acquired};
@@ -32,8 +35,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// How long a phone pairing code request may wait for the socket and WhatsApp's answer.
-const PAIRING_CODE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a phone pairing code request may wait for the socket to come up.
+const SOCKET_DEADLINE: Duration = Duration::from_secs(30);
+/// How long it may then wait for WhatsApp's answer: the request's own 30 s timeout, after a key
+/// derivation that takes seconds on a busy machine.
+const PAIRING_CODE_DEADLINE: Duration = Duration::from_secs(65);
+/// How long a phone code stays typeable after it was issued (WhatsApp's ~180 s), plus the minute
+/// WhatsApp gives the phone to confirm once typed. A client kept up for an outstanding code
+/// after its QR codes ran out is let go past this.
+const PAIRING_CODE_LIFETIME: Duration = Duration::from_secs(240);
+/// What a rate limit (stream error 429) adds to the reconnect backoff's position, as WhatsApp
+/// Web does: five steps up the Fibonacci sequence.
+const RATE_LIMIT_PENALTY: u32 = 5;
+/// A `statusReason` of a session waiting to reconnect: this, why, [`NEXT_ATTEMPT_AT`] and the
+/// Unix ms of the next attempt.
+const RECONNECTING: &str = "reconnecting: ";
+const NEXT_ATTEMPT_AT: &str = "; next attempt at ";
 
 /// What the supervisor answers once a command took effect; `None` when it was handed on to the
 /// gateway that holds the session, which answers instead.
@@ -73,17 +90,30 @@ struct Supervisor {
     identity: Option<Identity>,
     client: Option<Arc<dyn Client>>,
     events: Option<mpsc::UnboundedReceiver<BackendEvent>>,
-    /// Connection attempts that failed in a row; reset only by a stable connection.
-    failures: u32,
+    /// Where the reconnect backoff stands: the attempts since the last stable connection, plus
+    /// the rate-limit penalties.
+    attempts: u32,
+    /// A rate limit raised the backoff: the next stable connection ends the penalty instead of
+    /// starting the backoff over.
+    penalty: bool,
     connected_at: Option<Instant>,
     /// Clients whose QR codes ran out while waiting for a scan.
     qr_rounds: u32,
     retry_at: Option<Instant>,
+    /// The session shows itself online (`alwaysOnline`); else offline, so the phone keeps
+    /// getting notifications.
+    online: bool,
+    /// When the last phone code was issued on the current client.
+    code_issued_at: Option<Instant>,
+    /// A client whose QR codes ran out is kept for an outstanding phone code until then.
+    code_deadline: Option<Instant>,
     pairing_codes: JoinSet<PairingCodeOutcome>,
     /// The backfill job running on the current client.
     backfill: Option<tokio::task::JoinHandle<()>>,
     /// Sends the session's outbox while the client is connected.
     sender: Option<Sender>,
+    /// Where WhatsApp's answers to the sender's messages go, straight from the client.
+    acks: Arc<Acks>,
     /// The number of the last command applied to the session (the row's `_applied`).
     applied: u64,
     /// The number of the command being applied, written with its first row write.
@@ -109,13 +139,18 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
         identity: None,
         client: None,
         events: None,
-        failures: 0,
+        attempts: 0,
+        penalty: false,
         connected_at: None,
         qr_rounds: 0,
         retry_at: None,
+        online: false,
+        code_issued_at: None,
+        code_deadline: None,
         pairing_codes: JoinSet::new(),
         backfill: None,
         sender: None,
+        acks: Arc::default(),
         applied: 0,
         applying: None,
         parked: BTreeMap::new(),
@@ -129,13 +164,18 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
             event = next_event(&mut supervisor.events) => {
                 match event {
                     Some(event) => supervisor.on_event(event).await,
-                    None => supervisor.connection_lost("the client stopped without saying why".into()).await,
+                    None => supervisor.connection_lost("the client stopped without saying why".into(), Cause::Lost).await,
                 }
                 Flow::Continue
             }
             () = wake_at(supervisor.retry_at) => {
                 supervisor.retry_at = None;
-                supervisor.connect().await;
+                supervisor.reconnect().await;
+                Flow::Continue
+            }
+            () = wake_at(supervisor.code_deadline) => {
+                tracing::info!(session = %supervisor.id, "the outstanding phone code expired unused");
+                supervisor.qr_exhausted().await;
                 Flow::Continue
             }
             () = wake_at(supervisor.parked.values().map(|p| p.until).min()) => supervisor.apply_parked().await,
@@ -181,6 +221,18 @@ async fn wake_at(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// A task doing `work` for each event it is handed, in order, until the client that reports
+/// them is gone.
+fn worker<F: Future<Output = ()> + Send + 'static>(mut work: impl FnMut(BackendEvent) -> F + Send + 'static) -> mpsc::UnboundedSender<BackendEvent> {
+    let (events, mut handed) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = handed.recv().await {
+            work(event).await;
+        }
+    });
+    events
 }
 
 /// The answer to a command that a newer one made moot.
@@ -320,7 +372,7 @@ impl Supervisor {
     fn start_sender(&mut self) {
         let (Some(client), Some(fence), Some(me), None) = (self.client.clone(), self.fence, self.identity.as_ref(), &self.sender) else { return };
         let (lease, me) = (lease::value(&self.daemon, fence), me.jid.clone());
-        self.sender = Some(Sender::start(self.daemon.clone(), client, self.org.clone(), self.id.clone(), me, lease));
+        self.sender = Some(Sender::start(self.daemon.clone(), client, self.acks.clone(), self.org.clone(), self.id.clone(), me, lease));
     }
 
     /// Applies the parked commands that are next in order, or whose wait ran out.
@@ -423,6 +475,7 @@ impl Supervisor {
                     self.fence = Some(fence);
                     self.daemon.hold(&self.id, Held { org: self.org.clone(), fence });
                     self.status = row.status;
+                    self.online = row.always_online;
                     self.identity = row.wa_jid.clone().map(|jid| Identity {
                         jid,
                         lid: row.wa_lid.clone(),
@@ -505,7 +558,11 @@ impl Supervisor {
     /// lifted, waits for it instead. The ban is kept in Redis, so it holds across a daemon
     /// restart, a shutdown, a `:restart` and a move to another daemon.
     async fn begin(&mut self) {
-        self.failures = 0;
+        // A command starts the backoff over, but not a rate limit's penalty: restarting a
+        // session WhatsApp finds too eager must not make it more so.
+        if !self.penalty {
+            self.attempts = 0;
+        }
         self.qr_rounds = 0;
         if let Some((reason, lifts_in)) = self.ban_in_force().await {
             tracing::info!(session = %self.id, ?lifts_in, "still banned by WhatsApp; connecting when the ban lifts");
@@ -533,26 +590,67 @@ impl Supervisor {
     }
 
     async fn connect(&mut self) {
-        let (events, reports) = mpsc::unbounded_channel();
+        let (status, reports) = mpsc::unbounded_channel();
+        let (daemon, org, id) = (self.daemon.clone(), self.org.clone(), self.id.clone());
+        let receipts = worker(move |event| {
+            let (daemon, org, id) = (daemon.clone(), org.clone(), id.clone());
+            async move {
+                match event {
+                    BackendEvent::Receipt { ids, status } => receipts::apply(&daemon, &org, &id, &ids, status).await,
+                    BackendEvent::Undeliverable { ids } => receipts::undeliverable(&daemon, &org, &id, &ids).await,
+                    _ => {}
+                }
+            }
+        });
+        let (daemon, org, id) = (self.daemon.clone(), self.org.clone(), self.id.clone());
+        let contacts = worker(move |event| {
+            let (daemon, org, id) = (daemon.clone(), org.clone(), id.clone());
+            async move {
+                let BackendEvent::Contacts(contacts) = event else { return };
+                if let Err(e) = directory::update_contacts(&daemon.redis, &org, &id, &contacts).await {
+                    tracing::warn!(session = %id, "cannot keep {} contact updates: {e:?}", contacts.len());
+                }
+            }
+        });
+        let events = Events::routed(status, self.acks.clone(), receipts, contacts);
         let inbox = Arc::new(SessionInbox { daemon: self.daemon.clone(), org: self.org.clone(), session_id: self.id.clone() });
         match self.daemon.backend.connect(&self.id, &self.daemon.config.session_dir(&self.id), events, inbox).await {
             Ok(client) => {
                 self.client = Some(client);
                 self.events = Some(reports);
             }
-            Err(reason) => self.connection_lost(reason).await,
+            Err(reason) => self.connection_lost(reason, Cause::Lost).await,
         }
     }
 
-    async fn drop_client(&mut self) {
+    /// Connects again once a backoff ran out: on the client that lost its connection when there
+    /// is one (it keeps what it knows in memory), else on a new one.
+    async fn reconnect(&mut self) {
+        let Some(client) = self.client.clone() else { return self.connect().await };
+        if let Err(reason) = client.reconnect().await {
+            tracing::info!(session = %self.id, "the client cannot connect again ({reason}); starting a new one");
+            self.drop_client().await;
+            self.connect().await;
+        }
+    }
+
+    /// The connection ended while the client stays, to connect again: what needs a connection
+    /// stops (the sender, a backfill, phone-code requests, which no reconnect keeps valid).
+    async fn connection_ended(&mut self) {
         self.sender = None;
-        self.events = None;
         self.connected_at = None;
         self.pairing_codes.abort_all();
+        self.code_issued_at = None;
+        self.code_deadline = None;
         if let Some(job) = self.backfill.take().filter(|job| !job.is_finished()) {
             job.abort();
             backfill::interrupt(&self.daemon, &self.org, &self.id, "the session's connection ended during the backfill").await;
         }
+    }
+
+    async fn drop_client(&mut self) {
+        self.connection_ended().await;
+        self.events = None;
         if let Some(client) = self.client.take() {
             client.disconnect().await;
         }
@@ -670,28 +768,62 @@ impl Supervisor {
         self.write(update).await;
     }
 
-    /// The socket is gone: reconnect after a backoff, or give up as `failed` after too many
-    /// failures in a row. A connection that dropped soon after it came up counts as a failure,
-    /// so a flapping number backs off instead of hammering WhatsApp.
-    async fn connection_lost(&mut self, reason: String) {
+    /// The connection is gone. After a pairing WhatsApp restarts the stream on purpose: the
+    /// client logs in again at once, and nothing is counted or shown. Otherwise the session is
+    /// `starting` (the reason and the next attempt's time on the row) and the client connects
+    /// again after the backoff, however long WhatsApp stays out of reach: only what no reconnect
+    /// fixes ends a session. A connection that dropped soon after it came up does not reset the
+    /// backoff, so a flapping number backs off instead of hammering WhatsApp.
+    async fn connection_lost(&mut self, reason: String, cause: Cause) {
         let stable = self.connected_at.is_some_and(|at| at.elapsed() >= self.daemon.config.stable_connection());
-        self.drop_client().await;
-        if stable {
-            self.failures = 0;
+        self.connection_ended().await;
+        if cause == Cause::Restart && self.client.is_some() {
+            tracing::info!(session = %self.id, "WhatsApp restarts the stream after the pairing; logging in again");
+            self.retry_at = Some(Instant::now());
+            return;
         }
-        self.failures += 1;
-        let limit = self.daemon.config.max_connect_failures;
-        if self.failures >= limit {
-            let reason = format!("connection_failed: {limit} attempts in a row, last: {reason}");
-            tracing::warn!(session = %self.id, "{reason}");
-            return self.halt(SessionStatus::Failed, &reason).await;
+        match (stable, self.penalty) {
+            (true, true) => self.penalty = false,
+            (true, false) => self.attempts = 0,
+            _ => {}
         }
-        let delay = self.daemon.config.reconnect_delay(self.failures);
-        tracing::info!(session = %self.id, failures = self.failures, ?delay, "reconnecting: {reason}");
+        if cause == Cause::RateLimited {
+            self.attempts += RATE_LIMIT_PENALTY;
+            self.penalty = true;
+        }
+        let delay = self.daemon.config.reconnect_delay(self.attempts);
+        self.attempts += 1;
+        tracing::info!(session = %self.id, attempt = self.attempts, ?delay, "reconnecting: {reason}");
         crate::metrics::reconnect();
         self.retry_at = Some(Instant::now() + delay);
-        let update = self.status_change(SessionStatus::Starting, Some(&format!("reconnecting: {reason}")));
+        let next = now_millis() + delay.as_millis() as i64;
+        let update = self.status_change(SessionStatus::Starting, Some(&format!("{RECONNECTING}{reason}{NEXT_ATTEMPT_AT}{next}")));
         self.write(update).await;
+    }
+
+    /// The QR codes ran out with no phone code outstanding (or it expired unused): a new client
+    /// shows new codes, for `pairing_rounds` clients, then the session stops waiting for a scan.
+    async fn qr_exhausted(&mut self) {
+        self.drop_client().await;
+        self.qr_rounds += 1;
+        if self.qr_rounds >= self.daemon.config.pairing_rounds {
+            self.halt(SessionStatus::Stopped, "qr_codes_exhausted").await;
+        } else {
+            self.connect().await;
+        }
+    }
+
+    /// Shows the number online or offline as the session asks, off the task: WhatsApp clients
+    /// announce themselves online at every login and when their profile name arrives.
+    fn assert_presence(&self) {
+        let (Some(client), online, id) = (self.client.clone(), self.online, self.id.clone()) else { return };
+        tokio::spawn(async move {
+            match tokio::time::timeout(SOCKET_DEADLINE, client.set_presence(online)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::info!(session = %id, online, "cannot set the presence: {e}"),
+                Err(_) => tracing::info!(session = %id, online, "setting the presence took too long"),
+            }
+        });
     }
 
     async fn on_event(&mut self, event: BackendEvent) {
@@ -704,48 +836,56 @@ impl Supervisor {
                 let update = self.status_change(SessionStatus::ScanQrCode, None).event(announce);
                 self.write(update.qr(QrChange::Set { code, expires_at })).await;
             }
-            BackendEvent::QrExhausted => {
-                self.drop_client().await;
-                self.qr_rounds += 1;
-                if self.qr_rounds >= self.daemon.config.pairing_rounds {
-                    self.halt(SessionStatus::Stopped, "qr_codes_exhausted").await;
-                } else {
-                    self.connect().await;
-                }
+            BackendEvent::QrExhausted { code_outstanding: false } => self.qr_exhausted().await,
+            BackendEvent::QrExhausted { code_outstanding: true } => {
+                // The phone code may still be typed: the client stays up for it, showing no QR.
+                let issued = self.code_issued_at.unwrap_or_else(Instant::now);
+                self.code_deadline = Some(issued + PAIRING_CODE_LIFETIME);
+                let update = self.status_change(SessionStatus::ScanQrCode, Some("waiting_for_pairing_code"));
+                self.write(update.qr(QrChange::Clear)).await;
+            }
+            BackendEvent::PairingFailed { reason, retry_after } => {
+                // The code shown no longer links anything: a new one must be asked for.
+                self.code_issued_at = None;
+                let retry_after_ms = retry_after.map(|d| d.as_millis() as u64);
+                let announce = self.event(EventType::AuthPairingFailed, serde_json::json!({ "reason": reason, "retryAfterMs": retry_after_ms }));
+                self.write(Update::default().event(announce)).await;
             }
             BackendEvent::Paired(identity) => {
                 let announce = self.event(EventType::AuthPaired, serde_json::json!({
                     "waJid": identity.jid, "waLid": identity.lid, "phoneNumber": identity.phone, "pushName": identity.push_name,
                 }));
                 self.identity = Some(identity);
+                self.code_deadline = None;
                 self.write(Update::default().event(announce).qr(QrChange::Clear)).await;
             }
             BackendEvent::Connected(identity) => {
                 self.connected_at = Some(Instant::now());
                 self.qr_rounds = 0;
                 self.identity = Some(identity);
+                self.code_deadline = None;
                 let update = self.status_change(SessionStatus::Working, None).set("lastConnectedAt", now_millis());
                 if self.write(update).await {
+                    self.assert_presence();
                     self.start_sender();
                 }
             }
-            BackendEvent::Disconnected { reason } => self.connection_lost(reason).await,
+            BackendEvent::ProfileName(name) => {
+                if let Some(identity) = self.identity.as_mut() {
+                    identity.push_name = Some(name);
+                }
+                self.assert_presence();
+                self.write(Update::default()).await;
+            }
+            BackendEvent::Disconnected { reason, cause } => self.connection_lost(reason, cause).await,
+            BackendEvent::Refused { reason } => self.halt(SessionStatus::Failed, &format!("refused: {reason}")).await,
             BackendEvent::LoggedOut { reason } => self.unpaired(&format!("logged_out: {reason}"), SessionStatus::Failed, true).await,
             BackendEvent::StreamReplaced => {
                 self.halt(SessionStatus::Failed, "stream_replaced: another client connected with this session's credentials").await;
             }
             BackendEvent::TemporaryBan { reason, lifts_in } => self.banned(&reason, lifts_in).await,
-            BackendEvent::ServerAck { id, error } => {
-                if let Some(sender) = &self.sender {
-                    sender.acked(id, error);
-                }
-            }
-            BackendEvent::Receipt { ids, status } => receipts::apply(&self.daemon, &self.org, &self.id, &ids, status).await,
-            BackendEvent::Contacts(contacts) => {
-                if let Err(e) = directory::update_contacts(&self.daemon.redis, &self.org, &self.id, &contacts).await {
-                    tracing::warn!(session = %self.id, "cannot keep {} contact updates: {e:?}", contacts.len());
-                }
-            }
+            // Routed past the supervisor, to the sender and to workers of their own (see `connect`).
+            BackendEvent::ServerAck { .. } | BackendEvent::Receipt { .. } | BackendEvent::Undeliverable { .. } | BackendEvent::Contacts(_) => {}
         }
     }
 
@@ -848,12 +988,17 @@ impl Supervisor {
             let _ = reply.send(Some(CommandResult::failed("not_connected", "no connection to WhatsApp right now; retry shortly")));
             return Flow::Continue;
         };
+        // A session just started has no socket yet, and WhatsApp takes a code request only on
+        // one: wait for it, as the library's own pairing by code does.
         self.pairing_codes.spawn(async move {
-            let code = match tokio::time::timeout(PAIRING_CODE_DEADLINE, client.pair_with_code(&phone)).await {
-                Ok(code) => code,
-                Err(_) => Err("WhatsApp did not answer in time".to_owned()),
+            let code = async {
+                client.wait_for_socket(SOCKET_DEADLINE).await.map_err(|e| format!("no connection to WhatsApp: {e}"))?;
+                match tokio::time::timeout(PAIRING_CODE_DEADLINE, client.pair_with_code(&phone)).await {
+                    Ok(code) => code,
+                    Err(_) => Err("WhatsApp did not answer in time".to_owned()),
+                }
             };
-            (command, reply, code)
+            (command, reply, code.await)
         });
         Flow::Continue
     }
@@ -861,6 +1006,7 @@ impl Supervisor {
     async fn on_pairing_code(&mut self, (command, reply, code): PairingCodeOutcome) {
         let result = match code {
             Ok(raw) => {
+                self.code_issued_at = Some(Instant::now());
                 let code = format_pairing_code(&raw);
                 let announce = self.event(EventType::AuthPairingCode, serde_json::json!({ "code": code, "phoneNumber": command.phone }));
                 self.write(Update::default().event(announce)).await;

@@ -7,7 +7,7 @@
 //! again), and the unlink is retried until it is sent, then announced as `session.unlinked`.
 //! A wipe alone would leave the device linked to the phone, invisible to its owner's gateway.
 
-use crate::backend::BackendEvent;
+use crate::backend::{BackendEvent, Events};
 use crate::daemon::Daemon;
 use crate::inbound;
 use serde::{Deserialize, Serialize};
@@ -41,17 +41,24 @@ async fn unlink(daemon: &Daemon, session_id: &str, store: &Path) -> Result<(), S
         return Ok(());
     }
     let (events, mut inbox) = mpsc::unbounded_channel();
-    let client = daemon.backend.connect(session_id, store, events, Arc::new(inbound::Refuse)).await?;
+    let client = daemon.backend.connect(session_id, store, Events::to(events), Arc::new(inbound::Refuse)).await?;
     let outcome = tokio::time::timeout(UNLINK_DEADLINE, async {
         while let Some(event) = inbox.recv().await {
             match event {
                 BackendEvent::Connected(_) => return client.logout().await,
                 // No device, or one already unlinked: nothing is linked any more.
-                BackendEvent::Qr { .. } | BackendEvent::QrExhausted | BackendEvent::LoggedOut { .. } => return Ok(()),
-                BackendEvent::Disconnected { reason } => return Err(reason),
+                BackendEvent::Qr { .. } | BackendEvent::QrExhausted { .. } | BackendEvent::LoggedOut { .. } => return Ok(()),
+                BackendEvent::Disconnected { reason, .. } => return Err(reason),
                 BackendEvent::StreamReplaced => return Err("another client took the device's stream".to_owned()),
+                BackendEvent::Refused { reason } => return Err(reason),
                 BackendEvent::TemporaryBan { reason, .. } => return Err(format!("temporarily banned: {reason}")),
-                BackendEvent::Paired(_) | BackendEvent::Contacts(_) | BackendEvent::ServerAck { .. } | BackendEvent::Receipt { .. } => {}
+                BackendEvent::Paired(_)
+                | BackendEvent::PairingFailed { .. }
+                | BackendEvent::ProfileName(_)
+                | BackendEvent::Contacts(_)
+                | BackendEvent::ServerAck { .. }
+                | BackendEvent::Receipt { .. }
+                | BackendEvent::Undeliverable { .. } => {}
             }
         }
         Err("the connection ended".to_owned())

@@ -13,6 +13,10 @@ pub enum EventType {
     AuthPairingCode,
     #[serde(rename = "auth.paired")]
     AuthPaired,
+    /// The phone code given out no longer links anything (WhatsApp asked for a new one, or
+    /// refused the request), or the phone's confirmation of a pairing failed: ask again.
+    #[serde(rename = "auth.pairing_failed")]
+    AuthPairingFailed,
     #[serde(rename = "session.status")]
     SessionStatus,
     #[serde(rename = "session.logged_out")]
@@ -36,6 +40,19 @@ pub enum EventType {
     /// A reaction arrived (the Message of type `reaction`; an empty emoji takes one back).
     #[serde(rename = "message.reaction")]
     MessageReaction,
+    /// A message arrived that the session could not decrypt (the Message, of type
+    /// `undecryptable`); WhatsApp asks the sender's phone for it again, and once it comes it is
+    /// announced as `message.received`, with the same id.
+    #[serde(rename = "message.undecryptable")]
+    MessageUndecryptable,
+    /// A contact edited a message they sent: `messageId` (ours, when the gateway has it),
+    /// `waMessageId`, `chat`, `from`, `text` (the new text), `editedAt`.
+    #[serde(rename = "message.edited")]
+    MessageEdited,
+    /// A message was deleted for everyone, by its author (or a group admin): `messageId`,
+    /// `waMessageId`, `chat`, `by`, `revokedAt`.
+    #[serde(rename = "message.revoked")]
+    MessageRevoked,
 }
 
 impl EventType {
@@ -43,6 +60,7 @@ impl EventType {
         EventType::AuthQr,
         EventType::AuthPairingCode,
         EventType::AuthPaired,
+        EventType::AuthPairingFailed,
         EventType::SessionStatus,
         EventType::SessionLoggedOut,
         EventType::SessionUnlinked,
@@ -52,6 +70,9 @@ impl EventType {
         EventType::MessageStatus,
         EventType::MessageReceived,
         EventType::MessageReaction,
+        EventType::MessageUndecryptable,
+        EventType::MessageEdited,
+        EventType::MessageRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +80,7 @@ impl EventType {
             EventType::AuthQr => "auth.qr",
             EventType::AuthPairingCode => "auth.pairing_code",
             EventType::AuthPaired => "auth.paired",
+            EventType::AuthPairingFailed => "auth.pairing_failed",
             EventType::SessionStatus => "session.status",
             EventType::SessionLoggedOut => "session.logged_out",
             EventType::SessionUnlinked => "session.unlinked",
@@ -68,6 +90,9 @@ impl EventType {
             EventType::MessageStatus => "message.status",
             EventType::MessageReceived => "message.received",
             EventType::MessageReaction => "message.reaction",
+            EventType::MessageUndecryptable => "message.undecryptable",
+            EventType::MessageEdited => "message.edited",
+            EventType::MessageRevoked => "message.revoked",
         }
     }
 }

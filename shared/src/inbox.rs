@@ -3,63 +3,115 @@
 //!
 //! WhatsApp delivers a message again when its acknowledgement was lost (a daemon killed
 //! mid-batch), so each is stored once per chat, sender and WhatsApp id: a repeat finds its
-//! record and is skipped, never logged twice.
+//! record and is skipped, never logged twice. One exception: a message the session could not
+//! decrypt is stored as `undecryptable` until WhatsApp recovers it (the sender's phone sends it
+//! again, with the same id); the recovered copy then fills that record in, under the same id of
+//! ours, and is announced as received.
+//!
+//! A contact's edit of a message they sent, or a deletion for everyone, marks the message
+//! (`editedAt`, `revokedAt`) and is announced once ([`amend`]).
 
 use crate::event::{Event, EventType};
 use crate::event_log::Retention;
 use crate::history::{self, index_message_lua};
 use crate::media::MediaRef;
-use crate::message::{Content, Message, MessageStatus};
+use crate::message::{Content, Direction, EDITED_AT, Message, MessageStatus, REVOKED_AT, UNDECRYPTABLE};
 use crate::redis::{Arg, Redis, Reply};
 use crate::store::{encode, log_events_args, log_events_lua};
 use crate::{ApiError, args, keys};
 
-/// Stores the messages not seen before. `KEYS`: row, event log, session index, then per
-/// message: its hash, its dedupe record, its chat's index, its WhatsApp-id index entry.
-/// `ARGV`: now, retention (ms), index floor, count, then per message: id, WhatsApp id,
-/// content, event, media reference (or ''); then the log's channel and retention. Answers `{autoRead, stored ids…}`,
-/// or `{-1}` when the session is gone (nothing to keep them for).
+/// Stores the messages not seen before, and fills in recovered ones. `KEYS`: row, event log,
+/// session index, then per message: its hash, its dedupe record, its chat's index, its
+/// WhatsApp-id index entry. `ARGV`: now, retention (ms), index floor, count, then per message:
+/// id, WhatsApp id, content, event, media reference (or ''), `recover` (or ''); then the log's
+/// channel and retention, and the rank of `received`. Answers `{autoRead, ids stored…}`, or
+/// `{-1}` when the session is gone (nothing to keep them for).
 const STORE: &str = concat!(
     log_events_lua!(),
     index_message_lua!(),
-    r"
-local raw = redis.call('GET', KEYS[1])
+    r#"
+local row, log, session_index = KEYS[1], KEYS[2], KEYS[3]
+local raw = redis.call('GET', row)
 if not raw then return {-1} end
 local now, ttl, floor, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local log_at = 5 + 5 * n
+local stride, keys_at = 6, 4
+local tail = 5 + stride * n
+local channel, keep, max_age, received_rank = ARGV[tail], ARGV[tail + 1], ARGV[tail + 2], ARGV[tail + 3]
 local out = {cjson.decode(raw)['autoRead'] == true and 1 or 0}
 for i = 0, n - 1 do
-  local k, a = 4 + 4 * i, 5 + 5 * i
-  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
-    redis.call('HSET', KEYS[k], 'doc', ARGV[a + 2], 'waId', ARGV[a + 1], 'status', 'received', 'rank', ARGV[log_at + 3],
-      'receivedAt', now, 'updatedAt', now)
-    if ARGV[a + 4] ~= '' then redis.call('HSET', KEYS[k], 'mediaRef', ARGV[a + 4]) end
-    redis.call('PEXPIRE', KEYS[k], ttl)
-    redis.call('SET', KEYS[k + 1], ARGV[a], 'PX', ttl)
-    redis.call('SET', KEYS[k + 3], ARGV[a], 'NX', 'PX', ttl)
-    index_message(KEYS[3], KEYS[k + 2], ARGV[a], floor, ttl)
-    log_event(KEYS[2], ARGV[log_at], ARGV[a + 3])
-    out[#out + 1] = ARGV[a]
+  local k, a = keys_at + 4 * i, 5 + stride * i
+  local message, record, chat_index, wa_index = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local id, wa_id, doc, event, media_ref, mode = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  if redis.call('EXISTS', record) == 0 then
+    redis.call('HSET', message, 'doc', doc, 'waId', wa_id, 'status', 'received', 'rank', received_rank, 'receivedAt', now, 'updatedAt', now)
+    if media_ref ~= '' then redis.call('HSET', message, 'mediaRef', media_ref) end
+    redis.call('PEXPIRE', message, ttl)
+    redis.call('SET', record, id, 'PX', ttl)
+    redis.call('SET', wa_index, id, 'NX', 'PX', ttl)
+    index_message(session_index, chat_index, id, floor, ttl)
+    log_event(log, channel, event)
+    out[#out + 1] = id
+  elseif mode == 'recover' then
+    local stored = redis.call('HGET', message, 'doc')
+    if stored and string.find(stored, '"type":"undecryptable"', 1, true) then
+      redis.call('HSET', message, 'doc', doc, 'updatedAt', now)
+      if media_ref ~= '' then redis.call('HSET', message, 'mediaRef', media_ref) end
+      log_event(log, channel, event)
+      out[#out + 1] = id
+    end
   end
 end
-if #out > 1 then trim_log(KEYS[2], tonumber(now), tonumber(ARGV[log_at + 1]), tonumber(ARGV[log_at + 2])) end
-return out"
+if #out > 1 then trim_log(log, tonumber(now), tonumber(keep), tonumber(max_age)) end
+return out"#
 );
 
-/// A message that arrived, as the daemon hands it over.
+/// Marks a message edited or deleted for everyone and announces it, once per change (a change
+/// WhatsApp delivers again is skipped). `KEYS`: the change's own dedupe record, the message
+/// changed (which may not exist), the event log. `ARGV`: the change's id, the field to set,
+/// now, retention (ms), the event, the log's channel and retention.
+const AMEND: &str = concat!(
+    log_events_lua!(),
+    r"
+local record, message, log = KEYS[1], KEYS[2], KEYS[3]
+local id, field, now, ttl, event, channel, keep, max_age = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if not redis.call('SET', record, id, 'NX', 'PX', ttl) then return 0 end
+if redis.call('EXISTS', message) == 1 then redis.call('HSET', message, field, now, 'updatedAt', now) end
+log_event(log, channel, event)
+trim_log(log, tonumber(now), tonumber(keep), tonumber(max_age))
+return 1"
+);
+
+/// What a contact did to a message they had sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// They edited it (WhatsApp id `target`); `text` is the new text (or caption).
+    Edit { target: String, text: Option<String> },
+    /// They (or a group admin) deleted it for everyone.
+    Revoke { target: String },
+}
+
+/// What arrived, as the daemon hands it over: a message, or a [`Change`] to one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Incoming {
-    /// `direction: inbound`, a fresh id; `from` is the sender as WhatsApp addressed it.
+    /// `direction: inbound`, a fresh id; `from` is the sender as WhatsApp addressed it. For a
+    /// change, who made it, where and when.
     pub content: Content,
     pub wa_id: String,
     /// How to fetch its file again from WhatsApp, for a media message.
     pub media_ref: Option<MediaRef>,
+    pub change: Option<Change>,
+}
+
+impl Incoming {
+    pub fn message(content: Content, wa_id: String, media_ref: Option<MediaRef>) -> Incoming {
+        Incoming { content, wa_id, media_ref, change: None }
+    }
 }
 
 /// What storing a batch came to.
 #[derive(Debug, Default, PartialEq)]
 pub struct Stored {
-    /// Our ids of the messages stored now (not those stored before).
+    /// Our ids of the messages stored (or recovered) now, not those stored before.
     pub new: Vec<String>,
     /// The session reads what arrives (`autoRead`): send read receipts for the batch.
     pub auto_read: bool,
@@ -67,7 +119,7 @@ pub struct Stored {
 
 /// Stores a batch of inbound messages (see [`STORE`]), first resolving what they refer to
 /// (the message a reply quotes, the message a reaction is for) to our ids where the session has
-/// them.
+/// them, and finding the undecryptable ones they recover. Changes go to [`amend`].
 pub async fn store<R: Redis>(
     r: &R,
     org: &str,
@@ -76,14 +128,23 @@ pub async fn store<R: Redis>(
     log_retention: Retention,
     retention_ms: u64,
 ) -> Result<Stored, ApiError> {
-    if batch.is_empty() {
+    let (changes, messages): (Vec<&Incoming>, Vec<&Incoming>) = batch.iter().partition(|i| i.change.is_some());
+    for change in changes {
+        amend(r, org, session_id, change, log_retention, retention_ms).await?;
+    }
+    if messages.is_empty() {
         return Ok(Stored::default());
     }
-    let batch = resolve_references(r, org, session_id, batch).await?;
+    let messages = resolve_references(r, org, session_id, messages).await?;
+    let recovered = recoveries(r, org, session_id, &messages).await?;
     let now = crate::time::now_millis();
     let mut keys = args![keys::session(org, session_id), keys::org_events(org), keys::session_messages(org, session_id)];
-    let mut argv = args![now, retention_ms as i64, history::floor(now, retention_ms), batch.len() as i64];
-    for Incoming { content, wa_id, media_ref } in &batch {
+    let mut argv = args![now, retention_ms as i64, history::floor(now, retention_ms), messages.len() as i64];
+    for (Incoming { content, wa_id, media_ref, .. }, recover) in messages.iter().zip(recovered) {
+        let mut content = content.clone();
+        if let Some(ours) = &recover {
+            content.id = ours.clone();
+        }
         let sender = content.from.as_deref().unwrap_or_default();
         keys.extend(args![
             keys::message(org, &content.id),
@@ -91,13 +152,14 @@ pub async fn store<R: Redis>(
             keys::session_chat_messages(org, session_id, &content.chat),
             keys::session_wa_message(org, session_id, wa_id),
         ]);
-        let doc = encode(content)?;
-        let event = received_event(org, content, &doc, wa_id, now)?;
+        let doc = encode(&content)?;
+        let event = received_event(org, &content, &doc, wa_id, now)?;
         let media_ref = match media_ref {
             Some(media_ref) => encode(media_ref)?,
             None => String::new(),
         };
-        argv.extend(args![content.id.as_str(), wa_id.as_str(), doc, encode(&event)?, media_ref]);
+        let mode = if recover.is_some() { "recover" } else { "" };
+        argv.extend(args![content.id.as_str(), wa_id.as_str(), doc, encode(&event)?, media_ref, mode]);
     }
     argv.extend(log_events_args(org, Some(log_retention), &[])?);
     argv.push(Arg::from(MessageStatus::Received.rank() as i64));
@@ -112,16 +174,82 @@ pub async fn store<R: Redis>(
     Ok(Stored { new: reply.filter_map(Reply::into_string).collect(), auto_read })
 }
 
-/// `message.received`, or `message.reaction` for a reaction: the Message as the API shows it.
+/// `message.received`, `message.reaction` for a reaction, `message.undecryptable` for one the
+/// session could not read: the Message as the API shows it.
 fn received_event(org: &str, content: &Content, doc: &str, wa_id: &str, now: i64) -> Result<Event, ApiError> {
-    let kind = if content.reaction.is_some() { EventType::MessageReaction } else { EventType::MessageReceived };
+    let kind = match (&content.reaction, content.kind.as_str()) {
+        (Some(_), _) => EventType::MessageReaction,
+        (None, UNDECRYPTABLE) => EventType::MessageUndecryptable,
+        _ => EventType::MessageReceived,
+    };
     let message = Message::stored(doc, wa_id, MessageStatus::Received, now)?;
     Ok(Event::new(kind, org, &content.session_id, serde_json::to_value(&message).unwrap_or_default()))
 }
 
+/// For each message, our id of the undecryptable record it recovers, if any: one stored under
+/// the same chat, sender and WhatsApp id, still `undecryptable`.
+async fn recoveries<R: Redis>(r: &R, org: &str, session_id: &str, messages: &[Incoming]) -> Result<Vec<Option<String>>, ApiError> {
+    let records: Vec<Arg> = messages
+        .iter()
+        .map(|m| Arg::from(keys::session_inbound(org, session_id, &m.content.chat, m.content.from.as_deref().unwrap_or_default(), &m.wa_id)))
+        .collect();
+    let found = r.execute("MGET", records).await?;
+    let mut recovered = Vec::with_capacity(messages.len());
+    for (message, ours) in messages.iter().zip(found.into_iter().map(Reply::into_string)) {
+        let recovers = match ours {
+            Some(ours) if message.content.kind != UNDECRYPTABLE => {
+                let stored = crate::outbox::content(r, org, &ours).await?;
+                let placeholder = stored.is_some_and(|(content, _)| content.kind == UNDECRYPTABLE);
+                placeholder.then_some(ours)
+            }
+            _ => None,
+        };
+        recovered.push(recovers);
+    }
+    Ok(recovered)
+}
+
+/// Marks the message a change is to (found by its WhatsApp id, in the same chat, received from
+/// whoever may change it) and announces the change, once (see [`AMEND`]). A change to a message
+/// the gateway does not have is announced all the same.
+pub async fn amend<R: Redis>(r: &R, org: &str, session_id: &str, incoming: &Incoming, log_retention: Retention, retention_ms: u64) -> Result<(), ApiError> {
+    let Some(change) = &incoming.change else { return Ok(()) };
+    let target = match change {
+        Change::Edit { target, .. } | Change::Revoke { target } => target,
+    };
+    let content = &incoming.content;
+    let ours = crate::redis::get_string(r, &keys::session_wa_message(org, session_id, target)).await?;
+    let message = match &ours {
+        Some(id) => crate::outbox::content(r, org, id).await?.map(|(message, _)| message),
+        None => None,
+    };
+    // A WhatsApp id is the sender's choice: it names this message only in this chat, received,
+    // and (for an edit) from the one who edits it; a group admin may delete anyone's.
+    let changeable = message.as_ref().is_some_and(|m| {
+        let author = |who: &str| m.from.as_deref() == Some(who) || m.sender.as_ref().is_some_and(|s| s.phone_jid.as_deref() == Some(who) || s.lid.as_deref() == Some(who));
+        let by = content.from.as_deref().unwrap_or_default();
+        m.direction == Direction::Inbound && m.chat == content.chat && (author(by) || (matches!(change, Change::Revoke { .. }) && m.chat.ends_with("@g.us")))
+    });
+    let message_id = ours.filter(|_| changeable);
+    let now = crate::time::now_millis();
+    let (field, event) = match change {
+        Change::Edit { text, .. } => (EDITED_AT, Event::new(EventType::MessageEdited, org, session_id, serde_json::json!({
+            "messageId": message_id, "waMessageId": target, "chat": content.chat, "from": content.from, "text": text, "editedAt": now,
+        }))),
+        Change::Revoke { .. } => (REVOKED_AT, Event::new(EventType::MessageRevoked, org, session_id, serde_json::json!({
+            "messageId": message_id, "waMessageId": target, "chat": content.chat, "by": content.from, "revokedAt": now,
+        }))),
+    };
+    let record = keys::session_inbound(org, session_id, &content.chat, content.from.as_deref().unwrap_or_default(), &incoming.wa_id);
+    let message_key = keys::message(org, message_id.as_deref().unwrap_or("-"));
+    let mut call = args![AMEND, 3, record, message_key, keys::org_events(org), incoming.wa_id.as_str(), field, now, retention_ms as i64, encode(&event)?];
+    call.extend(log_events_args(org, Some(log_retention), &[])?);
+    r.execute("EVAL", call).await.map(drop).map_err(ApiError::from)
+}
+
 /// Fills in our ids of the messages the batch quotes or reacts to, in one round trip.
-async fn resolve_references<R: Redis>(r: &R, org: &str, session_id: &str, batch: &[Incoming]) -> Result<Vec<Incoming>, ApiError> {
-    let mut batch = batch.to_vec();
+async fn resolve_references<R: Redis>(r: &R, org: &str, session_id: &str, batch: Vec<&Incoming>) -> Result<Vec<Incoming>, ApiError> {
+    let mut batch: Vec<Incoming> = batch.into_iter().cloned().collect();
     let referred = |content: &Content| -> Option<String> {
         content.reaction.as_ref().map(|r| r.wa_message_id.clone()).or_else(|| content.quoted.as_ref().map(|q| q.wa_message_id.clone()))
     };

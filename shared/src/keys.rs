@@ -197,6 +197,12 @@ pub fn session_wa_message(org: &str, session_id: &str, wa_message_id: &str) -> S
     format!("{PREFIX}:{{org:{org}}}:session:{session_id}:wa:{wa_message_id}")
 }
 
+/// Whether a phone number is on WhatsApp, as a usync query told the session (`1` or `0`),
+/// kept a while so a burst to one number asks WhatsApp once.
+pub fn session_registered(org: &str, session_id: &str, jid: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:registered:{jid}")
+}
+
 /// When the session last sent to each chat (a sorted set: chat → Unix ms), kept for the
 /// minimum gap between two sends to one chat.
 pub fn session_chat_sends(org: &str, session_id: &str) -> String {
@@ -317,15 +323,32 @@ pub fn simulator_online(device_id: &str) -> String {
     format!("{PREFIX}:simulator:online:{device_id}")
 }
 
-/// Every message the simulated WhatsApp server took from a session, once per message id (a
-/// resend with the same id is acknowledged, not delivered again): one JSON record each, oldest first.
+/// Every copy of a message the simulated WhatsApp server delivered for a session (a resend is
+/// encrypted anew and shown again, `copy` 2): one JSON record each, oldest first.
 pub fn simulator_delivered() -> String {
     format!("{PREFIX}:simulator:delivered")
 }
 
-/// The message ids the simulated server has delivered, per sending device, to refuse duplicates.
-pub fn simulator_delivered_ids(device_id: &str) -> String {
-    format!("{PREFIX}:simulator:delivered-ids:{device_id}")
+/// How many copies of each message id the simulated server delivered, per sending device.
+pub fn simulator_copies(device_id: &str) -> String {
+    format!("{PREFIX}:simulator:copies:{device_id}")
+}
+
+/// Phone numbers that are not on WhatsApp (a set): usync finds nothing, and a message to one is
+/// acknowledged and delivered to nobody.
+pub fn simulator_unregistered() -> String {
+    format!("{PREFIX}:simulator:unregistered")
+}
+
+/// How many usync queries (is it on WhatsApp?) sessions made.
+pub fn simulator_usync_queries() -> String {
+    format!("{PREFIX}:simulator:usync-queries")
+}
+
+/// How the simulated server answers sends to a chat (a hash: chat JID → `forbidden`,
+/// `encryption`, `not_logged_in`, `timeout`, or `ack:<code>`), until cleared.
+pub fn simulator_refusals() -> String {
+    format!("{PREFIX}:simulator:refusals")
 }
 
 /// Messages the simulated phones sent to one linked device that its client has not yet
@@ -339,6 +362,12 @@ pub fn simulator_inbound(device_id: &str) -> String {
 /// record each, oldest first.
 pub fn simulator_chat_states() -> String {
     format!("{PREFIX}:simulator:chat-states")
+}
+
+/// The presence (`available`, `unavailable`) sessions announced through the simulated server,
+/// the automatic ones a WhatsApp client sends at login included: one JSON record each, oldest first.
+pub fn simulator_presence() -> String {
+    format!("{PREFIX}:simulator:presence")
 }
 
 /// The read receipts sessions sent through the simulated server: one JSON record each, oldest first.

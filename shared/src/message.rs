@@ -126,13 +126,23 @@ pub struct Location {
     pub address: Option<String>,
 }
 
-/// The message a reply quotes, as WhatsApp names it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The message a reply quotes, as WhatsApp names it, with what it said: a reply carries a copy
+/// of what it quotes, which is what the recipient's phone shows above it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Quote {
     pub wa_message_id: String,
     /// Who wrote the quoted message (its JID).
     pub participant: Option<String>,
+    /// The chat the quoted message is in, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<String>,
+    /// Its type (`text`, `image`, …), when known.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its text, or its file's caption, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// A reaction to a message: `emoji` empty when the reaction was taken back.
@@ -238,6 +248,17 @@ impl Content {
     }
 }
 
+/// The chat a contact's status posts arrive in: they are no chat messages.
+pub const STATUS_BROADCAST: &str = "status@broadcast";
+
+/// The type of a received message the session could not decrypt (until it is recovered).
+pub const UNDECRYPTABLE: &str = "undecryptable";
+
+/// The hash fields (and API fields) holding when a received message was edited, or deleted for
+/// everyone.
+pub const EDITED_AT: &str = "editedAt";
+pub const REVOKED_AT: &str = "revokedAt";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageError {
     pub code: String,
@@ -260,6 +281,10 @@ pub struct Progress {
     pub read_at: Option<i64>,
     pub played_at: Option<i64>,
     pub failed_at: Option<i64>,
+    /// When its author edited it (a received message).
+    pub edited_at: Option<i64>,
+    /// When it was deleted for everyone (a received message).
+    pub revoked_at: Option<i64>,
     pub updated_at: i64,
 }
 
@@ -306,6 +331,8 @@ impl Message {
             read_at: time(MessageStatus::Read),
             played_at: time(MessageStatus::Played),
             failed_at: time(MessageStatus::Failed),
+            edited_at: fields.get(EDITED_AT).and_then(|t| t.parse().ok()),
+            revoked_at: fields.get(REVOKED_AT).and_then(|t| t.parse().ok()),
             updated_at: fields.get("updatedAt").and_then(|t| t.parse().ok()).unwrap_or(content.created_at),
         };
         Ok(Message { content, progress })

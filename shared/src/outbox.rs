@@ -322,6 +322,34 @@ pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiEr
     }
 }
 
+/// Fails a message WhatsApp took but can deliver to nobody (`message`: KEYS[1]; the event log
+/// KEYS[2]): only while it is `sent`, as a delivery from another of the recipient's devices
+/// stands. `ARGV`: now, the rank of `failed`, the error, the log's channel and retention, the
+/// `message.status` event.
+const UNDELIVERABLE: &str = concat!(
+    log_events_lua!(),
+    r"
+local message, log = KEYS[1], KEYS[2]
+local now, failed_rank, failure, channel, keep, max_age, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if redis.call('HGET', message, 'status') ~= 'sent' then return 0 end
+redis.call('HSET', message, 'status', 'failed', 'rank', failed_rank, 'failedAt', now, 'updatedAt', now, 'error', failure)
+log_event(log, channel, event)
+trim_log(log, tonumber(now), tonumber(keep), tonumber(max_age))
+return 1"
+);
+
+/// The recipient's device told WhatsApp it cannot take the message (a receipt of type `sent`,
+/// from a LID peer that lacks what the message needs): it was delivered to nobody, so it fails
+/// as `undeliverable` instead of staying `sent` in silence. `true` when it moved.
+pub async fn undeliverable<R: Redis>(r: &R, org: &str, session_id: &str, content: &Content, wa_id: &str, retention: crate::event_log::Retention) -> Result<bool, ApiError> {
+    let error = failure("undeliverable", "WhatsApp took the message, but the recipient's device cannot receive it");
+    let event = status_event(org, session_id, &content.id, MessageStatus::Failed, Some(&error), Some(wa_id), &content.chat);
+    let now = crate::time::now_millis();
+    let mut argv = args![UNDELIVERABLE, 2, keys::message(org, &content.id), keys::org_events(org), now, MessageStatus::Failed.rank() as i64, encode(&error)?];
+    argv.extend(log_events_args(org, Some(retention), &[event])?);
+    Ok(first(r, "EVAL", argv).await?.as_int() == Some(1))
+}
+
 /// What waits in a session's outbox: how many messages, and since when the oldest.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -343,9 +371,21 @@ pub async fn backlog<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<Bac
     Ok(Backlog { depth, oldest_queued_at: items.next().and_then(Reply::as_int) })
 }
 
-/// Counts a send of the message that went out (WhatsApp's answer still to come).
-pub async fn count_attempt<R: Redis>(r: &R, org: &str, message_id: &str) -> Result<(), RedisError> {
-    r.execute("HINCRBY", args![keys::message(org, message_id), "attempts", 1]).await.map(drop)
+/// Adds ARGV[1] (1 or 0) to the attempts at the message (`message`: KEYS[1]) and keeps why the
+/// last one failed, when it did (ARGV[2], or ''): the attempts so far, or -1 when the message
+/// is gone (it is not recreated).
+const NOTE_ATTEMPT: &str = r"
+local message, add, failure = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('EXISTS', message) == 0 then return -1 end
+if failure ~= '' then redis.call('HSET', message, 'lastError', failure) end
+return redis.call('HINCRBY', message, 'attempts', add)";
+
+/// Notes an attempt at sending the message: a copy that went out (WhatsApp's answer still to
+/// come), or a failure (`error`), counted or not (a copy refused was counted when it went).
+/// The attempts so far; `None` when the message is gone.
+pub async fn note_attempt<R: Redis>(r: &R, org: &str, message_id: &str, counts: bool, error: Option<&str>) -> Result<Option<i64>, RedisError> {
+    let reply = first(r, "EVAL", args![NOTE_ATTEMPT, 1, keys::message(org, message_id), counts as i64, error.unwrap_or_default()]).await?;
+    Ok(reply.as_int().filter(|n| *n >= 0))
 }
 
 /// Our id of the message the session sent with WhatsApp id `wa_message_id`.

@@ -50,6 +50,10 @@ pub struct Session {
     pub wa_lid: Option<String>,
     pub auto_read: bool,
     pub presence_typing: bool,
+    /// Shown online to contacts while connected. Off by default: WhatsApp stops notifying the
+    /// phone while one of its devices is online, so the owner would miss messages.
+    #[serde(default)]
+    pub always_online: bool,
     pub rate_per_min: u32,
     pub rate_per_hour: u32,
     pub is_admin_session: bool,
@@ -91,6 +95,7 @@ pub struct NewSession {
     pub start: bool,
     pub auto_read: bool,
     pub presence_typing: bool,
+    pub always_online: bool,
     pub rate_per_min: u32,
     pub rate_per_hour: u32,
     pub is_admin_session: bool,
@@ -111,6 +116,7 @@ impl NewSession {
             wa_lid: None,
             auto_read: self.auto_read,
             presence_typing: self.presence_typing,
+            always_online: self.always_online,
             rate_per_min: self.rate_per_min,
             rate_per_hour: self.rate_per_hour,
             is_admin_session: self.is_admin_session,
@@ -136,6 +142,7 @@ mod tests {
             start: true,
             auto_read: false,
             presence_typing: true,
+            always_online: false,
             rate_per_min: 20,
             rate_per_hour: 600,
             is_admin_session: false,
@@ -146,7 +153,7 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession",
+                "alwaysOnline", "autoRead", "createdAt", "createdByUserId", "gatewayId", "id", "isAdminSession",
                 "label", "lastConnectedAt", "organizationId", "phoneNumber", "presenceTyping",
                 "ratePerHour", "ratePerMin", "status", "statusReason", "updatedAt", "waJid", "waLid"
             ]

@@ -103,13 +103,14 @@ pub fn new_session(body: &[u8]) -> Result<NewSession, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { Map::new() } else { json_object(body)? };
     only_known_fields(
         &body,
-        &["label", "start", "autoRead", "presenceTyping", "ratePerMin", "ratePerHour", "isAdminSession"],
+        &["label", "start", "autoRead", "presenceTyping", "alwaysOnline", "ratePerMin", "ratePerHour", "isAdminSession"],
     )?;
     let session = NewSession {
         label: optional_label(&body, "label")?,
         start: optional_bool(&body, "start", false)?,
         auto_read: optional_bool(&body, "autoRead", false)?,
         presence_typing: optional_bool(&body, "presenceTyping", true)?,
+        always_online: optional_bool(&body, "alwaysOnline", false)?,
         rate_per_min: optional_u32_in(&body, "ratePerMin", RATE_PER_MIN)?,
         rate_per_hour: optional_u32_in(&body, "ratePerHour", RATE_PER_HOUR)?,
         is_admin_session: optional_bool(&body, "isAdminSession", false)?,

@@ -568,6 +568,17 @@ impl Drop for Daemon {
     }
 }
 
+/// How long the gateway said it would wait before its next attempt, for each reconnect it
+/// announced in `events` (the log, oldest first): the `statusReason` names when, the event's
+/// timestamp when it was said.
+pub fn reconnect_waits(events: &[Value]) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "session.status")
+        .filter_map(|e| Some(e["data"]["reason"].as_str()?.split_once("; next attempt at ")?.1.parse::<i64>().ok()? - e["timestamp"].as_i64()?))
+        .collect()
+}
+
 /// What a phone does in the simulated WhatsApp: `phone_action(url, "scan", &[("code", c), ("phone", p)])`.
 pub async fn phone_action(redis_url: &str, action: &str, fields: &[(&str, &str)]) {
     let client = redis::Client::open(redis_url).unwrap();
@@ -848,6 +859,27 @@ impl Stack {
     /// How many files sessions downloaded from the simulated WhatsApp media servers.
     pub async fn simulator_downloads(&self) -> i64 {
         redis::AsyncCommands::get::<_, Option<i64>>(&mut self.redis().await, shared::keys::simulator_downloads()).await.unwrap().unwrap_or(0)
+    }
+
+    /// What the simulated WhatsApp server recorded under `key` (one of its `gw:simulator:*`
+    /// lists) for `session`, oldest first.
+    pub async fn simulator_records(&self, key: &str, session: &str) -> Vec<Value> {
+        let records: Vec<String> = redis::AsyncCommands::lrange(&mut self.redis().await, key, 0, -1).await.unwrap();
+        records.iter().map(|r| serde_json::from_str::<Value>(r).unwrap()).filter(|r| r["session"] == session).collect()
+    }
+
+    /// The presence the session last announced on the simulated server (`available`,
+    /// `unavailable`), waiting `within` for `done` to hold of the records.
+    pub async fn presence_until(&self, session: &str, within: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let records = self.simulator_records(&shared::keys::simulator_presence(), session).await;
+            if done(&records) {
+                return records;
+            }
+            assert!(Instant::now() < deadline, "presence records never matched: {records:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn phone(&self, action: &str, fields: &[(&str, &str)]) {

@@ -86,7 +86,8 @@ async fn reaction(ctx: &Context, org: &str, session_id: &str, chat: &str, messag
 async fn quoted(ctx: &Context, org: &str, session_id: &str, message_id: &str) -> Result<Quote, ApiError> {
     let unknown = ApiError::invalid_field("replyTo", "no such message in this session");
     let (original, wa_message_id) = referred(ctx, org, session_id, None, message_id, unknown).await?;
-    Ok(Quote { wa_message_id, participant: original.from })
+    let text = original.text.clone().or_else(|| original.media.as_ref().and_then(|m| m.caption.clone()));
+    Ok(Quote { wa_message_id, participant: original.from, chat: Some(original.chat), kind: Some(original.kind), text })
 }
 
 /// A message of the session (in `chat`, when given) that another refers to, with the id
