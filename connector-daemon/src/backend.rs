@@ -123,9 +123,9 @@ impl Events {
 
     /// Reports an event; `false` once nobody listens (the client is being dropped).
     pub fn send(&self, event: BackendEvent) -> bool {
-        // A receipt from the recipient means WhatsApp's server took the message: it answers for
-        // an acknowledgement that is late (or lost), as WhatsApp Web reads it.
-        if let (BackendEvent::Receipt { ids, .. }, Some(acks)) = (&event, &self.acks) {
+        // A receipt from the recipient's side means WhatsApp's server took the message: it
+        // answers for an acknowledgement that is late (or lost), as WhatsApp Web reads it.
+        if let (BackendEvent::Receipt { ids, .. } | BackendEvent::Undeliverable { ids }, Some(acks)) = (&event, &self.acks) {
             for id in ids {
                 acks.answer(id, None);
             }
@@ -228,10 +228,12 @@ pub trait Client: Send + Sync {
     async fn logout(&self) -> Result<(), String>;
 
     /// Sends a message with the WhatsApp id `wa_id` it was given when accepted, so sending it
-    /// again after a crash is the same message to WhatsApp and the recipient sees it once. `Ok`
-    /// means the stanza went out; WhatsApp's answer comes as [`BackendEvent::ServerAck`]. A
-    /// media message's `file` is uploaded first; `Ok` then holds the reference to fetch it again.
-    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure>;
+    /// again after a crash is the same message to WhatsApp. `Ok` means the stanza went out;
+    /// WhatsApp's answer comes as [`BackendEvent::ServerAck`]. A media message's `file` is
+    /// uploaded first; `Ok` then holds the reference to fetch it again. With `fresh` (an attempt
+    /// after one that failed: WhatsApp may have said the group's members or the recipient's
+    /// devices had changed), what the client has cached of them is read again first.
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>, fresh: bool) -> Result<Option<MediaRef>, SendFailure>;
 
     /// Whether a phone-number JID is on WhatsApp (a usync query). A message to a number that is
     /// not is taken by WhatsApp's server and delivered to nobody, so it is checked first.

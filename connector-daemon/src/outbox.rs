@@ -209,7 +209,7 @@ impl Run {
             let error = failure("send_failed", format!("the message was not sent after {MAX_ATTEMPTS} attempts: {reason}"));
             return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
         }
-        if attempts == 0 && is_phone_number(&content.chat) {
+        if is_phone_number(&content.chat) {
             match self.registered(&content.chat).await? {
                 Ok(true) => {}
                 Ok(false) => {
@@ -219,8 +219,9 @@ impl Run {
                 Err(failed) => return self.failed(&content, &wa_id, failed, false).await,
             }
         }
-        // A file is held in memory from here until WhatsApp has it: a few sessions at a time.
-        let _slot = match content.media {
+        // A file is held in memory from here until it was handed to WhatsApp: a few sessions at
+        // a time.
+        let slot = match content.media {
             Some(_) => Some(media::SENDS.take(org).await),
             None => None,
         };
@@ -240,7 +241,8 @@ impl Run {
         }
         // Expected before the send: the answer may come before `send` returns.
         let answer = self.acks.expect(&wa_id);
-        let sent = self.client.send(&wa_id, &content, file.as_deref()).await;
+        let sent = self.client.send(&wa_id, &content, file.as_deref(), attempts > 0).await;
+        drop(slot);
         self.last_sent = Some(Instant::now());
         if typing && sent.is_err() {
             let _ = self.client.typing(&content.chat, false).await;

@@ -24,14 +24,15 @@ pub async fn apply(daemon: &Daemon, org: &str, session_id: &str, wa_ids: &[Strin
     }
 }
 
-/// The recipient's device cannot take these messages: each one still `sent` fails as
-/// `undeliverable`.
+/// The recipient's device cannot take these direct messages: each one not delivered yet fails
+/// as `undeliverable` (a delivery from another of their devices overturns it).
 pub async fn undeliverable(daemon: &Daemon, org: &str, session_id: &str, wa_ids: &[String]) {
     for wa_id in wa_ids {
         let step = move || async move {
             let Some(message_id) = outbox::by_wa_id(&daemon.redis, org, session_id, wa_id).await? else { return Ok(()) };
             let Some((content, _)) = outbox::content(&daemon.redis, org, &message_id).await? else { return Ok(()) };
-            if content.direction != Direction::Outbound {
+            // In a group one member's device says nothing of the others.
+            if content.direction != Direction::Outbound || content.chat.ends_with("@g.us") {
                 return Ok(());
             }
             outbox::undeliverable(&daemon.redis, org, session_id, &content, wa_id, daemon.config.retention()).await.map(drop)

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 /// How long a phone pairing code request may wait for the socket to come up.
@@ -44,6 +44,11 @@ const PAIRING_CODE_DEADLINE: Duration = Duration::from_secs(65);
 /// WhatsApp gives the phone to confirm once typed. A client kept up for an outstanding code
 /// after its QR codes ran out is let go past this.
 const PAIRING_CODE_LIFETIME: Duration = Duration::from_secs(240);
+/// How long closing a client may take (its last flushes, the socket's close).
+const DISCONNECT_DEADLINE: Duration = Duration::from_secs(15);
+/// When, after the presence was set, it is set again: whatsapp-rust announces the number
+/// online right after it reports the profile name's arrival, and may overtake the first.
+const PRESENCE_AGAIN_AFTER: Duration = Duration::from_secs(2);
 /// What a rate limit (stream error 429) adds to the reconnect backoff's position, as WhatsApp
 /// Web does: five steps up the Fibonacci sequence.
 const RATE_LIMIT_PENALTY: u32 = 5;
@@ -114,6 +119,9 @@ struct Supervisor {
     sender: Option<Sender>,
     /// Where WhatsApp's answers to the sender's messages go, straight from the client.
     acks: Arc<Acks>,
+    /// The current client's receipts and contacts workers: stopped before what they write is
+    /// cleared (a logout, a delete), so nothing of the old number comes back.
+    workers: Vec<AbortHandle>,
     /// The number of the last command applied to the session (the row's `_applied`).
     applied: u64,
     /// The number of the command being applied, written with its first row write.
@@ -151,6 +159,7 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
         backfill: None,
         sender: None,
         acks: Arc::default(),
+        workers: Vec::new(),
         applied: 0,
         applying: None,
         parked: BTreeMap::new(),
@@ -164,7 +173,10 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
             event = next_event(&mut supervisor.events) => {
                 match event {
                     Some(event) => supervisor.on_event(event).await,
-                    None => supervisor.connection_lost("the client stopped without saying why".into(), Cause::Lost).await,
+                    None => {
+                        supervisor.events = None;
+                        supervisor.connection_lost("the client stopped without saying why".into(), Cause::Lost).await;
+                    }
                 }
                 Flow::Continue
             }
@@ -224,15 +236,17 @@ async fn wake_at(at: Option<Instant>) {
 }
 
 /// A task doing `work` for each event it is handed, in order, until the client that reports
-/// them is gone.
-fn worker<F: Future<Output = ()> + Send + 'static>(mut work: impl FnMut(BackendEvent) -> F + Send + 'static) -> mpsc::UnboundedSender<BackendEvent> {
+/// them is gone (or it is aborted).
+fn worker<F: Future<Output = ()> + Send + 'static>(
+    mut work: impl FnMut(BackendEvent) -> F + Send + 'static,
+) -> (mpsc::UnboundedSender<BackendEvent>, AbortHandle) {
     let (events, mut handed) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(event) = handed.recv().await {
             work(event).await;
         }
     });
-    events
+    (events, task.abort_handle())
 }
 
 /// The answer to a command that a newer one made moot.
@@ -549,6 +563,7 @@ impl Supervisor {
     /// The session is deleted: disconnect, unlink its device and wipe its store, forget it.
     async fn remove_everything(&mut self) {
         self.let_go().await;
+        self.workers.drain(..).for_each(|worker| worker.abort());
         unlinks::discard(&self.daemon, &self.org, &self.id, None).await;
         let (daemon, id) = (&*self.daemon, self.id.as_str());
         persist("forget a deleted session", || daemon.is_stopping(), move || lease::forget(daemon, id)).await;
@@ -592,7 +607,7 @@ impl Supervisor {
     async fn connect(&mut self) {
         let (status, reports) = mpsc::unbounded_channel();
         let (daemon, org, id) = (self.daemon.clone(), self.org.clone(), self.id.clone());
-        let receipts = worker(move |event| {
+        let (receipts, receipts_worker) = worker(move |event| {
             let (daemon, org, id) = (daemon.clone(), org.clone(), id.clone());
             async move {
                 match event {
@@ -603,7 +618,7 @@ impl Supervisor {
             }
         });
         let (daemon, org, id) = (self.daemon.clone(), self.org.clone(), self.id.clone());
-        let contacts = worker(move |event| {
+        let (contacts, contacts_worker) = worker(move |event| {
             let (daemon, org, id) = (daemon.clone(), org.clone(), id.clone());
             async move {
                 let BackendEvent::Contacts(contacts) = event else { return };
@@ -612,6 +627,7 @@ impl Supervisor {
                 }
             }
         });
+        self.workers = vec![receipts_worker, contacts_worker];
         let events = Events::routed(status, self.acks.clone(), receipts, contacts);
         let inbox = Arc::new(SessionInbox { daemon: self.daemon.clone(), org: self.org.clone(), session_id: self.id.clone() });
         match self.daemon.backend.connect(&self.id, &self.daemon.config.session_dir(&self.id), events, inbox).await {
@@ -652,7 +668,10 @@ impl Supervisor {
         self.connection_ended().await;
         self.events = None;
         if let Some(client) = self.client.take() {
-            client.disconnect().await;
+            // The library's close waits on the socket, which a dead network can hold for minutes.
+            if tokio::time::timeout(DISCONNECT_DEADLINE, client.disconnect()).await.is_err() {
+                tracing::warn!(session = %self.id, "the client did not close in time; going on without it");
+            }
         }
     }
 
@@ -818,10 +837,13 @@ impl Supervisor {
     fn assert_presence(&self) {
         let (Some(client), online, id) = (self.client.clone(), self.online, self.id.clone()) else { return };
         tokio::spawn(async move {
-            match tokio::time::timeout(SOCKET_DEADLINE, client.set_presence(online)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::info!(session = %id, online, "cannot set the presence: {e}"),
-                Err(_) => tracing::info!(session = %id, online, "setting the presence took too long"),
+            for pause in [Duration::ZERO, PRESENCE_AGAIN_AFTER] {
+                tokio::time::sleep(pause).await;
+                match tokio::time::timeout(SOCKET_DEADLINE, client.set_presence(online)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return tracing::info!(session = %id, online, "cannot set the presence: {e}"),
+                    Err(_) => return tracing::info!(session = %id, online, "setting the presence took too long"),
+                }
             }
         });
     }
@@ -850,6 +872,10 @@ impl Supervisor {
                 let retry_after_ms = retry_after.map(|d| d.as_millis() as u64);
                 let announce = self.event(EventType::AuthPairingFailed, serde_json::json!({ "reason": reason, "retryAfterMs": retry_after_ms }));
                 self.write(Update::default().event(announce)).await;
+                // A client kept up only for that code has nothing left to wait for.
+                if self.code_deadline.is_some() {
+                    self.qr_exhausted().await;
+                }
             }
             BackendEvent::Paired(identity) => {
                 let announce = self.event(EventType::AuthPaired, serde_json::json!({
@@ -956,6 +982,7 @@ impl Supervisor {
     /// identity, and announce it, saying whether the device is unlinked on WhatsApp's side yet.
     async fn unpaired(&mut self, reason: &str, status: SessionStatus, unlinked: bool) {
         self.drop_client().await;
+        self.workers.drain(..).for_each(|worker| worker.abort());
         self.retry_at = None;
         // A ban was the number's: the next number paired here starts free of it.
         let (redis, ban) = (&self.daemon.redis, keys::session_ban(&self.org, &self.id));
@@ -1007,6 +1034,10 @@ impl Supervisor {
         let result = match code {
             Ok(raw) => {
                 self.code_issued_at = Some(Instant::now());
+                // A client kept up for a phone code waits for this one now.
+                if self.code_deadline.is_some() {
+                    self.code_deadline = Some(Instant::now() + PAIRING_CODE_LIFETIME);
+                }
                 let code = format_pairing_code(&raw);
                 let announce = self.event(EventType::AuthPairingCode, serde_json::json!({ "code": code, "phoneNumber": command.phone }));
                 self.write(Update::default().event(announce)).await;

@@ -35,6 +35,7 @@ use whatsapp_rust::wacore::proto_helpers::build_quote_context_with_info;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
+use whatsapp_rust::Freshness;
 use whatsapp_rust::features::PresenceStatus;
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::InboundDurabilityHook;
@@ -80,8 +81,22 @@ fn store_config(lock_wait: Duration) -> SqliteStoreConfig {
     })
 }
 
-/// Whether no other client holds the store at `path`, asked without waiting: the library's pool
+/// Waits up to `within` for no other client to hold the store at `path` (one closing lets go
+/// within moments), asking without blocking each time: the library's pool, finding it held,
 /// would keep trying for half a minute, holding up the session's supervisor meanwhile.
+async fn wait_for_store(path: &str, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let probe = path.to_owned();
+        match tokio::task::spawn_blocking(move || store_is_free(&probe)).await.map_err(|e| e.to_string())? {
+            Ok(()) => return Ok(()),
+            Err(held) if tokio::time::Instant::now() >= deadline => return Err(held),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Whether no other client holds the store at `path`, asked without waiting.
 fn store_is_free(path: &str) -> Result<(), String> {
     use diesel::Connection;
     use diesel::connection::SimpleConnection;
@@ -139,7 +154,7 @@ impl Backend for WhatsApp {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(STORE_FILE);
         let path = path.to_string_lossy();
-        store_is_free(&path)?;
+        wait_for_store(&path, STORE_LOCK_WAIT).await?;
         let store = SqliteStore::with_config(&path, store_config(STORE_LOCK_WAIT))
             .await
             .map_err(|e| format!("cannot open the session store (is another client of the session still running?): {e}"))?;
@@ -247,9 +262,13 @@ impl Client for WaClient {
         unlinked
     }
 
-    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure> {
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>, fresh: bool) -> Result<Option<MediaRef>, SendFailure> {
         let to: Jid = message.chat.parse().map_err(|e| SendFailure::Rejected(format!("the recipient {} is not a JID: {e}", message.chat)))?;
-        let options = SendOptions::default().with_message_id(wa_id.to_owned());
+        let mut options = SendOptions::default().with_message_id(wa_id.to_owned());
+        if fresh {
+            // After a 421 (stale group addressing) and the like, the cached view is the problem.
+            options = options.with_group_metadata_freshness(Freshness::Refresh).with_device_freshness(Freshness::Refresh);
+        }
         let me = [self.client.pn(), self.client.lid()].into_iter().flatten().map(|jid| jid.to_non_ad_string()).collect::<Vec<_>>();
         let (proto, reference) = match (&message.media, file) {
             (Some(media), Some(file)) => {
@@ -280,8 +299,13 @@ impl Client for WaClient {
 
     async fn on_whatsapp(&self, jid: &str) -> Result<bool, SendFailure> {
         let jid: Jid = jid.parse().map_err(|e| SendFailure::Rejected(format!("{jid} is not a JID: {e}")))?;
+        // One number asked, one answer: WhatsApp may name it otherwise (its canonical form, or
+        // the LID with the number beside it). No answer, or an error for it, says nothing.
         match self.client.contacts().is_on_whatsapp(std::slice::from_ref(&jid)).await {
-            Ok(found) => Ok(found.iter().any(|r| r.is_registered && r.jid.user == jid.user)),
+            Ok(found) => match found.first() {
+                Some(answer) if answer.contact_error.is_none() => Ok(answer.is_registered),
+                _ => Err(SendFailure::Failed(format!("WhatsApp did not say whether {jid} is on WhatsApp"))),
+            },
             Err(e) if !self.client.is_connected() || e.is_transport_unavailable() => Err(SendFailure::NotConnected(e.to_string())),
             Err(e) => Err(SendFailure::Failed(format!("WhatsApp did not say whether {jid} is on WhatsApp: {e}"))),
         }

@@ -100,7 +100,11 @@ local to = tonumber(ARGV[2])
 if ARGV[10] ~= '' and redis.call('HEXISTS', KEYS[1], 'queuedAt') == 1 and redis.call('HEXISTS', KEYS[1], ARGV[10]) == 0 then
   redis.call('HSET', KEYS[1], ARGV[10], ARGV[4])
 end
-if rank >= to or (ARGV[6] == '1' and rank ~= 0) then return 0 end
+-- A delivery overturns an `undeliverable` verdict: another of the recipient's devices took it.
+local delivery = ARGV[1] == 'delivered' or ARGV[1] == 'read' or ARGV[1] == 'played'
+local overturned = delivery and redis.call('HGET', KEYS[1], 'undeliverable') == '1'
+if (rank >= to and not overturned) or (ARGV[6] == '1' and rank ~= 0) then return 0 end
+if overturned then redis.call('HDEL', KEYS[1], 'undeliverable', 'error', 'failedAt') end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', to, ARGV[3], ARGV[4], 'updatedAt', ARGV[4])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 log_events(KEYS[3], ARGV[11], 14, tonumber(ARGV[4]), tonumber(ARGV[12]), tonumber(ARGV[13]))
@@ -323,24 +327,26 @@ pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiEr
 }
 
 /// Fails a message WhatsApp took but can deliver to nobody (`message`: KEYS[1]; the event log
-/// KEYS[2]): only while it is `sent`, as a delivery from another of the recipient's devices
-/// stands. `ARGV`: now, the rank of `failed`, the error, the log's channel and retention, the
-/// `message.status` event.
+/// KEYS[2]): while it is in flight or `sent`, not once delivered; a delivery from another of the
+/// recipient's devices still overturns it (see [`ADVANCE`]). `ARGV`: now, the rank of
+/// `failed`, the error, the log's channel and retention, the `message.status` event.
 const UNDELIVERABLE: &str = concat!(
     log_events_lua!(),
     r"
 local message, log = KEYS[1], KEYS[2]
 local now, failed_rank, failure, channel, keep, max_age, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if redis.call('HGET', message, 'status') ~= 'sent' then return 0 end
-redis.call('HSET', message, 'status', 'failed', 'rank', failed_rank, 'failedAt', now, 'updatedAt', now, 'error', failure)
+local status = redis.call('HGET', message, 'status')
+if status ~= 'sent' and status ~= 'queued' then return 0 end
+redis.call('HSET', message, 'status', 'failed', 'rank', failed_rank, 'failedAt', now, 'updatedAt', now, 'error', failure, 'undeliverable', '1')
 log_event(log, channel, event)
 trim_log(log, tonumber(now), tonumber(keep), tonumber(max_age))
 return 1"
 );
 
 /// The recipient's device told WhatsApp it cannot take the message (a receipt of type `sent`,
-/// from a LID peer that lacks what the message needs): it was delivered to nobody, so it fails
-/// as `undeliverable` instead of staying `sent` in silence. `true` when it moved.
+/// from a LID peer that lacks what the message needs): unless another device of theirs takes
+/// it, it was delivered to nobody, so it fails as `undeliverable` instead of staying `sent` in
+/// silence. `true` when it moved.
 pub async fn undeliverable<R: Redis>(r: &R, org: &str, session_id: &str, content: &Content, wa_id: &str, retention: crate::event_log::Retention) -> Result<bool, ApiError> {
     let error = failure("undeliverable", "WhatsApp took the message, but the recipient's device cannot receive it");
     let event = status_event(org, session_id, &content.id, MessageStatus::Failed, Some(&error), Some(wa_id), &content.chat);

@@ -368,6 +368,11 @@ impl SimClient {
         let mut redis = self.redis.clone();
         let key = keys::simulator_inbound(&device.device_id);
         while self.current(run) {
+            if self.state().stalled {
+                // A silent socket carries nothing in either direction.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             let pending: redis::RedisResult<HashMap<String, String>> = redis.hgetall(&key).await;
             let Ok(pending) = pending else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -560,7 +565,7 @@ impl Client for SimClient {
         unlinked
     }
 
-    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>) -> Result<Option<MediaRef>, SendFailure> {
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>, _fresh: bool) -> Result<Option<MediaRef>, SendFailure> {
         let device = self.logged_in_device().ok_or_else(|| SendFailure::NotConnected("not connected".into()))?;
         let (run, stalled, ack_ms) = {
             let state = self.state();
@@ -646,6 +651,11 @@ impl Client for SimClient {
     async fn on_whatsapp(&self, jid: &str) -> Result<bool, SendFailure> {
         if self.logged_in_device().is_none() {
             return Err(SendFailure::NotConnected("not connected".into()));
+        }
+        if self.state().stalled {
+            // An IQ into a silent socket: no answer comes.
+            tokio::time::sleep(Duration::from_millis(self.timings.sim_keepalive_ms.min(5_000))).await;
+            return Err(SendFailure::Failed("IQ request timed out".into()));
         }
         let mut redis = self.redis.clone();
         reachable(&mut redis).await.map_err(SendFailure::NotConnected)?;

@@ -16,7 +16,7 @@
 //! | `refresh_code` | `session` | the server voids the phone code outstanding on the session's connection and asks for a new one |
 //! | `drop` | `session` | the session's connection drops (the client may connect again) |
 //! | `stall` | `session` | the socket goes silent (half-open): sends go nowhere, no answer comes, and after `sim_keepalive_ms` the keepalive ends the connection |
-//! | `delay_acks` | `session`, `ms` | the server takes `ms` to acknowledge the session's messages |
+//! | `delay_acks` | `session`, `ms` | the server takes `ms` to acknowledge the session's messages (`0`: it never does, as `SIM_ACK_MS=0`) |
 //! | `unregister`, `register` | `phone` | the number leaves (joins) WhatsApp: usync does not find it, and a message to it is acknowledged and delivered to nobody |
 //! | `refuse_sends` | `chat`, `error` | sends to `chat` fail while connected, as the library reports each: `forbidden` (an IQ refusal: not a participant), `encryption`, `not_logged_in`, `timeout`, `ack:<code>` (the server's acknowledgement refuses it with that code), or `undeliverable` (taken, then a receipt of type `sent`: the peer's device cannot take it); an empty `error` ends it |
 //! | `stream_error` | `session`, `code` | the server sends a stream error: `515` restarts the stream, `429` rate-limits the client (it must back off far longer), `503` closes it; any other code (or none) is informational and the connection stays |
