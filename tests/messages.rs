@@ -347,7 +347,8 @@ async fn a_daemon_killed_mid_burst_loses_and_repeats_nothing() {
 /// Send failures are told apart as WhatsApp means them: a refusal fails the message at once
 /// and the outbox goes on; another failure is counted and tried again after a growing pause,
 /// then fails with its cause; a refusal in the server's acknowledgement worth retrying is
-/// retried with the same id. A number not on WhatsApp is found out before anything is sent
+/// retried with the same id, its file not uploaded again. A number not on WhatsApp is found out
+/// before anything is sent
 /// (once: the answer is kept), instead of a message WhatsApp takes and delivers to nobody.
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_fail_at_once_other_failures_are_retried_and_numbers_not_on_whatsapp_are_found_out() {
@@ -368,7 +369,7 @@ async fn refusals_fail_at_once_other_failures_are_retried_and_numbers_not_on_wha
         json!({"to": group, "text": "left the group"}),
         json!({"to": "628222000032", "text": "cannot be encrypted"}),
         json!({"to": "628222000033", "text": "badly formed"}),
-        json!({"to": "628222000034", "text": "server busy"}),
+        json!({"to": "628222000034", "image": {"data": BASE64.encode("a picture"), "mimeType": "image/png", "caption": "server busy"}}),
         json!({"to": "628222000035", "text": "nobody there"}),
         json!({"to": "628222000035", "text": "nobody there either"}),
         json!({"to": "628222000036", "text": "fine"}),
@@ -399,8 +400,11 @@ async fn refusals_fail_at_once_other_failures_are_retried_and_numbers_not_on_wha
     assert_eq!(refused["error"]["code"], "undeliverable", "{refused}");
     assert!(refused["sentAt"].is_i64(), "{refused}");
     let records = delivered(&stack).await;
-    let texts: Vec<&str> = records.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = records.iter().map(|r| r["text"].as_str().or(r["media"]["caption"].as_str()).unwrap()).collect();
     assert_eq!(texts, ["server busy", "fine", "fine again"], "the outbox went on past each failure, and nothing reached nobody");
+    assert_eq!(records[0]["media"]["sha256"], json!(shared::secret::sha256_hex("a picture")));
+    let uploads: Option<i64> = redis::AsyncCommands::get(&mut stack.redis().await, shared::keys::simulator_uploads()).await.unwrap();
+    assert_eq!(uploads, Some(1), "the file was uploaded once, however many times its message was sent");
     assert_eq!(usync().await, 6, "each of the six numbers was looked up once");
 }
 
@@ -428,6 +432,65 @@ async fn a_message_goes_again_only_when_its_connection_ended_before_the_acknowle
     let records = delivered(&stack).await;
     let copies: Vec<(&str, i64)> = records.iter().map(|r| (r["text"].as_str().unwrap(), r["copy"].as_i64().unwrap())).collect();
     assert_eq!(copies, [("slow", 1), ("into the void", 1)], "each shown once");
+}
+
+/// A recipient WhatsApp keeps refusing never endangers the number: each attempt waits longer
+/// (SEND_RETRY_BASE_MS doubling) and takes a place in the rate windows like any send, the
+/// message fails with the cause after the last one, and the outbox goes on, within the rates.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persistent_send_error_backs_off_within_the_rates_then_fails_and_the_outbox_goes_on() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SEND_RETRY_BASE_MS", "200")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "presenceTyping": false, "ratePerMin": 6}"#, "628111000050").await;
+    stack.phone("refuse_sends", &[("chat", "628222000051@s.whatsapp.net"), ("error", "encryption")]).await;
+    let refused = accepted(&stack, &key, &id, json!({"to": "628222000051", "text": "never taken"})).await;
+    let next = accepted(&stack, &key, &id, json!({"to": "628222000052", "text": "taken"})).await;
+    let held = accepted(&stack, &key, &id, json!({"to": "628222000053", "text": "held by the rates"})).await;
+    let failed = message_until(&stack, &key, &id, refused["id"].as_str().unwrap(), Duration::from_secs(20), |m| m["status"] == "failed").await;
+    assert_eq!(failed["error"]["code"], "send_failed", "{failed}");
+    let took = failed["failedAt"].as_i64().unwrap() - failed["queuedAt"].as_i64().unwrap();
+    assert!(took >= 3_000, "waits of 200, 400, 800 and 1,600 ms between the five attempts: {took} ms");
+    message_until(&stack, &key, &id, next["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    // Five attempts and one send filled the minute's six places: the third message waits.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let waiting = message_until(&stack, &key, &id, held["id"].as_str().unwrap(), SOON, |_| true).await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    let places: i64 = redis::AsyncCommands::zcard(&mut stack.redis().await, shared::keys::session_sends(&org, &id)).await.unwrap();
+    assert_eq!(places, 6, "each attempt took a place");
+    let texts: Vec<Value> = delivered(&stack).await.iter().map(|r| r["text"].clone()).collect();
+    assert_eq!(texts, [json!("taken")]);
+}
+
+/// A message whose copy went out but was never acknowledged (its connection ended first) still
+/// expires after `message_max_queued_secs`, rather than going out late; a message the gateway
+/// cannot read fails as `unreadable`; either way the outbox goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unacknowledged_message_expires_and_an_unreadable_one_fails_and_the_outbox_goes_on() {
+    let stack = Stack::start_configured(&[("BACKEND", "simulator"), ("SIM_DELIVERED_MS", "0")], &[("message_max_queued_secs", "2")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "presenceTyping": false}"#, "628111000060").await;
+    stack.phone("delay_acks", &[("session", &id), ("ms", "60000")]).await;
+    let stale = accepted(&stack, &key, &id, json!({"to": "628222000061", "text": "your code is 123456"})).await;
+    let stale_id = stale["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stack.phone("delay_acks", &[("session", &id), ("ms", "5")]).await;
+    stack.phone("drop", &[("session", &id)]).await;
+    let expired = message_until(&stack, &key, &id, stale_id, SOON, |m| m["status"] == "failed").await;
+    assert_eq!(expired["error"]["code"], "expired", "{expired}");
+
+    act(&stack, &key, &id, ":stop").await;
+    stack.status_until(&key, &id, "stopped", SOON).await;
+    let broken = accepted(&stack, &key, &id, json!({"to": "628222000062", "text": "damaged"})).await;
+    let fine = accepted(&stack, &key, &id, json!({"to": "628222000062", "text": "fine"})).await;
+    let broken_id = broken["id"].as_str().unwrap();
+    let _: () = redis::AsyncCommands::hset(&mut stack.redis().await, shared::keys::message(&org, broken_id), "doc", "{\"id\": 12").await.unwrap();
+    act(&stack, &key, &id, ":start").await;
+    message_until(&stack, &key, &id, fine["id"].as_str().unwrap(), SOON, |m| m["sentAt"].is_i64()).await;
+    let events = stack.events(&org).await;
+    let unreadable = events.iter().find(|e| e["type"] == "message.status" && e["data"]["messageId"] == broken_id && e["data"]["status"] == "failed");
+    assert_eq!(unreadable.map(|e| e["data"]["error"]["code"].clone()), Some(json!("unreadable")), "{events:#?}");
 }
 
 /// Messages accepted for one number never go out from another: after a logout and a pairing

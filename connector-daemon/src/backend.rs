@@ -227,13 +227,17 @@ pub trait Client: Send + Sync {
     /// took it. The client is not used again afterwards; the store is the caller's to wipe.
     async fn logout(&self) -> Result<(), String>;
 
+    /// Uploads a media message's file (of `kind`) to WhatsApp's media servers: the reference
+    /// the message carries to it, which also fetches it again.
+    async fn upload(&self, kind: &str, file: &[u8]) -> Result<MediaRef, SendFailure>;
+
     /// Sends a message with the WhatsApp id `wa_id` it was given when accepted, so sending it
     /// again after a crash is the same message to WhatsApp. `Ok` means the stanza went out;
-    /// WhatsApp's answer comes as [`BackendEvent::ServerAck`]. A media message's `file` is
-    /// uploaded first; `Ok` then holds the reference to fetch it again. With `fresh` (an attempt
-    /// after one that failed: WhatsApp may have said the group's members or the recipient's
-    /// devices had changed), what the client has cached of them is read again first.
-    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>, fresh: bool) -> Result<Option<MediaRef>, SendFailure>;
+    /// WhatsApp's answer comes as [`BackendEvent::ServerAck`]. A media message carries `file`,
+    /// the reference its upload gave. With `fresh` (an attempt after one that failed: WhatsApp
+    /// may have said the group's members or the recipient's devices had changed), what the
+    /// client has cached of them is read again first.
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&MediaRef>, fresh: bool) -> Result<(), SendFailure>;
 
     /// Whether a phone-number JID is on WhatsApp (a usync query). A message to a number that is
     /// not is taken by WhatsApp's server and delivered to nobody, so it is checked first.

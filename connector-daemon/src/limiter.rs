@@ -2,11 +2,13 @@
 //! `ratePerHour` in any 3,600 s window, and (anti-ban pacing) never two sends to one chat
 //! within the daemon's `SEND_CHAT_GAP_MS`.
 //!
-//! The record is the session's sends of the last hour in Redis (message id → send time, by
-//! Redis's clock so daemons' clocks never disagree), so a daemon restart or a failover to
-//! another daemon neither resets the windows nor counts a message twice: a message resent after
-//! a crash already holds its place. The sender takes a place in the same script that picks the
-//! message (see `outbox`), so a send costs one round trip before it goes out.
+//! The record is the session's sends of the last hour in Redis (a place per attempt at a
+//! message, [`place`] → send time, by Redis's clock so daemons' clocks never disagree), so a
+//! daemon restart or a failover to another daemon neither resets the windows nor counts an
+//! attempt twice: a message resent after a crash already holds its place, while one sent again
+//! after a failure takes another, as WhatsApp sees two sends. The sender takes a place in the
+//! same script that picks the message (see `outbox`), so a send costs one round trip before it
+//! goes out.
 
 use shared::redis::{Redis, RedisError};
 use shared::{args, keys};
@@ -49,10 +51,16 @@ end
 }
 pub(crate) use limiter_lua;
 
+/// The place of a message's `attempt`-th attempt (from 0) in the session's sends; the outbox
+/// script spells it the same way.
+pub fn place(message_id: &str, attempt: i64) -> String {
+    format!("{message_id}#{attempt}")
+}
+
 /// How much wider than 60 s and 3,600 s the windows are counted.
 pub const MARGIN_MS: i64 = 250;
 
-/// Moves a message's place (ARGV[1]) in the sends (KEYS[1]), and its chat's (ARGV[2]) last send
+/// Moves a place (ARGV[1]) in the sends (KEYS[1]), and its chat's (ARGV[2]) last send
 /// (KEYS[2]), to now, by Redis's clock.
 const RESTAMP: &str = r"
 local time = redis.call('TIME')
@@ -63,7 +71,7 @@ return 1";
 
 /// A send that waited after taking its place (while "typing…" showed) counts from when it
 /// goes out, so the windows hold as WhatsApp sees them.
-pub async fn restamp<R: Redis>(r: &R, org: &str, session_id: &str, message_id: &str, chat: &str) -> Result<(), RedisError> {
-    let argv = args![RESTAMP, 2, keys::session_sends(org, session_id), keys::session_chat_sends(org, session_id), message_id, chat];
+pub async fn restamp<R: Redis>(r: &R, org: &str, session_id: &str, place: &str, chat: &str) -> Result<(), RedisError> {
+    let argv = args![RESTAMP, 2, keys::session_sends(org, session_id), keys::session_chat_sends(org, session_id), place, chat];
     r.execute("EVAL", argv).await.map(drop)
 }

@@ -78,8 +78,9 @@ pub async fn outgoing(daemon: &Daemon, org: &str, content: &Content) -> Result<O
     }
 }
 
-/// A file just sent: its reference kept for fetching it again, and the bytes cached meanwhile.
-pub async fn sent(daemon: &Daemon, org: &str, message_id: &str, reference: &MediaRef, bytes: Vec<u8>) -> Result<(), shared::ApiError> {
+/// A file just uploaded: its reference kept (to send it without uploading it again, to fetch it
+/// again later), and the bytes cached meanwhile.
+pub async fn uploaded(daemon: &Daemon, org: &str, message_id: &str, reference: &MediaRef, bytes: Vec<u8>) -> Result<(), shared::ApiError> {
     media::keep_reference(&daemon.redis, org, message_id, reference).await?;
     media::store(&daemon.redis, org, message_id, bytes, daemon.config.media_cache()).await.map(drop)
 }

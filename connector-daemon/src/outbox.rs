@@ -27,6 +27,7 @@ use crate::backend::{Acks, Client, SendFailure};
 use crate::daemon::Daemon;
 use crate::limiter::{self, limiter_lua};
 use crate::media;
+use shared::media::MediaRef;
 use shared::message::{Content, MessageError, MessageStatus};
 use shared::outbox::{self, Advanced, Step, failure};
 use shared::redis::{Redis, Reply};
@@ -55,42 +56,48 @@ const RATE_RECHECK: Duration = Duration::from_secs(5);
 /// random pause first (`SEND_JITTER_MS`), so sends never leave at a machine's even beat.
 const STREAK: Duration = Duration::from_secs(10);
 
-/// One look at the outbox, in one round trip: the head message (KEYS[1]; messages under the
-/// key prefix ARGV[1]), dropped from the outbox when it is no longer queued; then, unless it
-/// was accepted for another number than ARGV[3] or waited past its `expiresAt` unsent, and
-/// while this gateway holds the lease (KEYS[4] = ARGV[2]), a place within the rates of the
-/// row (KEYS[2]) in the session's sends (KEYS[3]) and at least ARGV[5] ms after the last send
-/// to the same chat (KEYS[5]), and the claim (`sendingAt`: no cancel after it). Answers
-/// `{verdict, content, attempts so far, WhatsApp id, presenceTyping, last failure}`.
+/// One look at the outbox, in one round trip: the head message, dropped from the outbox when
+/// it is no longer queued; then, unless it cannot be read, was accepted for another number than
+/// ours or waited past its `expiresAt` (whether or not a copy went out: none can be
+/// acknowledged any more), and while this gateway holds the lease, a place within the row's
+/// rates in the session's sends and at least `gap` ms after the last send to the same chat, and
+/// the claim (`sendingAt`: no cancel after it). Each attempt takes a place of its own
+/// ([`limiter::place`]: `<id>#<n>`):
+/// a resend after a failure counts like any send, and one after a crash finds its place taken.
+/// Answers `{verdict, content, attempts so far, WhatsApp id, presenceTyping, last failure, id}`,
+/// `{'unreadable', id}`, `{'wait', ms}`, or a bare verdict.
 const NEXT: &str = concat!(
     limiter_lua!(),
     r"
-local id = redis.call('LINDEX', KEYS[1], 0)
+local outbox, row_key, sends, lease_key, chat_sends = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local prefix, lease, me, margin, gap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local id = redis.call('LINDEX', outbox, 0)
 if not id then return {'idle'} end
-local key = ARGV[1] .. id
-if redis.call('HGET', key, 'status') ~= 'queued' then
-  redis.call('LREM', KEYS[1], 0, id)
+local message = prefix .. id
+if redis.call('HGET', message, 'status') ~= 'queued' then
+  redis.call('LREM', outbox, 0, id)
   return {'again'}
 end
-local doc = redis.call('HGET', key, 'doc')
-local content = cjson.decode(doc)
+local doc = redis.call('HGET', message, 'doc')
+local readable, content = pcall(cjson.decode, doc or '')
+if not readable or type(content) ~= 'table' or type(content['chat']) ~= 'string' then return {'unreadable', id} end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local begun = redis.call('HEXISTS', key, 'sendingAt') == 1
-if content['from'] ~= ARGV[3] then return {'number_changed', doc} end
+if content['from'] ~= me then return {'number_changed', doc} end
 local expires = tonumber(content['expiresAt'])
-if not begun and expires and expires <= now then return {'expired', doc} end
-if redis.call('GET', KEYS[4]) ~= ARGV[2] then return {'fenced'} end
-local raw = redis.call('GET', KEYS[2])
+if expires and expires <= now then return {'expired', doc} end
+if redis.call('GET', lease_key) ~= lease then return {'fenced'} end
+local raw = redis.call('GET', row_key)
 if not raw then return {'gone'} end
 local row = cjson.decode(raw)
 local per_min, per_hour = tonumber(row['ratePerMin']) or 1, tonumber(row['ratePerHour']) or 1
-local wait = take_place(KEYS[3], id, per_min, per_hour, now, tonumber(ARGV[4]), KEYS[5], content['chat'], tonumber(ARGV[5]))
+local state = redis.call('HMGET', message, 'attempts', 'waId', 'lastError')
+local attempts = tonumber(state[1] or '0')
+local wait = take_place(sends, id .. '#' .. attempts, per_min, per_hour, now, margin, chat_sends, content['chat'], gap)
 if wait > 0 then return {'wait', tostring(wait)} end
-redis.call('HSETNX', key, 'sendingAt', now)
+redis.call('HSETNX', message, 'sendingAt', now)
 local typing = row['presenceTyping'] == true and 1 or 0
-local state = redis.call('HMGET', key, 'attempts', 'waId', 'lastError')
-return {'send', doc, tonumber(state[1] or '0'), state[2], typing, state[3] or ''}"
+return {'send', doc, attempts, state[2], typing, state[3] or '', id}"
 );
 
 /// The running sender of one session; dropping it stops it.
@@ -131,6 +138,16 @@ struct Run {
     wake: Arc<Notify>,
     /// When the last message went out.
     last_sent: Option<Instant>,
+}
+
+/// Where a message's file stands before it is sent.
+enum Upload {
+    /// On WhatsApp's media servers (or the message has none).
+    Done(Option<MediaRef>),
+    /// It will never come (its URL failed, the inline file is gone): the message fails.
+    Never(String),
+    /// It could not be uploaded this time.
+    Failed(SendFailure),
 }
 
 /// What one look at the outbox came to.
@@ -188,49 +205,48 @@ impl Run {
             "number_changed" => {
                 // Accepted for the number paired then; the session was paired with another since.
                 let error = failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent");
-                return self.record(&content_of(reply.next().flatten())?, None, MessageStatus::Failed, Some(error)).await;
+                let content = content_of(reply.next().flatten())?;
+                return self.record((&content.id, &content.chat), None, MessageStatus::Failed, Some(error)).await;
             }
             "expired" => {
-                let error = failure("expired", "the message waited in the outbox past its maximum age; it was not sent");
-                return self.record(&content_of(reply.next().flatten())?, None, MessageStatus::Failed, Some(error)).await;
+                let error = failure("expired", "the message waited in the outbox past its maximum age; it was not sent (or not acknowledged)");
+                let content = content_of(reply.next().flatten())?;
+                return self.record((&content.id, &content.chat), None, MessageStatus::Failed, Some(error)).await;
             }
+            "unreadable" => return self.unreadable(&reply.next().flatten().unwrap_or_default()).await,
             "send" => (
-                content_of(reply.next().flatten())?,
+                reply.next().flatten(),
                 reply.next().flatten().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0),
                 reply.next().flatten().ok_or_else(|| ApiError::internal("a queued message has no WhatsApp id"))?,
                 reply.next().flatten().as_deref() == Some("1"),
                 reply.next().flatten().filter(|e| !e.is_empty()),
+                reply.next().flatten().unwrap_or_default(),
             ),
             other => return Err(ApiError::internal(format!("unexpected outbox verdict {other:?}"))),
         };
-        let (content, attempts, wa_id, presence_typing, last_error) = sending;
+        let (doc, attempts, wa_id, presence_typing, last_error, id) = sending;
+        let Ok(content) = content_of(doc) else { return self.unreadable(&id).await };
         if attempts >= MAX_ATTEMPTS {
             let reason = last_error.unwrap_or_else(|| "WhatsApp did not acknowledge it".to_owned());
             let error = failure("send_failed", format!("the message was not sent after {MAX_ATTEMPTS} attempts: {reason}"));
-            return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
+            return self.record((&content.id, &content.chat), Some(&wa_id), MessageStatus::Failed, Some(error)).await;
         }
         if is_phone_number(&content.chat) {
             match self.registered(&content.chat).await? {
                 Ok(true) => {}
                 Ok(false) => {
                     let error = failure("not_on_whatsapp", format!("{} is not on WhatsApp; the message was not sent", content.chat));
-                    return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(error)).await;
+                    return self.record((&content.id, &content.chat), Some(&wa_id), MessageStatus::Failed, Some(error)).await;
                 }
                 Err(failed) => return self.failed(&content, &wa_id, failed, false).await,
             }
         }
-        // A file is held in memory from here until it was handed to WhatsApp: a few sessions at
-        // a time.
-        let slot = match content.media {
-            Some(_) => Some(media::SENDS.take(org).await),
-            None => None,
-        };
-        let file = match media::outgoing(&self.daemon, org, &content).await {
-            Ok(file) => file,
-            Err(media::Unavailable::Never(reason)) => {
-                return self.record(&content, Some(&wa_id), MessageStatus::Failed, Some(failure("media_unavailable", reason))).await;
+        let file = match self.uploaded(&content).await? {
+            Upload::Done(file) => file,
+            Upload::Never(reason) => {
+                return self.record((&content.id, &content.chat), Some(&wa_id), MessageStatus::Failed, Some(failure("media_unavailable", reason))).await;
             }
-            Err(media::Unavailable::Redis(e)) => return Err(e),
+            Upload::Failed(failed) => return self.failed(&content, &wa_id, failed, false).await,
         };
         // A random pause within a run of sends, then "typing…" before a text, for a time that
         // grows with the text; either way the message's rate place moves to when it goes out.
@@ -241,24 +257,42 @@ impl Run {
         }
         // Expected before the send: the answer may come before `send` returns.
         let answer = self.acks.expect(&wa_id);
-        let sent = self.client.send(&wa_id, &content, file.as_deref(), attempts > 0).await;
-        drop(slot);
+        let sent = self.client.send(&wa_id, &content, file.as_ref(), attempts > 0).await;
         self.last_sent = Some(Instant::now());
         if typing && sent.is_err() {
             let _ = self.client.typing(&content.chat, false).await;
         }
-        match sent {
-            Ok(None) => {}
-            Ok(Some(reference)) => {
-                if let Err(e) = media::sent(&self.daemon, org, &content.id, &reference, file.unwrap_or_default()).await {
-                    // The file is then fetched from WhatsApp when asked for.
-                    tracing::warn!(session = %self.session_id, message = %content.id, "cannot keep a sent file: {e:?}");
-                }
-            }
-            Err(failed) => return self.failed(&content, &wa_id, failed, false).await,
+        if let Err(failed) = sent {
+            return self.failed(&content, &wa_id, failed, false).await;
         }
         outbox::note_attempt(redis, org, &content.id, true, None).await?;
         self.await_ack(&content, &wa_id, answer).await
+    }
+
+    /// A media message's file on WhatsApp's media servers: as an earlier attempt uploaded it
+    /// (an upload is not repeated), else uploaded now, its reference kept and its bytes cached.
+    async fn uploaded(&self, content: &Content) -> Result<Upload, ApiError> {
+        if content.media.is_none() {
+            return Ok(Upload::Done(None));
+        }
+        let (redis, org) = (&self.daemon.redis, self.org.as_str());
+        if let Some(reference) = shared::media::reference(redis, org, &content.id).await? {
+            return Ok(Upload::Done(Some(reference)));
+        }
+        // The file is held in memory from here until it is on WhatsApp's servers: a few sessions
+        // at a time.
+        let _slot = media::SENDS.take(org).await;
+        let bytes = match media::outgoing(&self.daemon, org, content).await {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(media::Unavailable::Never(reason)) => return Ok(Upload::Never(reason)),
+            Err(media::Unavailable::Redis(e)) => return Err(e),
+        };
+        let reference = match self.client.upload(&content.kind, &bytes).await {
+            Ok(reference) => reference,
+            Err(failed) => return Ok(Upload::Failed(failed)),
+        };
+        media::uploaded(&self.daemon, org, &content.id, &reference, bytes).await?;
+        Ok(Upload::Done(Some(reference)))
     }
 
     /// Whether `chat` (a phone-number JID) is on WhatsApp: as the session last found, else asked.
@@ -289,14 +323,14 @@ impl Run {
                 return Ok(Turn::Again);
             }
             SendFailure::Rejected(reason) => {
-                return self.record(content, Some(wa_id), MessageStatus::Failed, Some(failure("rejected", reason))).await;
+                return self.record((&content.id, &content.chat), Some(wa_id), MessageStatus::Failed, Some(failure("rejected", reason))).await;
             }
             SendFailure::Failed(reason) => reason,
         };
         let Some(attempts) = outbox::note_attempt(&self.daemon.redis, &self.org, &content.id, !counted, Some(&reason)).await? else { return Ok(Turn::Again) };
         if attempts >= MAX_ATTEMPTS {
             let error = failure("send_failed", format!("the message was not sent after {MAX_ATTEMPTS} attempts: {reason}"));
-            return self.record(content, Some(wa_id), MessageStatus::Failed, Some(error)).await;
+            return self.record((&content.id, &content.chat), Some(wa_id), MessageStatus::Failed, Some(error)).await;
         }
         let pause = self.daemon.config.send_retry_pause(attempts as u32);
         tracing::info!(session = %self.session_id, message = %content.id, attempts, ?pause, "not sent, trying again: {reason}");
@@ -326,9 +360,11 @@ impl Run {
         true
     }
 
-    /// The message goes out now, not when its rate place was taken: the place moves.
+    /// The message's first attempt goes out now, not when its rate place was taken: the place
+    /// moves.
     async fn restamp(&self, content: &Content) {
-        if let Err(e) = limiter::restamp(&self.daemon.redis, &self.org, &self.session_id, &content.id, &content.chat).await {
+        let place = limiter::place(&content.id, 0);
+        if let Err(e) = limiter::restamp(&self.daemon.redis, &self.org, &self.session_id, &place, &content.chat).await {
             tracing::warn!(session = %self.session_id, "cannot move a delayed message's rate place: {e}");
         }
     }
@@ -345,26 +381,35 @@ impl Run {
             }
         };
         match answer {
-            Ok(None) => self.record(content, Some(wa_id), MessageStatus::Sent, None).await,
+            Ok(None) => self.record((&content.id, &content.chat), Some(wa_id), MessageStatus::Sent, None).await,
             Ok(Some(code)) if TRANSIENT_ACK_ERRORS.contains(&code.as_str()) => {
                 let reason = format!("WhatsApp's server refused the message for now (code {code})");
                 self.failed(content, wa_id, SendFailure::Failed(reason), true).await
             }
             Ok(Some(code)) => {
                 let error = failure("server_refused", format!("WhatsApp's server refused the message (code {code})"));
-                self.record(content, Some(wa_id), MessageStatus::Failed, Some(error)).await
+                self.record((&content.id, &content.chat), Some(wa_id), MessageStatus::Failed, Some(error)).await
             }
             // Another message took the slot: cannot happen with one sender per session.
             Err(_) => Ok(Turn::Again),
         }
     }
 
-    async fn record(&self, content: &Content, wa_id: Option<&str>, status: MessageStatus, error: Option<MessageError>) -> Result<Turn, ApiError> {
+    /// The head message cannot be read (a document an older version stored, a damaged entry):
+    /// it fails as `unreadable`, and the outbox goes on.
+    async fn unreadable(&self, message_id: &str) -> Result<Turn, ApiError> {
+        tracing::warn!(session = %self.session_id, message = message_id, "the queued message cannot be read; failing it");
+        let error = failure("unreadable", "the gateway could not read the stored message; it was not sent");
+        self.record((message_id, ""), None, MessageStatus::Failed, Some(error)).await
+    }
+
+    /// Moves the message (our id, its chat) to `status`, under the lease.
+    async fn record(&self, (message_id, chat): (&str, &str), wa_id: Option<&str>, status: MessageStatus, error: Option<MessageError>) -> Result<Turn, ApiError> {
         let step = Step {
             org: &self.org,
             session_id: &self.session_id,
-            message_id: &content.id,
-            chat: &content.chat,
+            message_id,
+            chat,
             wa_message_id: wa_id,
             status,
             error,

@@ -28,7 +28,6 @@ use shared::media::{FetchError, MediaRef};
 use std::io::{Cursor, Seek, SeekFrom, Write};
 use whatsapp_rust::ErrorChainExt;
 use whatsapp_rust::download::{DownloadWriter, Downloadable, MediaType};
-use whatsapp_rust::media::{self as wa_media, AudioOptions, DocumentOptions, ImageOptions, VideoOptions};
 use whatsapp_rust::upload::{UploadOptions, UploadResponse};
 use shared::message::{Content, Location, Media, MessageStatus, Quote, Reaction, Sender, UNDECRYPTABLE};
 use whatsapp_rust::wacore::proto_helpers::build_quote_context_with_info;
@@ -262,7 +261,24 @@ impl Client for WaClient {
         unlinked
     }
 
-    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>, fresh: bool) -> Result<Option<MediaRef>, SendFailure> {
+    async fn upload(&self, kind: &str, file: &[u8]) -> Result<MediaRef, SendFailure> {
+        let media = media_type(kind).ok_or_else(|| SendFailure::Rejected(format!("{kind} is no media kind")))?;
+        let upload = self.client.upload(file.to_vec(), media, UploadOptions::default()).await.map_err(|e| {
+            let chain: &(dyn std::error::Error + 'static) = e.as_ref();
+            match chain.http_status() {
+                _ if !self.client.is_connected() || chain.is_transport_unavailable() => {
+                    SendFailure::NotConnected(format!("the file could not be uploaded: {e}"))
+                }
+                // What the file is (its size, its type) is refused; 401/403 are an expired media
+                // token the library refreshes, 408/429 a busy server.
+                Some(status @ (400 | 413 | 415)) => SendFailure::Rejected(format!("WhatsApp's media servers refused the file ({status})")),
+                _ => SendFailure::Failed(format!("the file could not be uploaded: {e}")),
+            }
+        })?;
+        Ok(reference_of(kind, &upload))
+    }
+
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&MediaRef>, fresh: bool) -> Result<(), SendFailure> {
         let to: Jid = message.chat.parse().map_err(|e| SendFailure::Rejected(format!("the recipient {} is not a JID: {e}", message.chat)))?;
         let mut options = SendOptions::default().with_message_id(wa_id.to_owned());
         if fresh {
@@ -270,29 +286,13 @@ impl Client for WaClient {
             options = options.with_group_metadata_freshness(Freshness::Refresh).with_device_freshness(Freshness::Refresh);
         }
         let me = [self.client.pn(), self.client.lid()].into_iter().flatten().map(|jid| jid.to_non_ad_string()).collect::<Vec<_>>();
-        let (proto, reference) = match (&message.media, file) {
-            (Some(media), Some(file)) => {
-                let kind = media_type(&message.kind).ok_or_else(|| SendFailure::Rejected(format!("{} is no media kind", message.kind)))?;
-                let upload = self.client.upload(file.to_vec(), kind, UploadOptions::default()).await.map_err(|e| {
-                    let chain: &(dyn std::error::Error + 'static) = e.as_ref();
-                    match chain.http_status() {
-                        _ if !self.client.is_connected() || chain.is_transport_unavailable() => {
-                            SendFailure::NotConnected(format!("the file could not be uploaded: {e}"))
-                        }
-                        // What the file is (its size, its type) is refused; 401/403 are an
-                        // expired media token the library refreshes, 408/429 a busy server.
-                        Some(status @ (400 | 413 | 415)) => SendFailure::Rejected(format!("WhatsApp's media servers refused the file ({status})")),
-                        _ => SendFailure::Failed(format!("the file could not be uploaded: {e}")),
-                    }
-                })?;
-                let reference = reference_of(&message.kind, &upload);
-                (media_message(message, media, upload), Some(reference))
-            }
-            (Some(_), None) => return Err(SendFailure::Rejected("a media message needs its file".into())),
-            (None, _) => (wa_message(message, &me)?, None),
+        let proto = match (&message.media, file) {
+            (Some(media), Some(file)) => media_message(message, media, file).ok_or_else(|| SendFailure::Rejected("the file's upload reference is unreadable".into()))?,
+            (Some(_), None) => return Err(SendFailure::Rejected("a media message needs its uploaded file".into())),
+            (None, _) => wa_message(message, &me)?,
         };
         match self.client.send_message_with_options(to, proto, options).await {
-            Ok(_) => Ok(reference),
+            Ok(_) => Ok(()),
             Err(e) => Err(send_failure(&e, self.client.is_connected())),
         }
     }
@@ -515,6 +515,9 @@ fn reference_of(kind: &str, upload: &UploadResponse) -> MediaRef {
         file_sha256: BASE64.encode(upload.file_sha256),
         file_enc_sha256: BASE64.encode(upload.file_enc_sha256),
         file_length: upload.file_length,
+        url: Some(upload.url.clone()),
+        media_key_timestamp: Some(upload.media_key_timestamp),
+        streaming_sidecar: upload.streaming_sidecar.as_ref().map(|table| BASE64.encode(table)),
     }
 }
 
@@ -527,6 +530,7 @@ fn received_reference(kind: &str, file: &dyn Downloadable) -> Option<MediaRef> {
         file_sha256: BASE64.encode(file.file_sha256()?),
         file_enc_sha256: BASE64.encode(file.file_enc_sha256()?),
         file_length: file.file_length().unwrap_or_default(),
+        ..MediaRef::default()
     })
 }
 
@@ -574,39 +578,56 @@ impl Downloadable for StoredMedia {
     }
 }
 
-/// The protocol message for an uploaded file, with the caption, file name, voice-note flag,
-/// quote and mentions the message carries.
-fn media_message(message: &Content, media: &Media, upload: UploadResponse) -> wa::Message {
-    let context = context_info(message).map(Box::new);
-    let mimetype = media.mime_type.clone();
-    match message.kind.as_str() {
-        "image" => wa_media::image_message(upload, ImageOptions { caption: media.caption.clone(), mimetype, context_info: context, ..Default::default() }),
-        "video" => wa_media::video_message(upload, VideoOptions { caption: media.caption.clone(), mimetype, context_info: context, ..Default::default() }),
-        "audio" => wa_media::audio_message(upload, AudioOptions { mimetype, ptt: Some(media.voice_note), context_info: context, ..Default::default() }),
-        "sticker" => wa::Message {
-            sticker_message: MessageField::some(wa::message::StickerMessage {
-                url: Some(upload.url),
-                direct_path: Some(upload.direct_path),
-                media_key: Some(upload.media_key.to_vec()),
-                file_sha256: Some(upload.file_sha256.to_vec()),
-                file_enc_sha256: Some(upload.file_enc_sha256.to_vec()),
-                file_length: Some(upload.file_length),
-                media_key_timestamp: Some(upload.media_key_timestamp),
-                mimetype,
-                context_info: context.map_or_else(MessageField::none, |c| MessageField::some(*c)),
-                ..Default::default()
+/// The protocol message for an uploaded file (as its kept reference names it), with the
+/// caption, file name, voice-note flag, quote and mentions the message carries: the fields
+/// whatsapp-rust's own media helpers fill from an upload.
+fn media_message(message: &Content, media: &Media, upload: &MediaRef) -> Option<wa::Message> {
+    let bytes = |text: &str| BASE64.decode(text).ok();
+    let (url, direct_path, file_length) = (upload.url.clone(), Some(upload.direct_path.clone()), Some(upload.file_length));
+    let (media_key, file_sha256, file_enc_sha256) = (bytes(&upload.media_key)?, bytes(&upload.file_sha256)?, bytes(&upload.file_enc_sha256)?);
+    let (media_key, file_sha256, file_enc_sha256, media_key_timestamp) = (Some(media_key), Some(file_sha256), Some(file_enc_sha256), upload.media_key_timestamp);
+    let streaming_sidecar = upload.streaming_sidecar.as_deref().and_then(bytes);
+    let context_info = context_info(message).map_or_else(MessageField::none, MessageField::some);
+    let mimetype = |default: &str| Some(media.mime_type.clone().unwrap_or_else(|| default.to_owned()));
+    let caption = media.caption.clone();
+    Some(match message.kind.as_str() {
+        "image" => wa::Message {
+            image_message: MessageField::some(wa::message::ImageMessage {
+                url, direct_path, media_key, file_sha256, file_enc_sha256, file_length, media_key_timestamp,
+                mimetype: mimetype("image/jpeg"), caption, context_info, ..Default::default()
             }),
             ..Default::default()
         },
-        _ => wa_media::document_message(upload, DocumentOptions {
-            mimetype,
-            file_name: media.file_name.clone(),
-            title: media.file_name.clone(),
-            caption: media.caption.clone(),
-            context_info: context,
+        "video" => wa::Message {
+            video_message: MessageField::some(wa::message::VideoMessage {
+                url, direct_path, media_key, file_sha256, file_enc_sha256, file_length, media_key_timestamp, streaming_sidecar,
+                mimetype: mimetype("video/mp4"), caption, context_info, ..Default::default()
+            }),
             ..Default::default()
-        }),
-    }
+        },
+        "audio" => wa::Message {
+            audio_message: MessageField::some(wa::message::AudioMessage {
+                url, direct_path, media_key, file_sha256, file_enc_sha256, file_length, media_key_timestamp, streaming_sidecar,
+                mimetype: mimetype("audio/ogg; codecs=opus"), ptt: Some(media.voice_note), context_info, ..Default::default()
+            }),
+            ..Default::default()
+        },
+        "sticker" => wa::Message {
+            sticker_message: MessageField::some(wa::message::StickerMessage {
+                url, direct_path, media_key, file_sha256, file_enc_sha256, file_length, media_key_timestamp,
+                mimetype: mimetype("image/webp"), context_info, ..Default::default()
+            }),
+            ..Default::default()
+        },
+        _ => wa::Message {
+            document_message: MessageField::some(wa::message::DocumentMessage {
+                url, direct_path, media_key, file_sha256, file_enc_sha256, file_length, media_key_timestamp,
+                mimetype: mimetype("application/octet-stream"), file_name: media.file_name.clone(), title: media.file_name.clone(),
+                caption, context_info, ..Default::default()
+            }),
+            ..Default::default()
+        },
+    })
 }
 
 /// Hands what arrives to the session's inbox before WhatsApp's server is acknowledged; an

@@ -444,6 +444,11 @@ pub fn simulator_media(path: &str) -> String {
     format!("{PREFIX}:simulator:media:{path}")
 }
 
+/// How many files sessions uploaded to the simulated media servers.
+pub fn simulator_uploads() -> String {
+    format!("{PREFIX}:simulator:uploads")
+}
+
 /// How many files sessions downloaded from the simulated media servers.
 pub fn simulator_downloads() -> String {
     format!("{PREFIX}:simulator:downloads")

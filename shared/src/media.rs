@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 pub const REF_FIELD: &str = "mediaRef";
 
 /// What WhatsApp needs to serve a file again: where it lies on the media servers and how it is
-/// encrypted (binary fields in base64). Written for a sent file once uploaded, for a received
-/// one as it arrives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// encrypted (binary fields in base64). Written for a sent file once uploaded (so an attempt
+/// after a failed one sends it without uploading it again), for a received one as it arrives.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MediaRef {
     /// `image`, `video`, `audio`, `document` or `sticker`: WhatsApp encrypts each kind apart.
@@ -30,6 +30,14 @@ pub struct MediaRef {
     pub file_sha256: String,
     pub file_enc_sha256: String,
     pub file_length: u64,
+    /// What a message sending an uploaded file carries besides: its URL, when its key was made
+    /// (Unix s), and for audio and video the table that lets players seek (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_key_timestamp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming_sidecar: Option<String>,
 }
 
 /// Why a fetch failed, as the daemon records it for the waiting request.

@@ -565,7 +565,19 @@ impl Client for SimClient {
         unlinked
     }
 
-    async fn send(&self, wa_id: &str, message: &Content, file: Option<&[u8]>, _fresh: bool) -> Result<Option<MediaRef>, SendFailure> {
+    async fn upload(&self, kind: &str, file: &[u8]) -> Result<MediaRef, SendFailure> {
+        if self.logged_in_device().is_none() {
+            return Err(SendFailure::NotConnected("not connected".into()));
+        }
+        let mut redis = self.redis.clone();
+        reachable(&mut redis).await.map_err(SendFailure::NotConnected)?;
+        let unreachable = |e: redis::RedisError| SendFailure::NotConnected(format!("the simulated media servers are unreachable: {e}"));
+        let reference = server::upload(&mut redis, kind, file).await.map_err(unreachable)?;
+        let _: i64 = redis.incr(keys::simulator_uploads(), 1).await.map_err(unreachable)?;
+        Ok(reference)
+    }
+
+    async fn send(&self, wa_id: &str, message: &Content, file: Option<&MediaRef>, _fresh: bool) -> Result<(), SendFailure> {
         let device = self.logged_in_device().ok_or_else(|| SendFailure::NotConnected("not connected".into()))?;
         let (run, stalled, ack_ms) = {
             let state = self.state();
@@ -573,7 +585,7 @@ impl Client for SimClient {
         };
         if stalled {
             // Written into a socket nobody reads any more: the library cannot tell yet.
-            return Ok(None);
+            return Ok(());
         }
         let mut redis = self.redis.clone();
         reachable(&mut redis).await.map_err(SendFailure::NotConnected)?;
@@ -590,11 +602,9 @@ impl Client for SimClient {
             Some(other) => other.strip_prefix("ack:").map(str::to_owned),
             None => None,
         };
-        let reference = match (&message.media, file) {
-            (Some(_), Some(file)) => Some(server::upload(&mut redis, &message.kind, file).await.map_err(unreachable)?),
-            (Some(_), None) => return Err(SendFailure::Rejected("a media message needs its file".into())),
-            (None, _) => None,
-        };
+        if message.media.is_some() && file.is_none() {
+            return Err(SendFailure::Rejected("a media message needs its uploaded file".into()));
+        }
         // A number not on WhatsApp: the server takes the message and delivers it to nobody.
         let recipient = message.chat.strip_suffix("@s.whatsapp.net");
         let nobody = match recipient {
@@ -604,10 +614,12 @@ impl Client for SimClient {
         let undeliverable = refusal.as_deref() == Some("undeliverable");
         let delivered = ack_error.is_none() && !nobody && !undeliverable;
         if delivered {
-            let media = message.media.as_ref().zip(reference.as_ref()).map(|(media, reference)| {
+            let media = message.media.as_ref().zip(file).map(|(media, reference)| {
+                use base64::Engine;
+                let sha256: String = base64::engine::general_purpose::STANDARD.decode(&reference.file_sha256).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
                 serde_json::json!({
                     "mimeType": media.mime_type, "caption": media.caption, "fileName": media.file_name, "voiceNote": media.voice_note,
-                    "size": reference.file_length, "sha256": shared::secret::sha256_hex(file.unwrap_or_default()), "directPath": reference.direct_path,
+                    "size": reference.file_length, "sha256": sha256, "directPath": reference.direct_path,
                 })
             });
             // Every copy is encrypted anew: the recipient's phone shows each one.
@@ -645,7 +657,7 @@ impl Client for SimClient {
                 }
             });
         }
-        Ok(reference)
+        Ok(())
     }
 
     async fn on_whatsapp(&self, jid: &str) -> Result<bool, SendFailure> {

@@ -35,6 +35,7 @@ pub async fn upload(redis: &mut ConnectionManager, kind: &str, file: &[u8]) -> r
     let path = format!("/v/t62.{kind}/{}", shared::secret::sha256_hex(file));
     let () = redis.set_ex(keys::simulator_media(&path), file, MEDIA_TTL_SECS).await?;
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let url = format!("https://mmg.whatsapp.net{path}");
     Ok(MediaRef {
         kind: kind.to_owned(),
         direct_path: path,
@@ -42,6 +43,9 @@ pub async fn upload(redis: &mut ConnectionManager, kind: &str, file: &[u8]) -> r
         file_sha256: b64(&sha),
         file_enc_sha256: b64(&sha),
         file_length: file.len() as u64,
+        url: Some(url),
+        media_key_timestamp: Some(shared::time::now_secs() as i64),
+        streaming_sidecar: None,
     })
 }
 
