@@ -459,6 +459,85 @@ return 1";
     assert!(!resumable, "a lost session is not resumed by the gateway that lost it");
 }
 
+/// A daemon cut off from Redis for longer than a lease period (its WhatsApp connections up)
+/// while its sessions send, and a peer on Redis adopts them: the cut-off daemon stops its
+/// clients before its leases can lapse in Redis, whatever it was waiting on, so no device is
+/// ever driven by two clients at once (the simulated server records any overlap). Once mended,
+/// every session works, its number kept, and every message is sent; only a message in flight
+/// at the cut may go twice (its acknowledgement could not be recorded, and WhatsApp cannot say
+/// whether the copy arrived).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_cut_off_from_redis_stops_its_clients_before_a_peer_adopts_them() {
+    let stack = Stack::on(RedisServer::start(), &[("BACKEND", "simulator"), ("SIM_ACK_MS", "20")], &[]);
+    let partition = e2e::Partition::start(&stack.redis.url);
+    // The sessions are paired on the daemon that will be cut off; its peer joins afterwards.
+    stack.daemon.terminate();
+    let cut_off = stack.daemon.start_beside_via(&partition.url);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let body = r#"{"start": true, "presenceTyping": false, "ratePerMin": 1000, "ratePerHour": 60000}"#;
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        let (id, row) = stack.paired_session_with(&key, body, &format!("4479000000{i:02}")).await;
+        assert_eq!(row["gatewayId"], cut_off.gateway_id.as_str());
+        sessions.push((id, row["waJid"].clone()));
+    }
+    stack.daemon.restart();
+    let mut texts = Vec::new();
+    for round in 0..8 {
+        for (id, _) in &sessions {
+            let text = format!("{id} {round}");
+            let reply = stack.client.post(&stack.session_url(id, "/messages"), &key, &json!({"to": "447900099999", "text": text}).to_string()).await;
+            assert_eq!(reply.status, 202, "{}", reply.body);
+            texts.push(text);
+        }
+        if round == 3 {
+            partition.cut();
+            // Long enough for the peer to find the cut-off daemon dead and adopt its sessions.
+            let adopted = async {
+                let deadline = Instant::now() + LEASE * 6;
+                while !futures::future::join_all(sessions.iter().map(|(id, _)| stack.row_until(&key, id, SOON, |_| true)))
+                    .await
+                    .iter()
+                    .all(|row| row["gatewayId"] == stack.daemon.gateway_id.as_str() && row["status"] == "working")
+                {
+                    assert!(Instant::now() < deadline, "the peer did not adopt the cut-off daemon's sessions");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            adopted.await;
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            partition.mend();
+        }
+    }
+    let mut redis = stack.redis().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records: Vec<String> = redis::AsyncCommands::lrange(&mut redis, shared::keys::simulator_delivered(), 0, -1).await.unwrap();
+        let delivered: Vec<Value> = records.iter().map(|r| serde_json::from_str(r).unwrap()).collect();
+        let mut copies: HashMap<&str, usize> = HashMap::new();
+        for record in &delivered {
+            *copies.entry(record["text"].as_str().unwrap()).or_default() += 1;
+        }
+        if texts.iter().all(|t| copies.contains_key(t.as_str())) {
+            let again: Vec<&str> = copies.iter().filter(|(_, n)| **n > 1).map(|(t, _)| *t).collect();
+            for (id, _) in &sessions {
+                assert!(again.iter().filter(|t| t.starts_with(id.as_str())).count() <= 1, "only the message in flight at the cut may go twice: {again:?}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every message was sent: {} of {}", copies.len(), texts.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (id, jid) in &sessions {
+        let row = stack.status_until(&key, id, "working", SOON).await;
+        assert_eq!(&row["waJid"], jid, "the same number, no scan");
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let overlaps: Vec<String> = redis::AsyncCommands::lrange(&mut redis, shared::keys::simulator_replacements(), 0, -1).await.unwrap();
+    assert!(overlaps.is_empty(), "two clients of one device were live at once: {overlaps:?}");
+}
+
 /// A command older than the last one applied is skipped, however it arrives: moved late, or
 /// replayed after the consumer group was created again.
 #[tokio::test(flavor = "multi_thread")]

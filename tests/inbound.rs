@@ -394,7 +394,11 @@ async fn undecryptable_messages_are_recovered_and_edits_and_deletions_are_announ
     let key = stack.key(&org).await;
     let (id, _) = stack.paired_session(&key, "628111100040").await;
     let me = "628111100040";
-    phone_sends(&stack, me, "628333100041", &[("id", "3A0000000000000000041"), ("text", "secret plans"), ("undecryptable", "true"), ("recover_ms", "1500")]).await;
+    // Undecryptable as addressed by LID; the phone's recovered copy names the sender by number.
+    let recovery = [("addressing", "lid"), ("recover_addressing", "pn"), ("recover_ms", "1500")];
+    let mut fields = vec![("id", "3A0000000000000000041"), ("text", "secret plans"), ("undecryptable", "true")];
+    fields.extend(recovery);
+    phone_sends(&stack, me, "628333100041", &fields).await;
     phone_sends(&stack, me, "628333100042", &[("id", "3A0000000000000000042"), ("text", "lost"), ("undecryptable", "true")]).await;
     let unreadable = logged(&stack, &org, "message.undecryptable", 2, SOON).await;
     let placeholder = unreadable.iter().find(|e| e["data"]["waMessageId"] == "3A0000000000000000041").expect("the first one").clone();

@@ -483,14 +483,19 @@ async fn an_unacknowledged_message_expires_and_an_unreadable_one_fails_and_the_o
     act(&stack, &key, &id, ":stop").await;
     stack.status_until(&key, &id, "stopped", SOON).await;
     let broken = accepted(&stack, &key, &id, json!({"to": "628222000062", "text": "damaged"})).await;
+    let partial = accepted(&stack, &key, &id, json!({"to": "628222000062", "text": "half there"})).await;
     let fine = accepted(&stack, &key, &id, json!({"to": "628222000062", "text": "fine"})).await;
-    let broken_id = broken["id"].as_str().unwrap();
-    let _: () = redis::AsyncCommands::hset(&mut stack.redis().await, shared::keys::message(&org, broken_id), "doc", "{\"id\": 12").await.unwrap();
+    let (broken_id, partial_id) = (broken["id"].as_str().unwrap(), partial["id"].as_str().unwrap());
+    let mut redis = stack.redis().await;
+    let _: () = redis::AsyncCommands::hset(&mut redis, shared::keys::message(&org, broken_id), "doc", "{\"id\": 12").await.unwrap();
+    let _: () = redis::AsyncCommands::hset(&mut redis, shared::keys::message(&org, partial_id), "doc", r#"{"chat": "628222000062@s.whatsapp.net"}"#).await.unwrap();
     act(&stack, &key, &id, ":start").await;
     message_until(&stack, &key, &id, fine["id"].as_str().unwrap(), SOON, |m| m["sentAt"].is_i64()).await;
     let events = stack.events(&org).await;
-    let unreadable = events.iter().find(|e| e["type"] == "message.status" && e["data"]["messageId"] == broken_id && e["data"]["status"] == "failed");
-    assert_eq!(unreadable.map(|e| e["data"]["error"]["code"].clone()), Some(json!("unreadable")), "{events:#?}");
+    for damaged in [broken_id, partial_id] {
+        let failed = events.iter().find(|e| e["type"] == "message.status" && e["data"]["messageId"] == damaged && e["data"]["status"] == "failed");
+        assert_eq!(failed.map(|e| e["data"]["error"]["code"].clone()), Some(json!("unreadable")), "{damaged}: {events:#?}");
+    }
 }
 
 /// Messages accepted for one number never go out from another: after a logout and a pairing

@@ -1,7 +1,9 @@
 //! What every part of the daemon shares: settings, Redis, the backend, the registry of session
-//! supervisors (one task per session this daemon is working on) and the leases they hold.
+//! supervisors (one task per session this daemon is working on), the leases they hold and the
+//! clients they drive: a lease that lapses unrenewed has its client stopped from here, whatever
+//! its supervisor is waiting on (a Redis that does not answer, say).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Client};
 use crate::config::Config;
 use crate::supervisor::{self, Order};
 use redis::aio::ConnectionManager;
@@ -24,11 +26,14 @@ struct Entry {
     orders: mpsc::UnboundedSender<Order>,
 }
 
-/// A lease a supervisor holds, for the renewal loop.
+/// A lease a supervisor holds, for the renewal loop and the lapse watch.
 #[derive(Debug, Clone)]
 pub struct Held {
     pub org: String,
     pub fence: i64,
+    /// When the lease was last taken or extended: the time the request left, so the lease in
+    /// Redis runs at least until `extended_at` plus a lease period.
+    pub extended_at: tokio::time::Instant,
 }
 
 pub struct Daemon {
@@ -41,6 +46,10 @@ pub struct Daemon {
     supervisors: Mutex<HashMap<String, Entry>>,
     next_task: AtomicU64,
     leases: Mutex<HashMap<String, Held>>,
+    /// The client each held session is driven with, under the lease's fence.
+    clients: Mutex<HashMap<String, (i64, Arc<dyn Client>)>>,
+    /// Sessions were let go because their leases lapsed: resume them once renewals succeed.
+    suspended: AtomicBool,
     /// Command entries (`<stream> <entry id>`) handed to supervisors and not yet acknowledged.
     in_flight: Mutex<HashSet<String>>,
     /// When the heartbeat and leases were last renewed (Unix ms).
@@ -60,6 +69,8 @@ impl Daemon {
             supervisors: Mutex::default(),
             next_task: AtomicU64::new(1),
             leases: Mutex::default(),
+            clients: Mutex::default(),
+            suspended: AtomicBool::new(false),
             in_flight: Mutex::default(),
             renewed_at: AtomicI64::new(shared::time::now_millis()),
             stopping: AtomicBool::new(false),
@@ -140,6 +151,68 @@ impl Daemon {
 
     pub fn held(&self) -> Vec<(String, Held)> {
         self.leases.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, h)| (id.clone(), h.clone())).collect()
+    }
+
+    /// Whether this gateway holds the session's lease taken with `fence`, not lapsed.
+    pub fn holds(&self, session_id: &str, fence: i64) -> bool {
+        self.live(&self.leases.lock().unwrap_or_else(|e| e.into_inner()), session_id, fence)
+    }
+
+    fn live(&self, leases: &HashMap<String, Held>, session_id: &str, fence: i64) -> bool {
+        leases.get(session_id).is_some_and(|held| held.fence == fence && held.extended_at.elapsed() < self.lease_safe())
+    }
+
+    /// The lease taken with `fence` was extended by a request that left at `at`.
+    pub fn extended(&self, session_id: &str, fence: i64, at: tokio::time::Instant) {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = leases.get_mut(session_id).filter(|held| held.fence == fence) {
+            held.extended_at = held.extended_at.max(at);
+        }
+    }
+
+    /// How long a lease may go unextended before its client must stop: 85% of a lease period,
+    /// which leaves the lapse watch's tick (a twentieth) and a tenth for the clocks and for
+    /// stopping the client, so it stops before the lease in Redis lapses and another gateway
+    /// may take the session.
+    pub fn lease_safe(&self) -> Duration {
+        self.config.lease() * 17 / 20
+    }
+
+    /// The leases whose time ran out unextended, forgotten here: their sessions must be let go.
+    pub fn take_lapsed(&self) -> Vec<(String, Held)> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let lapsed: Vec<String> = leases.iter().filter(|(_, h)| h.extended_at.elapsed() >= self.lease_safe()).map(|(id, _)| id.clone()).collect();
+        lapsed.into_iter().filter_map(|id| leases.remove(&id).map(|held| (id, held))).collect()
+    }
+
+    /// The session is driven with `client` under the lease taken with `fence`, if that lease
+    /// still holds (checked and recorded in one step, so the lapse watch finds every client it
+    /// must stop); `false` when it lapsed.
+    pub fn drive(&self, session_id: &str, fence: i64, client: Arc<dyn Client>) -> bool {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let holds = self.live(&leases, session_id, fence);
+        if holds {
+            self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(session_id.to_owned(), (fence, client));
+        }
+        holds
+    }
+
+    /// The session's client under `fence` (none, any) is no longer driven; it is handed back.
+    pub fn release_client(&self, session_id: &str, fence: Option<i64>) -> Option<Arc<dyn Client>> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get(session_id) {
+            Some((held, _)) if fence.is_none_or(|fence| fence == *held) => clients.remove(session_id).map(|(_, client)| client),
+            _ => None,
+        }
+    }
+
+    /// Sessions were let go for lapsed leases; [`Daemon::take_suspended`] says so once.
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::SeqCst);
+    }
+
+    pub fn take_suspended(&self) -> bool {
+        self.suspended.swap(false, Ordering::SeqCst)
     }
 
     /// The heartbeat and every lease were just renewed.

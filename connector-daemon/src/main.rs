@@ -63,6 +63,7 @@ async fn run(config: Config) -> Result {
     lease::heartbeat(&daemon).await?;
     daemon.renewed();
     tokio::spawn(renew_leases(daemon.clone()));
+    tokio::spawn(watch_leases(daemon.clone()));
     tokio::spawn(unlinks::retry(daemon.clone()));
     resume(&daemon).await;
     tokio::spawn(remove_deleted_stores(daemon.clone()));
@@ -141,12 +142,10 @@ async fn remove_deleted_stores(daemon: Arc<Daemon>) {
 }
 
 /// Every third of a lease period: the heartbeat, then each lease. A lease another gateway took
-/// (or whose row went) makes its supervisor let go at once. When renewals fail for a whole lease
-/// period, every supervisor lets go (another daemon may run those sessions by now), and once
-/// renewals succeed again the sessions are resumed.
+/// (or whose row went) makes its supervisor let go at once. A lease that goes unrenewed is
+/// [`watch_leases`]'s; once renewals succeed again, the sessions let go meanwhile are resumed.
 async fn renew_leases(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(daemon.config.lease() / 3);
-    let mut suspended = false;
     loop {
         tick.tick().await;
         if daemon.is_stopping() {
@@ -155,20 +154,12 @@ async fn renew_leases(daemon: Arc<Daemon>) {
         match renew_all(&daemon).await {
             Ok(()) => {
                 daemon.renewed();
-                if std::mem::take(&mut suspended) {
+                if daemon.take_suspended() {
                     tracing::info!("leases renewable again: resuming sessions");
                     resume(&daemon).await;
                 }
             }
-            Err(e) => {
-                tracing::warn!("cannot renew the heartbeat and leases: {e}");
-                if !suspended && daemon.leases_lapsed() {
-                    suspended = true;
-                    for (session_id, held) in daemon.held() {
-                        daemon.order(&session_id, &held.org, Order::Suspend);
-                    }
-                }
-            }
+            Err(e) => tracing::warn!("cannot renew the heartbeat and leases: {e}"),
         }
     }
 }
@@ -176,12 +167,38 @@ async fn renew_leases(daemon: Arc<Daemon>) {
 async fn renew_all(daemon: &Arc<Daemon>) -> std::result::Result<(), shared::redis::RedisError> {
     lease::heartbeat(daemon).await?;
     for (session_id, held) in daemon.held() {
-        if !lease::renew(daemon, &held.org, &session_id, held.fence).await? {
+        let sent = tokio::time::Instant::now();
+        if lease::renew(daemon, &held.org, &session_id, held.fence).await? {
+            daemon.extended(&session_id, held.fence, sent);
+        } else {
             daemon.unhold(&session_id, held.fence);
             daemon.order(&session_id, &held.org, Order::LeaseLost(held.fence));
         }
     }
     Ok(())
+}
+
+/// Every twentieth of a lease period, the leases that went most of one without being extended
+/// ([`Daemon::lease_safe`]): each session's client is stopped here, at once, whatever its supervisor or
+/// the renewal loop waits on (a Redis that does not answer holds both), so no client runs on
+/// after the lease lapsed in Redis and another gateway may take the session. The supervisors
+/// let go when they can, and the sessions are resumed once renewals succeed again.
+async fn watch_leases(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(daemon.config.lease() / 20);
+    loop {
+        tick.tick().await;
+        if daemon.is_stopping() {
+            return;
+        }
+        for (session_id, held) in daemon.take_lapsed() {
+            tracing::warn!(session = %session_id, "the session's lease went unrenewed for a lease period; stopping its client");
+            daemon.suspend();
+            if let Some(client) = daemon.release_client(&session_id, Some(held.fence)) {
+                tokio::spawn(async move { tokio::time::timeout(supervisor::DISCONNECT_DEADLINE, client.disconnect()).await });
+            }
+            daemon.order(&session_id, &held.org, Order::Suspend);
+        }
+    }
 }
 
 async fn shutdown_signal(stop_on_stdin_close: bool) {

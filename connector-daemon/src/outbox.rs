@@ -65,12 +65,13 @@ const STREAK: Duration = Duration::from_secs(10);
 /// ([`limiter::place`]: `<id>#<n>`):
 /// a resend after a failure counts like any send, and one after a crash finds its place taken.
 /// Answers `{verdict, content, attempts so far, WhatsApp id, presenceTyping, last failure, id}`,
-/// `{'unreadable', id}`, `{'wait', ms}`, or a bare verdict.
+/// `{'number_changed' | 'expired', content, id}`, `{'unreadable', id}`, `{'wait', ms}`, or a
+/// bare verdict.
 const NEXT: &str = concat!(
     limiter_lua!(),
     r"
 local outbox, row_key, sends, lease_key, chat_sends = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local prefix, lease, me, margin, gap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local prefix, lease, me, margin, gap, max_attempts = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local id = redis.call('LINDEX', outbox, 0)
 if not id then return {'idle'} end
 local message = prefix .. id
@@ -83,9 +84,9 @@ local readable, content = pcall(cjson.decode, doc or '')
 if not readable or type(content) ~= 'table' or type(content['chat']) ~= 'string' then return {'unreadable', id} end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-if content['from'] ~= me then return {'number_changed', doc} end
+if content['from'] ~= me then return {'number_changed', doc, id} end
 local expires = tonumber(content['expiresAt'])
-if expires and expires <= now then return {'expired', doc} end
+if expires and expires <= now then return {'expired', doc, id} end
 if redis.call('GET', lease_key) ~= lease then return {'fenced'} end
 local raw = redis.call('GET', row_key)
 if not raw then return {'gone'} end
@@ -93,8 +94,11 @@ local row = cjson.decode(raw)
 local per_min, per_hour = tonumber(row['ratePerMin']) or 1, tonumber(row['ratePerHour']) or 1
 local state = redis.call('HMGET', message, 'attempts', 'waId', 'lastError')
 local attempts = tonumber(state[1] or '0')
-local wait = take_place(sends, id .. '#' .. attempts, per_min, per_hour, now, margin, chat_sends, content['chat'], gap)
-if wait > 0 then return {'wait', tostring(wait)} end
+-- A message out of attempts only fails: it takes no place.
+if attempts < max_attempts then
+  local wait = take_place(sends, id .. '#' .. attempts, per_min, per_hour, now, margin, chat_sends, content['chat'], gap)
+  if wait > 0 then return {'wait', tostring(wait)} end
+end
 redis.call('HSETNX', message, 'sendingAt', now)
 local typing = row['presenceTyping'] == true and 1 or 0
 return {'send', doc, attempts, state[2], typing, state[3] or '', id}"
@@ -188,7 +192,7 @@ impl Run {
             NEXT, 5,
             keys::session_outbox(org, session), keys::session(org, session), keys::session_sends(org, session), keys::session_lease(org, session),
             keys::session_chat_sends(org, session),
-            keys::message(org, ""), self.lease.as_str(), self.me.as_str(), limiter::MARGIN_MS, self.daemon.config.send_chat_gap_ms as i64,
+            keys::message(org, ""), self.lease.as_str(), self.me.as_str(), limiter::MARGIN_MS, self.daemon.config.send_chat_gap_ms as i64, MAX_ATTEMPTS,
         ];
         let mut reply = redis.execute("EVAL", argv).await?.into_iter().map(Reply::into_string);
         let verdict = reply.next().flatten().unwrap_or_default();
@@ -202,15 +206,14 @@ impl Run {
                 tokio::time::sleep(Duration::from_millis(wait).min(RATE_RECHECK)).await;
                 return Ok(Turn::Again);
             }
-            "number_changed" => {
-                // Accepted for the number paired then; the session was paired with another since.
-                let error = failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent");
-                let content = content_of(reply.next().flatten())?;
-                return self.record((&content.id, &content.chat), None, MessageStatus::Failed, Some(error)).await;
-            }
-            "expired" => {
-                let error = failure("expired", "the message waited in the outbox past its maximum age; it was not sent (or not acknowledged)");
-                let content = content_of(reply.next().flatten())?;
+            "number_changed" | "expired" => {
+                let error = match verdict.as_str() {
+                    // Accepted for the number paired then; the session was paired with another since.
+                    "number_changed" => failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent"),
+                    _ => failure("expired", "the message waited in the outbox past its maximum age; it was not sent (or not acknowledged)"),
+                };
+                let (doc, id) = (reply.next().flatten(), reply.next().flatten().unwrap_or_default());
+                let Ok(content) = content_of(doc) else { return self.unreadable(&id).await };
                 return self.record((&content.id, &content.chat), None, MessageStatus::Failed, Some(error)).await;
             }
             "unreadable" => return self.unreadable(&reply.next().flatten().unwrap_or_default()).await,
@@ -276,7 +279,8 @@ impl Run {
             return Ok(Upload::Done(None));
         }
         let (redis, org) = (&self.daemon.redis, self.org.as_str());
-        if let Some(reference) = shared::media::reference(redis, org, &content.id).await? {
+        // A reference kept by an older version lacks what a message needs to carry it: upload again.
+        if let Some(reference) = shared::media::reference(redis, org, &content.id).await?.filter(|r| r.url.is_some()) {
             return Ok(Upload::Done(Some(reference)));
         }
         // The file is held in memory from here until it is on WhatsApp's servers: a few sessions
@@ -403,20 +407,33 @@ impl Run {
         self.record((message_id, ""), None, MessageStatus::Failed, Some(error)).await
     }
 
-    /// Moves the message (our id, its chat) to `status`, under the lease.
+    /// Moves the message (our id, its chat) to `status`, under the lease. That WhatsApp took
+    /// it (`sent`) is true whoever holds the session now, so it is recorded without the lease,
+    /// by a task of its own that outlives this sender: a sender stopped with the message in
+    /// flight (its lease lapsed while Redis did not answer) does not leave it to be sent again.
     async fn record(&self, (message_id, chat): (&str, &str), wa_id: Option<&str>, status: MessageStatus, error: Option<MessageError>) -> Result<Turn, ApiError> {
-        let step = Step {
-            org: &self.org,
-            session_id: &self.session_id,
-            message_id,
-            chat,
-            wa_message_id: wa_id,
-            status,
-            error,
-            lease: Some(self.lease.clone()),
-            retention: self.daemon.config.retention(),
-        };
-        let advanced = outbox::advance(&self.daemon.redis, &step).await?;
+        let (daemon, org, session_id) = (self.daemon.clone(), self.org.clone(), self.session_id.clone());
+        let (message_id, chat, wa_id) = (message_id.to_owned(), chat.to_owned(), wa_id.map(str::to_owned));
+        let lease = (status != MessageStatus::Sent).then(|| self.lease.clone());
+        let recorded = tokio::spawn(async move {
+            let step = Step {
+                org: &org,
+                session_id: &session_id,
+                message_id: &message_id,
+                chat: &chat,
+                wa_message_id: wa_id.as_deref(),
+                status,
+                error,
+                lease,
+                retention: daemon.config.retention(),
+            };
+            // WhatsApp took it: recorded until Redis answers, or a failed write would send it again.
+            let give_up = || status != MessageStatus::Sent || daemon.is_stopping();
+            crate::daemon::persist("record a sent message", give_up, || outbox::advance(&daemon.redis, &step))
+                .await
+                .ok_or_else(ApiError::unavailable)
+        });
+        let advanced = recorded.await.map_err(|e| ApiError::internal(format!("recording a message's step failed: {e}")))??;
         if matches!(advanced, Advanced::Moved) {
             crate::metrics::message(if status == MessageStatus::Sent { "sent" } else { "failed" });
         }

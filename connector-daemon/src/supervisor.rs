@@ -45,7 +45,7 @@ const PAIRING_CODE_DEADLINE: Duration = Duration::from_secs(65);
 /// after its QR codes ran out is let go past this.
 const PAIRING_CODE_LIFETIME: Duration = Duration::from_secs(240);
 /// How long closing a client may take (its last flushes, the socket's close).
-const DISCONNECT_DEADLINE: Duration = Duration::from_secs(15);
+pub const DISCONNECT_DEADLINE: Duration = Duration::from_secs(15);
 /// When, after the presence was set, it is set again: whatsapp-rust announces the number
 /// online right after it reports the profile name's arrival, and may overtake the first.
 const PRESENCE_AGAIN_AFTER: Duration = Duration::from_secs(2);
@@ -66,7 +66,8 @@ pub enum Order {
     /// The lease taken with this token is gone to another gateway (or with the row): let go at
     /// once, writing nothing. A renewal of an older lease of the session says nothing of a newer one.
     LeaseLost(i64),
-    /// The leases could not be renewed for a lease period: let go, staying resumable.
+    /// The session's lease went unrenewed for a lease period (its client is stopped already):
+    /// let go, staying resumable.
     Suspend,
     /// The daemon is stopping: disconnect, keep the session resumable.
     Shutdown(oneshot::Sender<()>),
@@ -277,7 +278,7 @@ impl Supervisor {
                 Flow::Continue
             }
             Order::Suspend => {
-                tracing::warn!(session = %self.id, "leases could not be renewed for a lease period; letting go until they can");
+                tracing::warn!(session = %self.id, "the lease could not be renewed for a lease period; letting go until it can");
                 self.let_go().await;
                 Flow::Continue
             }
@@ -481,13 +482,22 @@ impl Supervisor {
         let daemon = self.daemon.clone();
         loop {
             let (org, id) = (self.org.as_str(), self.id.as_str());
-            let acquired = persist("take the session's lease", || daemon.is_stopping(), || lease::acquire(&daemon, org, id));
-            let holder = match acquired.await {
+            // The lease runs from when the attempt that took it left, not the first of a retried few.
+            let attempt = || async {
+                let sent = Instant::now();
+                lease::acquire(&daemon, org, id).await.map(|acquired| (sent, acquired))
+            };
+            let acquired = persist("take the session's lease", || daemon.is_stopping(), attempt).await;
+            let (sent, acquired) = match acquired {
+                Some((sent, acquired)) => (sent, Some(acquired)),
+                None => (Instant::now(), None),
+            };
+            let holder = match acquired {
                 None => return Err(Handled::Abandoned),
                 Some(Acquired::Gone) => return Err(Handled::Gone),
                 Some(Acquired::Fence(fence)) => {
                     self.fence = Some(fence);
-                    self.daemon.hold(&self.id, Held { org: self.org.clone(), fence });
+                    self.daemon.hold(&self.id, Held { org: self.org.clone(), fence, extended_at: sent });
                     self.status = row.status;
                     self.online = row.always_online;
                     self.identity = row.wa_jid.clone().map(|jid| Identity {
@@ -604,7 +614,20 @@ impl Supervisor {
         (left > 0).then(|| (reason, Duration::from_millis(left as u64)))
     }
 
+    /// Whether the lease this task took still holds: no client runs past its lapse.
+    fn lease_holds(&self) -> bool {
+        self.fence.is_some_and(|fence| self.daemon.holds(&self.id, fence))
+    }
+
+    /// The lease lapsed unrenewed: let go, staying resumable (renewals resume the session).
+    async fn lapsed(&mut self) {
+        tracing::info!(session = %self.id, "the lease lapsed unrenewed; letting go until renewals succeed");
+        self.daemon.suspend();
+        self.let_go().await;
+    }
+
     async fn connect(&mut self) {
+        let Some(fence) = self.fence.filter(|_| self.lease_holds()) else { return self.lapsed().await };
         let (status, reports) = mpsc::unbounded_channel();
         let (daemon, org, id) = (self.daemon.clone(), self.org.clone(), self.id.clone());
         let (receipts, receipts_worker) = worker(move |event| {
@@ -631,9 +654,14 @@ impl Supervisor {
         let events = Events::routed(status, self.acks.clone(), receipts, contacts);
         let inbox = Arc::new(SessionInbox { daemon: self.daemon.clone(), org: self.org.clone(), session_id: self.id.clone() });
         match self.daemon.backend.connect(&self.id, &self.daemon.config.session_dir(&self.id), events, inbox).await {
-            Ok(client) => {
+            Ok(client) if self.daemon.drive(&self.id, fence, client.clone()) => {
                 self.client = Some(client);
                 self.events = Some(reports);
+            }
+            Ok(client) => {
+                // The lease lapsed while it connected: it never runs.
+                let _ = tokio::time::timeout(DISCONNECT_DEADLINE, client.disconnect()).await;
+                self.lapsed().await;
             }
             Err(reason) => self.connection_lost(reason, Cause::Lost).await,
         }
@@ -642,6 +670,9 @@ impl Supervisor {
     /// Connects again once a backoff ran out: on the client that lost its connection when there
     /// is one (it keeps what it knows in memory), else on a new one.
     async fn reconnect(&mut self) {
+        if !self.lease_holds() {
+            return self.lapsed().await;
+        }
         let Some(client) = self.client.clone() else { return self.connect().await };
         if let Err(reason) = client.reconnect().await {
             tracing::info!(session = %self.id, "the client cannot connect again ({reason}); starting a new one");
@@ -667,6 +698,7 @@ impl Supervisor {
     async fn drop_client(&mut self) {
         self.connection_ended().await;
         self.events = None;
+        self.daemon.release_client(&self.id, None);
         if let Some(client) = self.client.take() {
             // The library's close waits on the socket, which a dead network can hold for minutes.
             if tokio::time::timeout(DISCONNECT_DEADLINE, client.disconnect()).await.is_err() {
@@ -743,6 +775,8 @@ impl Supervisor {
                 false
             }
             None => {
+                // Renewals failed for a lease period: let go, resumed once they succeed.
+                self.daemon.suspend();
                 self.let_go().await;
                 false
             }

@@ -142,8 +142,9 @@ pub async fn store<R: Redis>(
     let mut argv = args![now, retention_ms as i64, history::floor(now, retention_ms), messages.len() as i64];
     for (Incoming { content, wa_id, media_ref, .. }, recover) in messages.iter().zip(recovered) {
         let mut content = content.clone();
-        if let Some(ours) = &recover {
-            content.id = ours.clone();
+        if let Some(Recovered { content: stored }) = &recover {
+            // Filled in under the undecryptable record's own id, chat and sender.
+            (content.id, content.chat, content.from) = (stored.id.clone(), stored.chat.clone(), stored.from.clone());
         }
         let sender = content.from.as_deref().unwrap_or_default();
         keys.extend(args![
@@ -186,9 +187,18 @@ fn received_event(org: &str, content: &Content, doc: &str, wa_id: &str, now: i64
     Ok(Event::new(kind, org, &content.session_id, serde_json::to_value(&message).unwrap_or_default()))
 }
 
-/// For each message, our id of the undecryptable record it recovers, if any: one stored under
-/// the same chat, sender and WhatsApp id, still `undecryptable`.
-async fn recoveries<R: Redis>(r: &R, org: &str, session_id: &str, messages: &[Incoming]) -> Result<Vec<Option<String>>, ApiError> {
+/// The undecryptable record a message recovers: ours, as stored (its chat and sender name the
+/// record the recovered copy fills in).
+struct Recovered {
+    content: Content,
+}
+
+/// For each message, the undecryptable record it recovers, if any: one still `undecryptable`
+/// stored under the same chat, sender and WhatsApp id; or, failing that, the message the
+/// session keeps under that WhatsApp id, when its sender is this one in either of WhatsApp's
+/// addressings (a copy the phone recovers may name the chat by phone number where the
+/// undecryptable one named it by LID, or the other way round).
+async fn recoveries<R: Redis>(r: &R, org: &str, session_id: &str, messages: &[Incoming]) -> Result<Vec<Option<Recovered>>, ApiError> {
     let records: Vec<Arg> = messages
         .iter()
         .map(|m| Arg::from(keys::session_inbound(org, session_id, &m.content.chat, m.content.from.as_deref().unwrap_or_default(), &m.wa_id)))
@@ -196,17 +206,31 @@ async fn recoveries<R: Redis>(r: &R, org: &str, session_id: &str, messages: &[In
     let found = r.execute("MGET", records).await?;
     let mut recovered = Vec::with_capacity(messages.len());
     for (message, ours) in messages.iter().zip(found.into_iter().map(Reply::into_string)) {
-        let recovers = match ours {
-            Some(ours) if message.content.kind != UNDECRYPTABLE => {
-                let stored = crate::outbox::content(r, org, &ours).await?;
-                let placeholder = stored.is_some_and(|(content, _)| content.kind == UNDECRYPTABLE);
-                placeholder.then_some(ours)
-            }
-            _ => None,
+        if message.content.kind == UNDECRYPTABLE {
+            recovered.push(None);
+            continue;
+        }
+        let candidate = match ours {
+            Some(ours) => Some(ours),
+            None => crate::redis::get_string(r, &keys::session_wa_message(org, session_id, &message.wa_id)).await?,
         };
-        recovered.push(recovers);
+        let stored = match candidate {
+            Some(ours) => crate::outbox::content(r, org, &ours).await?.map(|(content, _)| content),
+            None => None,
+        };
+        recovered.push(stored.filter(|stored| stored.kind == UNDECRYPTABLE && same_sender(stored, &message.content)).map(|content| Recovered { content }));
     }
     Ok(recovered)
+}
+
+/// Whether two received messages come from the same sender, in any addressing either names.
+fn same_sender(a: &Content, b: &Content) -> bool {
+    let names = |c: &Content| -> Vec<String> {
+        let sender = c.sender.as_ref();
+        [c.from.clone(), sender.and_then(|s| s.phone_jid.clone()), sender.and_then(|s| s.lid.clone())].into_iter().flatten().collect()
+    };
+    let theirs = names(b);
+    a.direction == Direction::Inbound && names(a).iter().any(|name| theirs.contains(name))
 }
 
 /// Marks the message a change is to (found by its WhatsApp id, in the same chat, received from

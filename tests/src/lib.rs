@@ -460,6 +460,72 @@ impl Drop for RedisServer {
     }
 }
 
+/// A relay in front of a Redis for one daemon's connections, which a test can cut: it then
+/// carries nothing either way, the connections held open, as a network that drops everything
+/// looks to the daemon (its peers, on Redis directly, carry on); mended, it delivers what it
+/// held.
+pub struct Partition {
+    pub url: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Partition {
+    pub fn start(redis_url: &str) -> Partition {
+        let target = redis_url.trim_start_matches("redis://").split('/').next().unwrap().to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = cut.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let (target, held) = (target.clone(), held.clone());
+                    tokio::spawn(async move {
+                        let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                        let ((client_in, client_out), (server_in, server_out)) = (client.into_split(), server.into_split());
+                        tokio::spawn(relay(client_in, server_out, held.clone()));
+                        relay(server_in, client_out, held).await;
+                    });
+                }
+            });
+        });
+        Partition { url: format!("redis://{address}"), cut }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    pub fn mend(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes one way, holding them while `cut`.
+async fn relay(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, cut: Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else { return };
+        if read == 0 {
+            return;
+        }
+        while cut.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A running `connector-daemon` with the simulator backend and quick test timings. Its gateway
 /// id and data directory survive [`Daemon::kill`] and [`Daemon::restart`], as on a real machine.
 pub struct Daemon {
@@ -488,12 +554,17 @@ impl Daemon {
     }
 
     /// A second daemon (its own gateway id) sharing this one's Redis and data directory, as
-    /// two daemons on one machine or on a shared volume would.
+    /// two daemons on one machine would.
     pub fn start_beside(&self) -> Daemon {
+        self.start_beside_via(&self.redis_url)
+    }
+
+    /// [`Daemon::start_beside`], reaching the Redis through `redis_url` (a [`Partition`]'s).
+    pub fn start_beside_via(&self, redis_url: &str) -> Daemon {
         let daemon = Daemon {
             gateway_id: format!("e2e-{}", ulid::Ulid::new().to_string().to_lowercase()),
             data_dir: self.data_dir.clone(),
-            redis_url: self.redis_url.clone(),
+            redis_url: redis_url.to_owned(),
             settings: self.settings.clone(),
             child: Mutex::default(),
         };

@@ -430,7 +430,9 @@ impl SimClient {
     }
 
     /// The simulated server's record of this client while it is logged in, refreshed until its
-    /// run is over. Taking the device's record from another live client replaces that one.
+    /// run is over. Taking the device's record from another live client replaces that one; a
+    /// client finding its record taken by another (its own lapsed meanwhile) was live beside it
+    /// all the same: that is recorded too, and it is replaced.
     async fn stay_online(self: Arc<Self>, run: u64, device_id: String) {
         let mut redis = self.redis.clone();
         let key = keys::simulator_online(&device_id);
@@ -441,12 +443,7 @@ impl SimClient {
             .unwrap_or(None);
         if let Some(previous) = previous.filter(|p| *p != self.token) {
             tracing::warn!(session = %self.session_id, "simulator: a second client logged in with a device that is online; replacing the first");
-            let entry = serde_json::json!({
-                "device": device_id, "session": self.session_id, "replaced": previous, "by": self.token, "at": shared::time::now_millis(),
-            });
-            let _: redis::RedisResult<i64> = redis.lpush(keys::simulator_replacements(), entry.to_string()).await;
-            let _: redis::RedisResult<String> =
-                redis.xadd(keys::simulator_control(), "*", &[("action", "replace_client"), ("client", previous.as_str())]).await;
+            self.overlapped(&mut redis, &device_id, &previous, &self.token).await;
         }
         loop {
             tokio::time::sleep(ONLINE_REFRESH).await;
@@ -459,10 +456,27 @@ impl SimClient {
             }
             let refreshed: redis::RedisResult<i64> =
                 redis::cmd("EVAL").arg(REFRESH_ONLINE).arg(1).arg(&key).arg(&self.token).arg(ONLINE_TTL_MS).query_async(&mut redis).await;
+            // A refresh that waited on Redis may land after this client closed: only a client
+            // still live when its record turned out taken was live beside the other.
+            if refreshed == Ok(0) && self.current(run) {
+                let holder: Option<String> = redis.get(&key).await.unwrap_or(None);
+                tracing::warn!(session = %self.session_id, "simulator: another client took the device's record while this one was live; replacing this one");
+                self.overlapped(&mut redis, &device_id, &self.token, holder.as_deref().unwrap_or("?")).await;
+                return;
+            }
             if refreshed == Ok(0) {
                 return;
             }
         }
+    }
+
+    /// Two clients of one device were live at once: recorded, and the server ends `replaced`.
+    async fn overlapped(&self, redis: &mut ConnectionManager, device_id: &str, replaced: &str, by: &str) {
+        let entry = serde_json::json!({
+            "device": device_id, "session": self.session_id, "replaced": replaced, "by": by, "at": shared::time::now_millis(),
+        });
+        let _: redis::RedisResult<i64> = redis.lpush(keys::simulator_replacements(), entry.to_string()).await;
+        let _: redis::RedisResult<String> = redis.xadd(keys::simulator_control(), "*", &[("action", "replace_client"), ("client", replaced)]).await;
     }
 
     /// The device's record goes with the client that holds it.

@@ -21,7 +21,9 @@ use std::collections::HashMap;
 /// As WhatsApp sends them too: `status` (`true`: a status post, in `status@broadcast`);
 /// `type` `edit` (the author edits their message `target` to `text`) or `revoke` (deletes
 /// `target` for everyone); `undecryptable` (`true`: the session's device cannot decrypt it, and
-/// WhatsApp delivers it again, readable, after `recover_ms` when given, with the same id).
+/// WhatsApp delivers it again, readable, after `recover_ms` when given, with the same id, and
+/// addressed as `recover_addressing` says when given: the phone's copy may name the sender by
+/// phone number where the first named them by LID).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhoneMessage {
     pub to: String,
@@ -53,6 +55,9 @@ impl PhoneMessage {
         let after: i64 = self.fields.get("recover_ms")?.parse().ok()?;
         let mut again = self.clone();
         again.fields.remove("undecryptable");
+        if let Some(addressing) = self.fields.get("recover_addressing").cloned() {
+            again.fields.insert("addressing".to_owned(), addressing);
+        }
         again.fields.insert("due_at".to_owned(), (shared::time::now_millis() + after).to_string());
         Some(again)
     }
