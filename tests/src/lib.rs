@@ -88,37 +88,49 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-/// Serves HTTP/1 on a loopback port of its own, from a thread of its own: `answer` gives each
-/// request its status, body and delay in ms.
-fn serve(answer: impl Fn(Received) -> (u16, Vec<u8>, u64) + Send + Sync + 'static) -> std::net::SocketAddr {
+/// Takes connections on a loopback port of its own, from a thread of its own (with a runtime of
+/// its own, so a test's runtime never starves it), handing each to `each`.
+fn listen<F: Future<Output = ()> + Send + 'static>(each: impl Fn(tokio::net::TcpStream) -> F + Send + 'static) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
-    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
             listener.set_nonblocking(true).unwrap();
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let answer = answer.clone();
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let answer = answer.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-                        let (code, body, delay) = answer(Received { path: parts.uri.path().to_owned(), headers: parts.headers, body });
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-                        *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+                match listener.accept().await {
+                    Ok((stream, _)) => drop(tokio::spawn(each(stream))),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
             }
         });
     });
     address
+}
+
+/// Serves HTTP/1 on a loopback port of its own: `answer` gives each request its status, body
+/// and delay in ms.
+fn serve(answer: impl Fn(Received) -> (u16, Vec<u8>, u64) + Send + Sync + 'static) -> std::net::SocketAddr {
+    let answer = Arc::new(answer);
+    listen(move |stream| {
+        let answer = answer.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let answer = answer.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                let (code, body, delay) = answer(Received { path: parts.uri.path().to_owned(), headers: parts.headers, body });
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        async move {
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        }
+    })
 }
 
 /// A webhook receiver on a loopback port: records every request as it arrives (before it
@@ -472,29 +484,16 @@ pub struct Partition {
 impl Partition {
     pub fn start(redis_url: &str) -> Partition {
         let target = redis_url.trim_start_matches("redis://").split('/').next().unwrap().to_owned();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let held = cut.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                listener.set_nonblocking(true).unwrap();
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((client, _)) = listener.accept().await else {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    };
-                    let (target, held) = (target.clone(), held.clone());
-                    tokio::spawn(async move {
-                        let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
-                        let ((client_in, client_out), (server_in, server_out)) = (client.into_split(), server.into_split());
-                        tokio::spawn(relay(client_in, server_out, held.clone()));
-                        relay(server_in, client_out, held).await;
-                    });
-                }
-            });
+        let address = listen(move |client| {
+            let (target, held) = (target.clone(), held.clone());
+            async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                let ((client_in, client_out), (server_in, server_out)) = (client.into_split(), server.into_split());
+                tokio::spawn(relay(client_in, server_out, held.clone()));
+                relay(server_in, client_out, held).await;
+            }
         });
         Partition { url: format!("redis://{address}"), cut }
     }
