@@ -32,6 +32,7 @@ use shared::message::{Content, MessageError, MessageStatus};
 use shared::outbox::{self, Advanced, Step, failure};
 use shared::redis::{Redis, Reply};
 use shared::{ApiError, args, keys};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
@@ -46,6 +47,9 @@ const MAX_ATTEMPTS: i64 = 5;
 /// How long a number's presence on WhatsApp is remembered: found there, and not found.
 const REGISTERED_TTL_MS: i64 = 24 * 3_600_000;
 const UNREGISTERED_TTL_MS: i64 = 3_600_000;
+/// How many numbers found on WhatsApp a sender remembers in memory, and for how long.
+const REGISTERED_REMEMBERED: usize = 1_024;
+const REGISTERED_REMEMBERED_FOR: Duration = Duration::from_secs(600);
 /// How often an idle sender looks at the outbox without a wake-up (one lost with a gateway).
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Pause before trying again after the connection refused a send or Redis failed.
@@ -115,7 +119,7 @@ impl Sender {
     /// the lease value `lease`; WhatsApp's answers come through `acks`.
     pub fn start(daemon: Arc<Daemon>, client: Arc<dyn Client>, acks: Arc<Acks>, org: String, session_id: String, me: String, lease: String) -> Sender {
         let wake = Arc::new(Notify::new());
-        let run = Run { daemon, client, acks, org, session_id, me, lease, wake: wake.clone(), last_sent: None };
+        let run = Run { daemon, client, acks, org, session_id, me, lease, wake: wake.clone(), last_sent: None, registered: HashMap::new() };
         Sender { wake, task: tokio::spawn(run.run()) }
     }
 
@@ -142,6 +146,9 @@ struct Run {
     wake: Arc<Notify>,
     /// When the last message went out.
     last_sent: Option<Instant>,
+    /// Numbers found on WhatsApp this connection, and until when that holds: a run of sends to
+    /// one number asks Redis once (what Redis keeps is shared by every connection and daemon).
+    registered: HashMap<String, Instant>,
 }
 
 /// Where a message's file stands before it is sent.
@@ -186,8 +193,8 @@ impl Run {
     }
 
     async fn turn(&mut self) -> Result<Turn, ApiError> {
-        let redis = &self.daemon.redis;
-        let (org, session) = (self.org.as_str(), self.session_id.as_str());
+        let (daemon, org, session) = (self.daemon.clone(), self.org.clone(), self.session_id.clone());
+        let (redis, org, session) = (&daemon.redis, org.as_str(), session.as_str());
         let argv = args![
             NEXT, 5,
             keys::session_outbox(org, session), keys::session(org, session), keys::session_sends(org, session), keys::session_lease(org, session),
@@ -301,17 +308,29 @@ impl Run {
 
     /// Whether `chat` (a phone-number JID) is on WhatsApp: as the session last found, else asked.
     /// `Err` (inner) when WhatsApp could not say.
-    async fn registered(&self, chat: &str) -> Result<Result<bool, SendFailure>, ApiError> {
-        let key = keys::session_registered(&self.org, &self.session_id, chat);
-        if let Some(known) = shared::redis::get_string(&self.daemon.redis, &key).await? {
-            return Ok(Ok(known == "1"));
+    async fn registered(&mut self, chat: &str) -> Result<Result<bool, SendFailure>, ApiError> {
+        if self.registered.get(chat).is_some_and(|until| *until > Instant::now()) {
+            return Ok(Ok(true));
         }
-        let on = match self.client.on_whatsapp(chat).await {
-            Ok(on) => on,
-            Err(failed) => return Ok(Err(failed)),
+        let key = keys::session_registered(&self.org, &self.session_id, chat);
+        let on = match shared::redis::get_string(&self.daemon.redis, &key).await? {
+            Some(known) => known == "1",
+            None => {
+                let on = match self.client.on_whatsapp(chat).await {
+                    Ok(on) => on,
+                    Err(failed) => return Ok(Err(failed)),
+                };
+                let ttl = if on { REGISTERED_TTL_MS } else { UNREGISTERED_TTL_MS };
+                self.daemon.redis.execute("SET", args![key, if on { "1" } else { "0" }, "PX", ttl]).await?;
+                on
+            }
         };
-        let ttl = if on { REGISTERED_TTL_MS } else { UNREGISTERED_TTL_MS };
-        self.daemon.redis.execute("SET", args![key, if on { "1" } else { "0" }, "PX", ttl]).await?;
+        if on {
+            if self.registered.len() >= REGISTERED_REMEMBERED {
+                self.registered.clear();
+            }
+            self.registered.insert(chat.to_owned(), Instant::now() + REGISTERED_REMEMBERED_FOR);
+        }
         Ok(Ok(on))
     }
 

@@ -1,11 +1,13 @@
-//! `cargo xtask bench [--seconds N] [--only requests|events|messages|webhooks]`:
+//! `cargo xtask bench [--seconds N] [--only requests|events|messages|webhooks] [--baseline-daemon PATH]`:
 //!
 //! - requests: `GET /api/v1/sessions` (one organization, 10 sessions, api-key auth) over
 //!   keep-alive connections, through the embedded host and through a native server that runs
 //!   the same `shared` auth and store code without WASM. The two alternate in rounds within one
 //!   run, so machine noise hits both alike.
 //! - events: publish → SSE receive latency through the host (see [`crate::event_latency`]).
-//! - messages: send latency and accepted sends per second (see [`crate::send_bench`]).
+//! - messages: send latency and accepted sends per second (see [`crate::send_bench`]); with
+//!   `--baseline-daemon`, the send latency of that build of the daemon too (the previous
+//!   commit's, say), in alternating rounds within the run, and the ratio.
 //! - webhooks: delivery latency and deliveries per second to one endpoint (see
 //!   [`crate::webhook_bench`]).
 
@@ -24,7 +26,7 @@ use tokio::net::TcpListener;
 
 const CONNECTIONS: usize = 16;
 const SESSIONS: usize = 10;
-const ROUNDS: usize = 3;
+pub const ROUNDS: usize = 3;
 const PATH: &str = "/api/v1/sessions";
 
 pub async fn run(args: &[String]) -> Result {
@@ -34,6 +36,7 @@ pub async fn run(args: &[String]) -> Result {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(6);
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
+    let baseline = args.iter().position(|a| a == "--baseline-daemon").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
     let redis_url = crate::prereq::redis_url();
     crate::prereq::ensure_redis(&redis_url).await?;
     crate::prereq::build()?;
@@ -67,7 +70,7 @@ pub async fn run(args: &[String]) -> Result {
     if wants("messages") {
         let sender = shared::apikey::mint();
         shared::apikey::create(&redis, &sender, &org, vec![Capability::Manage, Capability::Send, Capability::Read], Some("bench".into())).await?;
-        crate::send_bench::run(&host_addr, &redis_url, &redis, &org, &sender, seconds).await?;
+        crate::send_bench::run(&host_addr, &redis_url, &redis, &org, &sender, seconds, baseline.as_deref()).await?;
     }
     if wants("webhooks") {
         crate::webhook_bench::run(&host_addr, &redis_url, &redis, &org, &key).await?;
@@ -183,9 +186,14 @@ pub struct BenchDaemon {
 
 impl BenchDaemon {
     pub fn start(redis_url: &str, settings: &[(&str, &str)]) -> Result<BenchDaemon> {
+        BenchDaemon::start_at(&crate::prereq::root().join("target/release/connector-daemon"), redis_url, settings)
+    }
+
+    /// A daemon of the build at `binary`.
+    pub fn start_at(binary: &std::path::Path, redis_url: &str, settings: &[(&str, &str)]) -> Result<BenchDaemon> {
         let gateway = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
         let data = crate::prereq::root().join("target/bench").join(&gateway);
-        let child = crate::prereq::daemon_command(redis_url)
+        let child = crate::prereq::daemon_command_at(binary, redis_url)
             .env("BACKEND", "simulator")
             .env("GATEWAY_ID", &gateway)
             .env("DATA_DIR", &data)

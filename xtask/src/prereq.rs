@@ -151,8 +151,13 @@ pub fn host_command(redis_url: &str, listen: &str) -> Command {
 /// The connector daemon beside the host. It reads its own settings from the environment
 /// (`BACKEND=simulator` for a demo without a phone, `GATEWAY_ID`, `DATA_DIR`).
 pub fn daemon_command(redis_url: &str) -> Command {
+    daemon_command_at(&root().join("target/release/connector-daemon"), redis_url)
+}
+
+/// [`daemon_command`] with another build of the daemon (a baseline, for `cargo xtask bench`).
+pub fn daemon_command_at(binary: &std::path::Path, redis_url: &str) -> Command {
     let root = root();
-    let mut command = Command::new(root.join("target/release/connector-daemon"));
+    let mut command = Command::new(binary);
     command
         .arg("--stop-on-stdin-close")
         .stdin(std::process::Stdio::piped())

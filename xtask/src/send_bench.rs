@@ -22,28 +22,47 @@ const SPACING: Duration = Duration::from_millis(5);
 /// The number the bench's session pairs with.
 const PHONE: &str = "6281100000000";
 
-pub async fn run(host: &str, redis_url: &str, redis: &ConnectionManager, org: &str, key: &str, seconds: u64) -> Result {
-    let daemon = crate::bench::BenchDaemon::start(redis_url, &[
-        ("SIM_CONNECT_MS", "20"),
-        // The gateway's own latency: no deliberate pause between sends to one chat.
-        ("SEND_CHAT_GAP_MS", "0"),
-        ("SEND_JITTER_MS", "0"),
-    ])?;
-    let outcome = measure(host, redis, org, key, seconds).await;
+/// The daemon's settings for the bench: the gateway's own latency, no deliberate pause
+/// between sends to one chat.
+const SETTINGS: &[(&str, &str)] = &[("SIM_CONNECT_MS", "20"), ("SEND_CHAT_GAP_MS", "0"), ("SEND_JITTER_MS", "0")];
+
+pub async fn run(host: &str, redis_url: &str, redis: &ConnectionManager, org: &str, key: &str, seconds: u64, baseline: Option<&std::path::Path>) -> Result {
+    let client = Http { host: host.to_owned(), key: key.to_owned() };
+    let current = crate::prereq::root().join("target/release/connector-daemon");
+    // Rounds alternate the builds, so the machine's noise weighs on both alike.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..crate::bench::ROUNDS {
+        for (binary, latencies) in [(Some(current.as_path()), &mut ours), (baseline, &mut theirs)] {
+            let Some(binary) = binary else { continue };
+            let daemon = crate::bench::BenchDaemon::start_at(binary, redis_url, SETTINGS)?;
+            let measured = send_latencies(&client, redis, org, LATENCY_MESSAGES / crate::bench::ROUNDS).await;
+            daemon.stop(redis).await?;
+            latencies.extend(measured?);
+        }
+    }
+    let stats = Stats::of(&mut ours, Duration::ZERO);
+    println!("send latency, POST → simulated WhatsApp server, idle queue, {} messages: p50 {}, p99 {}", ours.len(), ms(stats.p50), ms(stats.p99));
+    if !theirs.is_empty() {
+        let base = Stats::of(&mut theirs, Duration::ZERO);
+        println!("  baseline daemon, same rounds, {} messages: p50 {}, p99 {}", theirs.len(), ms(base.p50), ms(base.p99));
+        println!("  ratio (this build / baseline): p50 {:.2}, p99 {:.2}", stats.p50.as_secs_f64() / base.p50.as_secs_f64(), stats.p99.as_secs_f64() / base.p99.as_secs_f64());
+    }
+    let daemon = crate::bench::BenchDaemon::start(redis_url, SETTINGS)?;
+    let outcome = measure(host, &client, redis, seconds).await;
     daemon.stop(redis).await?;
     redis.clone().del::<_, ()>(shared::keys::simulator_delivered()).await?;
     outcome
 }
 
-async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str, seconds: u64) -> Result {
-    let client = Http { host: host.to_owned(), key: key.to_owned() };
-    let session = paired_session(&client, redis).await?;
+/// `count` sends, one at a time, on a session paired with the daemon now running: each from
+/// the request's start to the simulated server holding the message.
+async fn send_latencies(client: &Http, redis: &ConnectionManager, org: &str, count: usize) -> Result<Vec<Duration>> {
+    let session = paired_session(client, redis).await?;
     let messages = format!("/api/v1/sessions/{session}/messages");
     let mut redis = redis.clone();
     redis.del::<_, ()>(shared::keys::simulator_delivered()).await?;
-
-    let mut latencies = Vec::with_capacity(LATENCY_MESSAGES);
-    for i in 0..LATENCY_MESSAGES {
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
         let started = Instant::now();
         let (status, body) = client.call("POST", &messages, &json!({"to": "6281200000000", "text": format!("latency {i}")})).await?;
         if status != 202 {
@@ -57,10 +76,15 @@ async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str, se
         idle_outbox(&mut redis, org, &session).await?;
         tokio::time::sleep(SPACING).await;
     }
-    let stats = Stats::of(&mut latencies, Duration::ZERO);
-    println!("send latency, POST → simulated WhatsApp server, idle queue, {LATENCY_MESSAGES} messages: p50 {}, p99 {}", ms(stats.p50), ms(stats.p99));
+    Ok(latencies)
+}
 
-    let mut latencies = inbound_latencies(&client, &mut redis, &session).await?;
+/// Inbound latency and accepted sends per second, on a session paired with the daemon now running.
+async fn measure(host: &str, client: &Http, redis: &ConnectionManager, seconds: u64) -> Result {
+    let session = paired_session(client, redis).await?;
+    let messages = format!("/api/v1/sessions/{session}/messages");
+    let mut redis = redis.clone();
+    let mut latencies = inbound_latencies(client, &mut redis, &session).await?;
     let stats = Stats::of(&mut latencies, Duration::ZERO);
     println!("inbound latency, phone → SSE client (message.received), {LATENCY_MESSAGES} messages: p50 {}, p99 {}", ms(stats.p50), ms(stats.p99));
 
@@ -70,7 +94,7 @@ async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str, se
     }
     let probe = Probe { method: "POST", path: messages, body: json!({"to": "6281200000000", "text": "throughput"}).to_string(), expect: 202 };
     let elapsed = Duration::from_secs(seconds.max(1));
-    let mut accepted = load(host, key, elapsed, &probe).await?;
+    let mut accepted = load(host, &client.key, elapsed, &probe).await?;
     let stats = Stats::of(&mut accepted, elapsed);
     println!("accepted sends through the host (session stopped, outbox filling): {:.0}/s, p50 {}, p99 {}", stats.rps, ms(stats.p50), ms(stats.p99));
     Ok(())
