@@ -498,6 +498,27 @@ async fn an_unacknowledged_message_expires_and_an_unreadable_one_fails_and_the_o
     }
 }
 
+/// WhatsApp's answers to what the session sends reach the sender straight from the client: an
+/// acknowledgement never waits behind the session's other work, such as the thousands of
+/// contact updates of the first sync after a pairing.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledgements_never_wait_behind_a_contact_sync() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_CONTACTS", "5000")]);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let (id, _) = stack.paired_session_with(&key, r#"{"start": true, "presenceTyping": false}"#, "628111000070").await;
+    let message = accepted(&stack, &key, &id, json!({"to": "628222000071", "text": "while the contacts sync"})).await;
+    message_until(&stack, &key, &id, message["id"].as_str().unwrap(), SOON, |m| m["sentAt"].is_i64()).await;
+    let index = shared::keys::session_directory_index(&org, &id, "contacts");
+    let synced: i64 = redis::AsyncCommands::zcard(&mut stack.redis().await, &index).await.unwrap();
+    assert!(synced < 5_000, "the message was acknowledged while the sync was under way, not after it: {synced} contacts kept by then");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis::AsyncCommands::zcard::<_, i64>(&mut stack.redis().await, &index).await.unwrap() < 5_000 {
+        assert!(Instant::now() < deadline, "the contacts never all arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Messages accepted for one number never go out from another: after a logout and a pairing
 /// with a new number, what was still queued fails instead.
 #[tokio::test(flavor = "multi_thread")]

@@ -279,11 +279,15 @@ impl SimClient {
         self.go_online(run, &device);
         if full_sync {
             // The first full sync after a pairing: the profile name (and, with it, another
-            // automatic "online"), then the address book.
+            // automatic "online"), then the address book, a contact at a time, as the library
+            // reports app-state sync (one `ContactUpdate` each).
             self.announce_presence(&device, "available").await;
             let state = self.state();
-            let _ = self.emit_if_open(&state, BackendEvent::ProfileName(device.push_name.clone()))
-                && self.emit_if_open(&state, BackendEvent::Contacts(address_book(self.timings.sim_contacts)));
+            if self.emit_if_open(&state, BackendEvent::ProfileName(device.push_name.clone())) {
+                for contact in address_book(self.timings.sim_contacts) {
+                    self.emit_if_open(&state, BackendEvent::Contacts(vec![contact]));
+                }
+            }
         }
     }
 
