@@ -143,7 +143,7 @@ pub struct SimulatorTimings {
     /// How long a phone code stays typeable after it was issued.
     #[arg(long, env = "SIM_PAIRING_CODE_MS", default_value_t = 180_000)]
     pub sim_pairing_code_ms: u64,
-    /// Contacts in each simulated phone's address book, synced after every login.
+    /// Contacts in each simulated phone's address book, synced with the first login after a pairing.
     #[arg(long, env = "SIM_CONTACTS", default_value_t = 12)]
     pub sim_contacts: u32,
     /// Groups each simulated number is in.
