@@ -313,9 +313,9 @@ async fn a_reaction_sent_through_the_api_reaches_the_message_reacted_to() {
     assert!(reactions.iter().all(|r| r["to"] == "628333100050@s.whatsapp.net"));
 
     let elsewhere = stack.client.post(&url, &key, &react("🙏", target, "628333100051")).await;
-    assert_eq!(elsewhere.expect_error(400, "validation_error")["field"], "reaction.messageId", "not a message of that chat");
+    assert_eq!(elsewhere.expect_error(404, "not_found")["field"], "reaction.messageId", "not a message of that chat");
     let unknown = stack.client.post(&url, &key, &react("🙏", "01K0000000000000000000000X", "628333100050")).await;
-    assert_eq!(unknown.expect_error(400, "validation_error")["field"], "reaction.messageId");
+    assert_eq!(unknown.expect_error(404, "not_found")["field"], "reaction.messageId");
 }
 
 /// `GET …/media` of a received file: fetched from WhatsApp's media servers through the session

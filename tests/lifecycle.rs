@@ -521,6 +521,24 @@ async fn a_phone_code_waits_for_the_socket_and_outlives_the_qr_codes() {
     assert_ne!(stack.client.get(&stack.session_url(&other, ""), &key).await.body["status"], "working");
 }
 
+/// A phone-code request that a `:stop` overtakes is a conflict with what the session was told,
+/// not an outage: 409 `interrupted`, and nothing is left waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_code_overtaken_by_a_stop_is_a_conflict() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("SIM_CONNECT_MS", "3000")]);
+    let key = stack.key(&new_org()).await;
+    let id = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
+    let asking = {
+        let (client, url, key) = (e2e::Client::default(), stack.session_url(&id, "/pairing-code"), key.clone());
+        tokio::spawn(async move { client.post(&url, &key, r#"{"phone": "628123450009"}"#).await })
+    };
+    stack.row_until(&key, &id, SOON, |row| row["status"] == "starting").await;
+    let stopped = stack.client.post(&stack.session_url(&id, ":stop"), &key, "").await;
+    assert_eq!(stopped.body["status"], "stopped", "{}", stopped.body);
+    let answer = asking.await.unwrap();
+    assert_eq!(answer.expect_error(409, "conflict")["reason"], "interrupted");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connected() {
     // The first code lasts 4 s, the next a minute: the page is seen following one rotation, and
@@ -543,6 +561,8 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
     stack.client.send("GET", &stack.gateway.url(&format!("/pair/{other}/state?token={token}")), None, None).await.expect_error(404, "not_found");
     stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state?token=wgp_forged")), None, None).await.expect_error(401, "unauthorized");
     stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state")), None, None).await.expect_error(401, "unauthorized");
+    let tokenless = stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}")), None, None).await;
+    assert_eq!(tokenless.expect_error(400, "validation_error")["field"], "token");
     stack.client.send("DELETE", &stack.gateway.url(&format!("/pair/{id}")), None, None).await.expect_error(405, "method_not_allowed");
     let (read_key, _) = e2e::api_key_at(&stack.redis.url, &org, &[shared::auth::Capability::Read]).await;
     stack.client.post(&stack.session_url(&id, "/pairing-link"), &read_key, "").await.expect_error(403, "forbidden");

@@ -212,6 +212,57 @@ async fn sessions_beyond_the_quota_are_a_conflict() {
     stack.create(&key, "{}").await;
 }
 
+/// An organization's sessions accept `org_messages_per_minute` messages a minute together,
+/// or what its own override says (`cargo xtask quota`); past it, 429 `organization_messages`
+/// with a `Retry-After` to the next minute, answered from the headers without reading the body,
+/// and other organizations send on.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_past_the_organizations_quota_are_refused_from_the_headers() {
+    let stack = Stack::start_configured(&[("BACKEND", "simulator")], &[("org_messages_per_minute", "3")]);
+    let (org, other) = (new_org(), new_org());
+    let (key, other_key) = (stack.key(&org).await, stack.key(&other).await);
+    // Near a minute's end the window turns over mid-test: start at the beginning of one.
+    let into_minute = shared::time::now_millis().rem_euclid(60_000);
+    if into_minute > 40_000 {
+        tokio::time::sleep(Duration::from_millis((60_000 - into_minute) as u64 + 100)).await;
+    }
+    let (first, _) = stack.paired_session_with(&key, r#"{"start": true}"#, "628111000101").await;
+    let (second, _) = stack.paired_session_with(&key, r#"{"start": true}"#, "628111000102").await;
+    let (theirs, _) = stack.paired_session_with(&other_key, r#"{"start": true}"#, "628111000103").await;
+    let send = |session: &str, key: &str| {
+        let (url, key) = (stack.session_url(session, "/messages"), key.to_owned());
+        let client = &stack.client;
+        async move { client.post(&url, &key, r#"{"to": "628222000101", "text": "hello"}"#).await }
+    };
+    for session in [&first, &second, &first] {
+        assert_eq!(send(session, &key).await.status, 202);
+    }
+    let refused = send(&second, &key).await;
+    let details = refused.expect_error(429, "rate_limited");
+    assert_eq!((&details["scope"], &details["limit"]), (&json!("organization_messages"), &json!(3)));
+    assert!((1..=60).contains(&retry_after(&refused)), "{refused:?}");
+    assert_eq!(send(&theirs, &other_key).await.status, 202, "another organization sends on");
+
+    // A full quota refuses a 16 MB send from its headers: the answer comes with no body sent.
+    let address = stack.gateway.url.trim_start_matches("http://").to_owned();
+    let path = format!("/api/v1/sessions/{first}/messages");
+    let answer = tokio::task::block_in_place(|| {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(&address).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: 16000000\r\n\r\n");
+        raw.write_all(head.as_bytes()).unwrap();
+        let mut buffer = [0u8; 4096];
+        let read = raw.read(&mut buffer).unwrap_or(0);
+        String::from_utf8_lossy(&buffer[..read]).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+
+    let redis = shared::redis::native::connect(&stack.redis.url).await.unwrap();
+    shared::quota::set(&redis, &org, shared::quota::MESSAGES_PER_MINUTE, Some(5)).await.unwrap();
+    assert_eq!(send(&second, &key).await.status, 202, "the organization's override raised its quota");
+}
+
 /// A gateway whose login tokens are checked against `jwks`, with these extra settings.
 fn gateway_with_jwks(stack: &Stack, jwks: &JwksServer, extra: &[(&'static str, &str)]) -> Gateway {
     let mut variables = vec![

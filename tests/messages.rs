@@ -132,7 +132,7 @@ async fn locations_and_quoted_replies_with_mentions() {
     let records = delivered(&stack).await;
     assert_eq!(records[2]["quote"]["text"], "See you there @628333000003", "{}", records[2]);
     let unknown = send(&stack, &key, &id, &json!({"to": "628222000002", "text": "x", "replyTo": "01JUNKNOWN"}), None).await;
-    assert_eq!(unknown.expect_error(400, "validation_error")["field"], "replyTo");
+    assert_eq!(unknown.expect_error(404, "not_found")["field"], "replyTo");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -539,21 +539,39 @@ async fn queued_messages_never_leave_from_a_number_paired_later() {
     assert!(delivered(&stack).await.is_empty(), "nothing went out from the new number");
 }
 
-/// A message that waited queued past `message_max_queued_secs` fails as `expired` when the
-/// session runs again, rather than arriving late.
+/// A message that waited queued past `message_max_queued_secs` fails as `expired`, announced,
+/// even while nobody runs its session (every daemon sweeps the outboxes' deadlines), rather than
+/// arriving late or vanishing when its stored copy lapses; a failed or canceled message is then
+/// kept an hour, not its whole retention.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_message_queued_too_long_expires_instead_of_arriving_late() {
+async fn a_message_queued_too_long_expires_even_while_its_session_is_stopped() {
     let stack = Stack::start_configured(&[("BACKEND", "simulator")], &[("message_max_queued_secs", "1")]);
-    let key = stack.key(&new_org()).await;
+    let org = new_org();
+    let key = stack.key(&org).await;
     let id = stopped_session(&stack, &key, "628111000013").await;
+    let canceled = accepted(&stack, &key, &id, json!({"to": "628222000013", "text": "never mind"})).await;
+    let canceled_id = canceled["id"].as_str().unwrap();
+    assert_eq!(stack.client.delete(&stack.session_url(&id, &format!("/messages/{canceled_id}")), &key).await.status, 204);
     let stale = accepted(&stack, &key, &id, json!({"to": "628222000013", "text": "your code is 123456"})).await;
+    let stale_id = stale["id"].as_str().unwrap();
     assert!(stale["expiresAt"].as_i64().unwrap() <= stale["createdAt"].as_i64().unwrap() + 1_000, "{stale}");
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    act(&stack, &key, &id, ":start").await;
-    let failed = message_until(&stack, &key, &id, stale["id"].as_str().unwrap(), SOON, |m| m["status"] == "failed").await;
+    let failed = message_until(&stack, &key, &id, stale_id, Duration::from_secs(10), |m| m["status"] == "failed").await;
     assert_eq!(failed["error"]["code"], "expired");
+    assert_eq!(stack.client.get(&stack.session_url(&id, ""), &key).await.body["status"], "stopped", "nobody ran the session");
+    let announced = stack.events(&org).await.into_iter()
+        .filter(|e| e["type"] == "message.status" && e["data"]["messageId"] == stale_id && e["data"]["status"] == "failed")
+        .count();
+    assert_eq!(announced, 1);
+    let mut redis = stack.redis().await;
+    for message in [stale_id, canceled_id] {
+        let ttl: i64 = redis::AsyncCommands::pttl(&mut redis, shared::keys::message(&org, message)).await.unwrap();
+        assert!(0 < ttl && ttl <= shared::outbox::FAILED_KEEP_MS, "{message} is kept {ttl} ms");
+    }
+    act(&stack, &key, &id, ":start").await;
     let fresh = accepted(&stack, &key, &id, json!({"to": "628222000013", "text": "your new code is 654321"})).await;
-    message_until(&stack, &key, &id, fresh["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    let sent = message_until(&stack, &key, &id, fresh["id"].as_str().unwrap(), SOON, |m| m["status"] == "delivered").await;
+    let ttl: i64 = redis::AsyncCommands::pttl(&mut redis, shared::keys::message(&org, sent["id"].as_str().unwrap())).await.unwrap();
+    assert!(ttl > shared::outbox::FAILED_KEEP_MS, "a sent message is kept its retention: {ttl} ms");
     let texts: Vec<Value> = delivered(&stack).await.iter().map(|r| r["text"].clone()).collect();
     assert_eq!(texts, [json!("your new code is 654321")]);
 }

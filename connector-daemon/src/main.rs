@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod daemon;
 mod egress;
+mod expiry;
 mod inbound;
 mod lease;
 mod limiter;
@@ -68,6 +69,7 @@ async fn run(config: Config) -> Result {
     resume(&daemon).await;
     tokio::spawn(remove_deleted_stores(daemon.clone()));
     tokio::spawn(webhooks::run(daemon.clone()));
+    tokio::spawn(expiry::run(daemon.clone()));
     let (stop_reading, stopping) = watch::channel(false);
     let reader = tokio::spawn(commands::run(daemon.clone(), connect().await?, stopping));
     println!("connector-daemon {} running", daemon.gateway_id);

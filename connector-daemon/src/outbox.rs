@@ -444,6 +444,7 @@ impl Run {
                 status,
                 error,
                 lease,
+                unattended: false,
                 retention: daemon.config.retention(),
             };
             // WhatsApp took it: recorded until Redis answers, or a failed write would send it again.

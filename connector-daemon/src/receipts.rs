@@ -77,6 +77,7 @@ async fn advance(
         status,
         error: None,
         lease: None,
+        unattended: false,
         retention: daemon.config.retention(),
     };
     outbox::advance(&daemon.redis, &step).await.map(drop)

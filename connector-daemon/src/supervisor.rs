@@ -28,7 +28,7 @@ use shared::store::{self, QrChange, Update, Written};
 use shared::keys;
 use shared::redis::Redis;
 use shared::time::now_millis;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -84,7 +84,8 @@ enum Flow {
 const BAN_REASON: &str = "temporary_ban: ";
 const BAN_LIFTS_AT: &str = "; lifts at ";
 
-type PairingCodeOutcome = (Command, Reply, Result<String, String>);
+/// A phone-code request's outcome: the command's id, and the code or why none came.
+type PairingCodeOutcome = (String, Result<String, String>);
 
 struct Supervisor {
     daemon: Arc<Daemon>,
@@ -114,6 +115,8 @@ struct Supervisor {
     /// A client whose QR codes ran out is kept for an outstanding phone code until then.
     code_deadline: Option<Instant>,
     pairing_codes: JoinSet<PairingCodeOutcome>,
+    /// The phone-code requests waiting for their code, by command id, with their answers.
+    code_requests: HashMap<String, (Command, Reply)>,
     /// The backfill job running on the current client.
     backfill: Option<tokio::task::JoinHandle<()>>,
     /// Sends the session's outbox while the client is connected.
@@ -157,6 +160,7 @@ pub async fn run(daemon: Arc<Daemon>, id: String, org: String, task: u64, mut in
         code_issued_at: None,
         code_deadline: None,
         pairing_codes: JoinSet::new(),
+        code_requests: HashMap::new(),
         backfill: None,
         sender: None,
         acks: Arc::default(),
@@ -686,7 +690,7 @@ impl Supervisor {
     async fn connection_ended(&mut self) {
         self.sender = None;
         self.connected_at = None;
-        self.pairing_codes.abort_all();
+        self.abandon_code_requests("interrupted", "the session stopped (or ended) before WhatsApp issued a code");
         self.code_issued_at = None;
         self.code_deadline = None;
         if let Some(job) = self.backfill.take().filter(|job| !job.is_finished()) {
@@ -829,6 +833,7 @@ impl Supervisor {
     /// backoff, so a flapping number backs off instead of hammering WhatsApp.
     async fn connection_lost(&mut self, reason: String, cause: Cause) {
         let stable = self.connected_at.is_some_and(|at| at.elapsed() >= self.daemon.config.stable_connection());
+        self.abandon_code_requests("not_connected", "the connection to WhatsApp was lost before it issued a code; retry shortly");
         self.connection_ended().await;
         if cause == Cause::Restart && self.client.is_some() {
             tracing::info!(session = %self.id, "WhatsApp restarts the stream after the pairing; logging in again");
@@ -1051,6 +1056,8 @@ impl Supervisor {
         };
         // A session just started has no socket yet, and WhatsApp takes a code request only on
         // one: wait for it, as the library's own pairing by code does.
+        let id = command.id.clone();
+        self.code_requests.insert(id.clone(), (command, reply));
         self.pairing_codes.spawn(async move {
             let code = async {
                 client.wait_for_socket(SOCKET_DEADLINE).await.map_err(|e| format!("no connection to WhatsApp: {e}"))?;
@@ -1059,12 +1066,23 @@ impl Supervisor {
                     Err(_) => Err("WhatsApp did not answer in time".to_owned()),
                 }
             };
-            (command, reply, code.await)
+            (id, code.await)
         });
         Flow::Continue
     }
 
-    async fn on_pairing_code(&mut self, (command, reply, code): PairingCodeOutcome) {
+    /// Answers the phone-code requests still waiting: their code can no longer come (`kind`
+    /// says why: `interrupted`, a conflict with what the session was told since; or
+    /// `not_connected`, an outage to retry).
+    fn abandon_code_requests(&mut self, kind: &str, message: &str) {
+        self.pairing_codes.abort_all();
+        for (_, (_, reply)) in self.code_requests.drain() {
+            let _ = reply.send(Some(CommandResult::failed(kind, message)));
+        }
+    }
+
+    async fn on_pairing_code(&mut self, (id, code): PairingCodeOutcome) {
+        let Some((command, reply)) = self.code_requests.remove(&id) else { return };
         let result = match code {
             Ok(raw) => {
                 self.code_issued_at = Some(Instant::now());

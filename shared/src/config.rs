@@ -124,6 +124,12 @@ pub async fn media_wait_ms<V: Variables>(vars: &V) -> u64 {
     number(vars, "media_wait_ms", 20_000).await.max(100)
 }
 
+/// Messages one organization's sessions accept per minute together, unless the organization's
+/// override says otherwise (`shared::quota`); 0 means no limit.
+pub async fn org_messages_per_minute<V: Variables>(vars: &V) -> u64 {
+    number(vars, "org_messages_per_minute", crate::quota::DEFAULT_MESSAGES_PER_MINUTE).await
+}
+
 /// Sessions one organization may have; 0 means no limit.
 pub async fn max_sessions_per_org<V: Variables>(vars: &V) -> u64 {
     match number(vars, "max_sessions_per_org", 100).await {

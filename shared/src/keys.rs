@@ -69,9 +69,26 @@ pub fn org_session_counter(org: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:session-counter")
 }
 
+/// An organization's overrides of the deployment's quotas (`shared::quota`), set by an operator.
+pub fn org_quotas(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:quotas")
+}
+
+/// The messages an organization's sessions accepted in one minute (epoch minute `minute`).
+pub fn org_message_window(org: &str, minute: i64) -> String {
+    format!("{PREFIX}:{{org:{org}}}:quota:messages:{minute}")
+}
+
 /// Session id → organization id, for platform-wide lookups (the daemon, super_admin tools).
 pub fn session_owner(session_id: &str) -> String {
     format!("{PREFIX}:session-owner:{session_id}")
+}
+
+/// Sessions whose outbox holds queued messages, scored by when the first of them expires
+/// (members `<org>/<session>`), so daemons fail expired messages even while nobody runs the
+/// session. Deployment-wide, like [`session_owner`].
+pub fn outbox_deadlines() -> String {
+    format!("{PREFIX}:outbox-deadlines")
 }
 
 /// Present for a while after a session was deleted, so a daemon that kept its store (down at

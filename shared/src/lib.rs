@@ -24,6 +24,7 @@ pub mod media;
 pub mod message;
 pub mod outbox;
 pub mod pairing_link;
+pub mod quota;
 pub mod rate_limit;
 pub mod redis;
 pub mod route;

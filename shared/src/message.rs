@@ -558,8 +558,12 @@ pub fn content_type(mime: Option<&str>) -> String {
     mime.filter(|m| mime_fits(m, "document") && m.bytes().all(|b| (b' '..=b'~').contains(&b))).unwrap_or("application/octet-stream").to_owned()
 }
 
-/// A MIME type (`type/subtype`, optional parameters) that a `kind` of message can carry.
+/// A MIME type (`type/subtype`, optional parameters) that a `kind` of message can carry: printable
+/// ASCII only, since it is served back as the file's `Content-Type`.
 fn mime_fits(mime: &str, kind: &str) -> bool {
+    if !mime.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return false;
+    }
     let essence = mime.split(';').next().unwrap_or_default().trim();
     let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
     let Some((top, sub)) = essence.split_once('/') else { return false };
@@ -669,6 +673,7 @@ mod tests {
             (r#""image": {"data": "AAECAwQFBgcICQoLDA0ODxAREhM=", "mimeType": "image/png"}"#, "image.data"),
             (r#""image": {"url": "https://x/a", "mimeType": "video/mp4"}"#, "image.mimeType"),
             (r#""image": {"url": "https://x/a"}"#, "image.mimeType"),
+            (r#""document": {"url": "https://x/a", "mimeType": "text/plain;\r\nx-injected: 1"}"#, "document.mimeType"),
             (r#""sticker": {"url": "https://x/a", "mimeType": "image/png"}"#, "sticker.mimeType"),
             (r#""sticker": {"url": "https://x/a", "mimeType": "image/webp", "caption": "x"}"#, "sticker.caption"),
             (r#""video": {"url": "https://x/a", "mimeType": "video/mp4", "voiceNote": true}"#, "video.voiceNote"),

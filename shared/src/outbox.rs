@@ -20,12 +20,17 @@ use crate::{ApiError, ErrorCode, args, keys};
 
 /// Stores a message at the end of the session's outbox (see the module doc). `KEYS`: message,
 /// outbox, row, idempotency key, WhatsApp id index, event log, the routing keys, the session's
-/// and the chat's message indexes, then the message's inline file and the session's file sizes.
+/// and the chat's message indexes, the message's inline file, the session's file sizes, and
+/// the deployment's outbox deadlines (ARGV[19], the session, is due by ARGV[18] at the latest).
+/// The message keeps its retention (ARGV[3], `keepMs`) for after it leaves the outbox; while
+/// queued it lives ARGV[17] ms, past its deadline, so it fails `expired` before it could vanish.
+/// The organization's messages this minute (KEYS[15], ending at ARGV[21]) stay within ARGV[20]
+/// (0: no quota): `org_quota` past it.
 /// A file (ARGV[13]) is kept (for ARGV[15] ms) only while the session's queued files stay
 /// within ARGV[14] bytes; a size whose file is gone (its message went out by any way, or
 /// lapsed) is struck off first, so the books never drift (files: the prefix ARGV[16] and the id).
 /// Answers the stored value of an idempotency key already used (bulk), else a status:
-/// `queued`, `gone`, `not_paired`, `full`, `files_full`, `moved`.
+/// `queued`, `gone`, `not_paired`, `full`, `files_full`, `org_quota`, `moved`.
 const ACCEPT: &str = concat!(
     log_events_lua!(),
     queue_command_lua!(),
@@ -41,6 +46,8 @@ local row = cjson.decode(raw)
 if type(row['waJid']) ~= 'string' then return redis.status_reply('not_paired') end
 if holder_of(row) ~= ARGV[8] then return redis.status_reply('moved') end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[7]) then return redis.status_reply('full') end
+local quota = tonumber(ARGV[20])
+if quota > 0 and tonumber(redis.call('GET', KEYS[15]) or '0') >= quota then return redis.status_reply('org_quota') end
 if ARGV[13] ~= '' then
   local held, sizes = 0, redis.call('HGETALL', KEYS[13])
   for i = 1, #sizes, 2 do
@@ -50,24 +57,52 @@ if ARGV[13] ~= '' then
   redis.call('SET', KEYS[12], ARGV[13], 'PX', ARGV[15])
   redis.call('HSET', KEYS[13], ARGV[10], #ARGV[13])
 end
-redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'waId', ARGV[11], 'status', 'queued', 'rank', 0, 'queuedAt', ARGV[2], 'updatedAt', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'waId', ARGV[11], 'status', 'queued', 'rank', 0, 'queuedAt', ARGV[2], 'updatedAt', ARGV[2], 'keepMs', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[17])
+redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[17])
 redis.call('RPUSH', KEYS[2], ARGV[10])
+redis.call('ZADD', KEYS[14], 'LT', ARGV[18], ARGV[19])
+redis.call('INCR', KEYS[15])
+redis.call('PEXPIREAT', KEYS[15], ARGV[21])
 index_message(KEYS[10], KEYS[11], ARGV[10], ARGV[12], ARGV[3])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
 if holder_of(row) ~= '' and redis.call('EXISTS', KEYS[9]) == 1 then
   redis.call('XADD', KEYS[8], '*', 'command', ARGV[9])
 end
-log_events(KEYS[6], ARGV[17], 20, tonumber(ARGV[2]), tonumber(ARGV[18]), tonumber(ARGV[19]))
+log_events(KEYS[6], ARGV[22], 25, tonumber(ARGV[2]), tonumber(ARGV[23]), tonumber(ARGV[24]))
 return redis.status_reply('queued')"
 );
 
+/// How long a message that failed (canceled, expired, refused…) is kept: long enough to read
+/// why, not its whole retention, so a loop of sends and cancels holds no memory for days.
+pub const FAILED_KEEP_MS: i64 = 3_600_000;
+
+/// `keep_sent(message)` / `keep_failed(message)`: a message that left the outbox is kept its
+/// retention (`keepMs`, set when it was accepted) from now, or [`FAILED_KEEP_MS`] at most once
+/// it failed. A message stored before `keepMs` existed keeps the expiry it has.
+macro_rules! keep_lua {
+    () => {
+        r"
+local FAILED_KEEP_MS = 3600000
+local function keep_sent(message)
+  local keep = tonumber(redis.call('HGET', message, 'keepMs'))
+  if keep then redis.call('PEXPIRE', message, keep) end
+end
+local function keep_failed(message)
+  local keep = tonumber(redis.call('HGET', message, 'keepMs'))
+  if keep then redis.call('PEXPIRE', message, math.min(keep, FAILED_KEEP_MS)) end
+end
+"
+    };
+}
+
 /// Cancels a queued message (ARGV[1]) no daemon has begun sending: out of the outbox (its
 /// inline file, KEYS[4], and that file's size, in KEYS[5], too), `failed` (rank ARGV[4]) with
-/// the error ARGV[3], announced. Answers the status that prevented it, or `canceled`.
+/// the error ARGV[3], announced, and kept [`FAILED_KEEP_MS`]. Answers the status that
+/// prevented it, or `canceled`.
 const CANCEL: &str = concat!(
     log_events_lua!(),
+    keep_lua!(),
     r"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return redis.status_reply('gone') end
@@ -77,6 +112,7 @@ redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('DEL', KEYS[4])
 redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'failed', 'rank', ARGV[4], 'failedAt', ARGV[2], 'updatedAt', ARGV[2], 'error', ARGV[3])
+keep_failed(KEYS[1])
 log_events(KEYS[3], ARGV[5], 8, tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 return redis.status_reply('canceled')"
 );
@@ -85,12 +121,16 @@ return redis.status_reply('canceled')"
 /// ARGV[6] set, only from `queued` (rank 0): a failure never overrides a send. `sent` and
 /// `failed` take it out of the outbox whatever it was. Any step means the message is past
 /// sending, so its inline file (KEYS[5]) and that file's size (KEYS[6]) go. With a lease value (ARGV[7]) the write
-/// is refused (`fenced`) unless KEYS[4] holds it. A receipt past `sent` implies the send of an
-/// outbound (queued) message.
+/// is refused (`fenced`) unless KEYS[4] holds it; with ARGV[11] set (a sweep, not the holder)
+/// a message a live holder claimed (`sendingAt`, KEYS[4] held) is left to it. A receipt past
+/// `sent` implies the send of an outbound (queued) message. Leaving the outbox, the message is
+/// kept its retention from now (`sent`) or briefly (`failed`).
 const ADVANCE: &str = concat!(
     log_events_lua!(),
+    keep_lua!(),
     r"
 if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[7] then return redis.status_reply('fenced') end
+if ARGV[11] == '1' and redis.call('HEXISTS', KEYS[1], 'sendingAt') == 1 and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if ARGV[8] == '1' then redis.call('LREM', KEYS[2], 0, ARGV[9]) end
 redis.call('DEL', KEYS[5])
 redis.call('HDEL', KEYS[6], ARGV[9])
@@ -107,7 +147,8 @@ if (rank >= to and not overturned) or (ARGV[6] == '1' and rank ~= 0) then return
 if overturned then redis.call('HDEL', KEYS[1], 'undeliverable', 'error', 'failedAt') end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', to, ARGV[3], ARGV[4], 'updatedAt', ARGV[4])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
-log_events(KEYS[3], ARGV[11], 14, tonumber(ARGV[4]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+if ARGV[1] == 'sent' then keep_sent(KEYS[1]) elseif ARGV[1] == 'failed' then keep_failed(KEYS[1]) end
+log_events(KEYS[3], ARGV[12], 15, tonumber(ARGV[4]), tonumber(ARGV[13]), tonumber(ARGV[14]))
 return 1"
 );
 
@@ -139,7 +180,8 @@ pub enum Accepted {
 
 /// Accepts a message into the session's outbox (see [`ACCEPT`]), to go out with the WhatsApp
 /// id `wa_id`, with its inline `file` if it has one. `idempotency` is the key's hash and the
-/// request body's hash.
+/// request body's hash. It counts in the organization's `window` of messages, and is refused
+/// (429) when that is full.
 pub async fn accept<R: Redis>(
     r: &R,
     session: &Session,
@@ -148,6 +190,7 @@ pub async fn accept<R: Redis>(
     wa_id: &str,
     idempotency: Option<(&str, &str)>,
     limits: Limits,
+    window: &crate::quota::MessageWindow,
 ) -> Result<Accepted, ApiError> {
     let (org, session_id) = (&session.organization_id, &session.id);
     let (key_hash, body_hash) = idempotency.unwrap_or(("", ""));
@@ -158,14 +201,14 @@ pub async fn accept<R: Redis>(
     let now = crate::time::now_millis();
     let reply = routed(r, org, session_id, session.gateway_id.clone(), async |holder| {
         let mut argv = args![
-            ACCEPT, 13,
+            ACCEPT, 15,
             keys::message(org, &content.id), keys::session_outbox(org, session_id), keys::session(org, session_id),
             idempotency_key.as_str(), keys::session_wa_message(org, session_id, wa_id), keys::org_events(org),
         ];
         argv.extend(route_keys(holder));
         argv.extend(args![
             keys::session_messages(org, session_id), keys::session_chat_messages(org, session_id, &content.chat),
-            keys::message_upload(org, &content.id), keys::session_uploads(org, session_id),
+            keys::message_upload(org, &content.id), keys::session_uploads(org, session_id), keys::outbox_deadlines(), window.key.as_str(),
         ]);
         argv.extend(args![
             doc.as_str(), now, limits.retention_ms as i64, key_hash,
@@ -176,6 +219,9 @@ pub async fn accept<R: Redis>(
         let file_ttl = limits.max_queued_ms.saturating_add(3_600_000) as i64;
         argv.extend([Arg::Bytes(file.unwrap_or_default().to_vec()), Arg::Int(limits.media_queue_max_bytes as i64), Arg::Int(file_ttl)]);
         argv.push(keys::message_upload(org, "").into());
+        let queued_ttl = limits.max_queued_ms.saturating_add(limits.retention_ms) as i64;
+        argv.extend(args![queued_ttl, now.saturating_add(limits.max_queued_ms as i64), deadline_member(org, session_id)]);
+        argv.extend(args![window.limit as i64, window.ends_at]);
         argv.extend(log_events_args(org, None, std::slice::from_ref(&queued))?);
         Ok(first(r, "EVAL", argv).await?.into())
     })
@@ -193,6 +239,7 @@ pub async fn accept<R: Redis>(
             limits.media_queue_max_bytes,
             60,
         )),
+        Reply::Status(s) if s == "org_quota" => Err(window.exceeded(now)),
         Reply::Status(s) if s == "full" => Err(ApiError::rate_limited(
             format!("the session's outbox holds {} messages already; wait for it to drain", limits.queue_max),
             "outbox",
@@ -285,6 +332,9 @@ pub struct Step<'a> {
     /// The lease value (`<gateway> <fence>`) the write needs; `None` for receipts, which only
     /// ever move a message forward and may come from any connection of the number.
     pub lease: Option<String>,
+    /// Recorded by a sweep rather than the session's holder: a message the holder is sending
+    /// is left to it.
+    pub unattended: bool,
     pub retention: crate::event_log::Retention,
 }
 
@@ -317,6 +367,7 @@ pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiEr
         status.as_str(), status.rank() as i64, status.time_field(), now, error,
         if status == MessageStatus::Failed { "1" } else { "" }, step.lease.as_deref().unwrap_or(""),
         if leaves_outbox { "1" } else { "" }, message_id, implied,
+        if step.unattended { "1" } else { "" },
     ];
     argv.extend(log_events_args(org, Some(step.retention), &[event])?);
     match first(r, "EVAL", argv).await? {
@@ -411,7 +462,111 @@ pub fn session_keys(org: &str, session_id: &str) -> [String; 5] {
     ]
 }
 
+/// A session's member of [`keys::outbox_deadlines`].
+fn deadline_member(org: &str, session_id: &str) -> String {
+    format!("{org}/{session_id}")
+}
+
+/// The queued messages of one session (`<org>/<session>`, ARGV[2], a member of the deadlines,
+/// KEYS[1]; its outbox KEYS[2], its lease KEYS[3]; messages under the prefix ARGV[1]) that
+/// waited past their `expiresAt` by ARGV[3] (ms): `{id, chat}` pairs, with an empty chat for a
+/// message that cannot be read. At most the first ARGV[4] of the outbox are looked at; they
+/// are in the order they were accepted, so the first not due says when the session is due
+/// again. A message its live holder claimed (`sendingAt`) is its holder's to fail; the
+/// session is looked at again a minute later. A session with nothing queued leaves the set.
+const DUE: &str = r"
+local deadlines, outbox, lease = KEYS[1], KEYS[2], KEYS[3]
+local prefix, member, now, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local due, next_at = {}, nil
+for _, id in ipairs(redis.call('LRANGE', outbox, 0, most - 1)) do
+  local state = redis.call('HMGET', prefix .. id, 'status', 'doc', 'sendingAt')
+  if state[1] == 'queued' then
+    local readable, content = pcall(cjson.decode, state[2] or '')
+    readable = readable and type(content) == 'table' and type(content['chat']) == 'string'
+    local expires = readable and tonumber(content['expiresAt'])
+    if not readable then
+      table.insert(due, id)
+      table.insert(due, '')
+    elseif not expires then
+      -- Accepted with no deadline: it waits for its turn.
+    elseif state[3] and redis.call('EXISTS', lease) == 1 then
+      next_at = math.min(next_at or math.huge, math.max(expires, now + 60000))
+    elseif expires <= now then
+      table.insert(due, id)
+      table.insert(due, content['chat'])
+    else
+      next_at = math.min(next_at or math.huge, expires)
+      break
+    end
+  end
+end
+if next_at then
+  redis.call('ZADD', deadlines, next_at, member)
+elseif #due == 0 and redis.call('LLEN', outbox) <= most then
+  redis.call('ZREM', deadlines, member)
+else
+  redis.call('ZADD', deadlines, now + 1000, member)
+end
+return due";
+
+/// The most messages of one outbox a sweep looks at.
+const SWEEP_DEPTH: i64 = 200;
+
+/// Fails the queued messages that waited past their `expiresAt` (or that cannot be read), in
+/// sessions due by `now` (at most `sessions` of them), whoever runs the session, or nobody:
+/// each fails once, with its `message.status` event, before its hash could expire. The
+/// messages failed.
+pub async fn sweep_expired<R: Redis>(r: &R, now: i64, sessions: usize, retention: crate::event_log::Retention) -> Result<usize, ApiError> {
+    let members = r.execute("ZRANGE", args![keys::outbox_deadlines(), "-inf", now, "BYSCORE", "LIMIT", 0, sessions as i64]).await?;
+    let mut failed = 0;
+    for member in members.into_iter().filter_map(Reply::into_string) {
+        let Some((org, session_id)) = member.rsplit_once('/') else {
+            r.execute("ZREM", args![keys::outbox_deadlines(), member.as_str()]).await?;
+            continue;
+        };
+        let argv = args![
+            DUE, 3, keys::outbox_deadlines(), keys::session_outbox(org, session_id), keys::session_lease(org, session_id),
+            keys::message(org, ""), member.as_str(), now, SWEEP_DEPTH,
+        ];
+        let due: Vec<Option<String>> = r.execute("EVAL", argv).await?.into_iter().map(Reply::into_string).collect();
+        for pair in due.chunks(2) {
+            let (Some(id), chat) = (&pair[0], pair.get(1).cloned().flatten().unwrap_or_default()) else { continue };
+            let error = if chat.is_empty() {
+                failure("unreadable", "the gateway could not read the stored message; it was not sent")
+            } else {
+                failure("expired", "the message waited in the outbox past its maximum age; it was not sent (or not acknowledged)")
+            };
+            let step = Step {
+                org,
+                session_id,
+                message_id: id,
+                chat: &chat,
+                wa_message_id: None,
+                status: MessageStatus::Failed,
+                error: Some(error),
+                lease: None,
+                unattended: true,
+                retention,
+            };
+            if advance(r, &step).await? == Advanced::Moved {
+                failed += 1;
+            }
+        }
+    }
+    Ok(failed)
+}
+
 /// Why a message the daemon could not send failed.
 pub fn failure(code: &str, message: impl Into<String>) -> MessageError {
     MessageError { code: code.to_owned(), message: message.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_scripts_keep_a_failed_message_as_long_as_the_constant_says() {
+        for script in [super::CANCEL, super::ADVANCE] {
+            assert!(script.contains(&format!("local FAILED_KEEP_MS = {}\n", super::FAILED_KEEP_MS)));
+        }
+    }
 }

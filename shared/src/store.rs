@@ -525,20 +525,31 @@ pub async fn owner<R: Redis>(r: &R, session_id: &str) -> Result<Option<String>, 
 /// All of the organization's sessions, oldest first, read a page per round trip so Redis never
 /// runs one long script for a large organization.
 pub async fn list<R: Redis>(r: &R, org: &str) -> Result<Vec<Session>, ApiError> {
+    Ok(page(r, org, None, None).await?.0)
+}
+
+/// The organization's sessions in creation order, after the position `after` (a score a page
+/// ended on): `limit` of them, or all; with the position the next page starts after, if the
+/// page was cut short.
+pub async fn page<R: Redis>(r: &R, org: &str, after: Option<&str>, limit: Option<usize>) -> Result<(Vec<Session>, Option<String>), ApiError> {
     let mut sessions = Vec::new();
-    let mut after = "-inf".to_owned();
+    let mut after = after.unwrap_or("-inf").to_owned();
     loop {
-        let mut page = r.execute("EVAL", args![LIST_PAGE, 1, keys::org_sessions(org), keys::session(org, ""), after.as_str(), LIST_PAGE_SIZE]).await?;
-        let Some(cursor) = page.pop() else { return Ok(sessions) };
-        let full = page.len() >= LIST_PAGE_SIZE as usize;
+        let want = limit.map_or(LIST_PAGE_SIZE, |limit| (limit - sessions.len()).min(LIST_PAGE_SIZE as usize) as i64);
+        let mut page = r.execute("EVAL", args![LIST_PAGE, 1, keys::org_sessions(org), keys::session(org, ""), after.as_str(), want]).await?;
+        let Some(cursor) = page.pop() else { return Ok((sessions, None)) };
+        let full = page.len() >= want as usize;
         // An index entry whose row is gone (an interrupted write) is skipped, not an error.
         for row in page {
             sessions.extend(decode::<Session>(row)?);
         }
-        if !full {
-            return Ok(sessions);
-        }
         after = cursor.into_string().unwrap_or_default();
+        if !full {
+            return Ok((sessions, None));
+        }
+        if limit.is_some_and(|limit| sessions.len() >= limit) {
+            return Ok((sessions, Some(after)));
+        }
     }
 }
 

@@ -65,6 +65,12 @@ pub fn optional_bool(body: &Map<String, Value>, field: &str, default: bool) -> R
     }
 }
 
+/// A JSON number that is a whole number, as JSON Schema's `integer` means it: `12006.0` is one.
+pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    // `u64::MAX as f64` is 2^64, one past the largest u64: the range excludes it.
+    n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(f)).map(|f| f as u64))
+}
+
 pub fn optional_u32_in(
     body: &Map<String, Value>,
     field: &str,
@@ -74,7 +80,7 @@ pub fn optional_u32_in(
     match body.get(field) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Number(n)) => {
-            let n = n.as_u64().ok_or_else(out_of_range)?;
+            let n = whole_number(n).ok_or_else(out_of_range)?;
             u32::try_from(n).ok().filter(|n| (min..=max).contains(n)).ok_or_else(out_of_range)
         }
         Some(_) => Err(ApiError::invalid_field(field, "must be an integer")),
@@ -115,9 +121,7 @@ pub fn new_session(body: &[u8]) -> Result<NewSession, ApiError> {
         rate_per_hour: optional_u32_in(&body, "ratePerHour", RATE_PER_HOUR)?,
         is_admin_session: optional_bool(&body, "isAdminSession", false)?,
     };
-    if session.rate_per_min > session.rate_per_hour {
-        return Err(ApiError::invalid_field("ratePerMin", "must not exceed ratePerHour"));
-    }
+    // A minute's rate above the hour's is no contradiction: the hour's window binds first.
     Ok(session)
 }
 
@@ -157,6 +161,16 @@ pub fn is_safe_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn whole_numbers_are_whole_whatever_their_notation() {
+        let number = |s: &str| serde_json::from_str::<serde_json::Number>(s).unwrap();
+        assert_eq!(whole_number(&number("12006.0")), Some(12_006));
+        assert_eq!(whole_number(&number("18446744073709551615")), Some(u64::MAX));
+        for not in ["1.5", "-1", "-0.5", "18446744073709551616", "1e20"] {
+            assert_eq!(whole_number(&number(not)), None, "{not}");
+        }
+    }
+
     fn field_of(body: &str) -> String {
         new_session(body.as_bytes()).unwrap_err().details["field"].as_str().unwrap().to_owned()
     }
@@ -178,7 +192,6 @@ mod tests {
         assert_eq!(field_of(r#"{"ratePerHour":-1}"#), "ratePerHour");
         assert_eq!(field_of(r#"{"ratePerHour":99999999999}"#), "ratePerHour");
         assert_eq!(field_of(r#"{"label":""}"#), "label");
-        assert_eq!(field_of(r#"{"ratePerMin":700,"ratePerHour":600}"#), "ratePerMin");
     }
 
     #[test]

@@ -381,37 +381,36 @@ return count
 
 /// Moves the endpoint's position in the log back (or forward) to just after `after`, so every
 /// event logged since then is queued for it again (duplicates of what it already had included:
-/// a replay is asked for). Returns the oldest position the log still holds.
-pub async fn replay<R: Redis>(r: &R, org: &str, id: &str, after: &ReplayStart) -> Result<Option<String>, ApiError> {
+/// a replay is asked for). A position past the newest event replays nothing: the endpoint goes
+/// on from the newest (set any further, it would skip what is logged next). Returns where the
+/// endpoint goes on from, and the oldest position the log still holds.
+pub async fn replay<R: Redis>(r: &R, org: &str, id: &str, after: &ReplayStart) -> Result<(String, Option<String>), ApiError> {
     const REPLAY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local at = ARGV[2]
 local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
 if newest then
   local function parts(id) local ms, seq = string.match(id, '^(%d+)-(%d+)$'); return tonumber(ms), tonumber(seq) end
-  local ms, seq = parts(ARGV[2])
+  local ms, seq = parts(at)
   local last_ms, last_seq = parts(newest[1])
-  if ms > last_ms or (ms == last_ms and seq > last_seq) then return -1 end
+  if ms > last_ms or (ms == last_ms and seq > last_seq) then at = newest[1] end
+else
+  at = '0-0'
 end
-local ok = pcall(redis.call, 'XGROUP', 'SETID', KEYS[2], ARGV[1], ARGV[2])
-if not ok then redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], ARGV[2], 'MKSTREAM') end
-return 1
+local ok = pcall(redis.call, 'XGROUP', 'SETID', KEYS[2], ARGV[1], at)
+if not ok then redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], at, 'MKSTREAM') end
+return at
 "#;
     known_shape(id)?;
     let argv = args![REPLAY, 2, keys::webhook(org, id), keys::org_events(org), keys::webhook_group(id), &after.position];
-    match first(r, "EVAL", argv).await?.as_int() {
-        Some(1) => {}
-        // A position past the newest event would make the endpoint skip what is logged next.
-        Some(-1) => return Err(ApiError::invalid_field(after.field, "is past the newest event logged")),
-        _ => return Err(not_found()),
-    }
-    Ok(crate::event_log::first_id(r, org).await?)
+    let Some(at) = first(r, "EVAL", argv).await?.into_string() else { return Err(not_found()) };
+    Ok((at, crate::event_log::first_id(r, org).await?))
 }
 
-/// Where a replay starts: just after `position`, which the body gave as `field`.
+/// Where a replay starts: just after `position`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayStart {
     pub position: String,
-    pub field: &'static str,
 }
 
 /// Where a replay starts, from its body: `{"after": "<log position>"}` (an SSE id, say) or
@@ -423,12 +422,12 @@ pub fn replay_position(body: &[u8]) -> Result<ReplayStart, ApiError> {
         (Some(after), None) => {
             let position = after.as_str().and_then(crate::event_log::position)
                 .ok_or_else(|| ApiError::invalid_field("after", "must be a log position such as \"1732252800000-0\""))?;
-            Ok(ReplayStart { position: format!("{}-{}", position.0, position.1), field: "after" })
+            Ok(ReplayStart { position: format!("{}-{}", position.0, position.1) })
         }
         (None, Some(since)) => {
-            let ms = since.as_u64().ok_or_else(|| ApiError::invalid_field("since", "must be a time in epoch milliseconds"))?;
+            let ms = since.as_number().and_then(crate::validate::whole_number).ok_or_else(|| ApiError::invalid_field("since", "must be a time in epoch milliseconds"))?;
             let position = if ms == 0 { "0-0".to_owned() } else { format!("{}-{}", ms - 1, u64::MAX) };
-            Ok(ReplayStart { position, field: "since" })
+            Ok(ReplayStart { position })
         }
         _ => Err(ApiError::invalid_field("body", "must give either \"after\" (a log position) or \"since\" (epoch ms)")),
     }

@@ -4,11 +4,11 @@
 use crate::Result;
 use shared::auth::Capability;
 
-fn flag(args: &[String], name: &str) -> Option<String> {
+pub fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
-fn required(args: &[String], name: &str) -> Result<String> {
+pub fn required(args: &[String], name: &str) -> Result<String> {
     flag(args, name).ok_or_else(|| format!("{name} is required").into())
 }
 

@@ -9,11 +9,13 @@
 //!   the simulated WhatsApp server and accepted sends per second; webhook delivery latency and
 //!   deliveries per second to one endpoint.
 //! - `apikey create|list|revoke`: an organization's api-keys.
+//! - `quota set|unset|show`: an organization's overrides of the deployment's quotas.
 
 mod apikey;
 mod bench;
 mod event_latency;
 mod prereq;
+mod quota;
 mod send_bench;
 mod webhook_bench;
 
@@ -30,8 +32,9 @@ fn main() -> ExitCode {
         Some("test") => runtime.block_on(test(&args[1..])),
         Some("bench") => runtime.block_on(bench::run(&args[1..])),
         Some("apikey") => runtime.block_on(apikey::run(&args[1..])),
+        Some("quota") => runtime.block_on(quota::run(&args[1..])),
         Some("native-baseline") => runtime.block_on(bench::serve_native(&args[1..])),
-        _ => Err("usage: cargo xtask <build | up | test | bench | apikey create|list|revoke>".into()),
+        _ => Err("usage: cargo xtask <build | up | test | bench | apikey create|list|revoke | quota set|unset|show>".into()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,7 +77,7 @@ async fn up() -> Result {
 /// spend their time on the daemon (70 s on its rate limiter, 11 s on a slow acknowledgement),
 /// whose HTTP side the other tests cover, and the embedded host's `/metrics` (Spin has its own
 /// telemetry).
-const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits", "messages", "inbound", "webhooks"];
+const SPIN_SUITES: &[&str] = &["sessions", "lifecycle", "events", "limits", "messages", "inbound", "webhooks", "contract"];
 const NOT_ON_SPIN: &[&str] = &[
     "the_host_answers_503_in_the_envelope_when_out_of_instances_or_connections",
     "a_rate_of_ten_a_minute_holds_over_a_burst_of_twenty_five",
@@ -91,6 +94,7 @@ async fn test(extra: &[String]) -> Result {
     let redis_url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned());
     prereq::ensure_redis(&redis_url).await?;
     prereq::ensure_chromium()?;
+    prereq::ensure_schemathesis()?;
     prereq::build()?;
     let cargo_test = |args: &[String], spin: bool| -> Result {
         let mut command = prereq::cargo();

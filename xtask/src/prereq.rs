@@ -97,6 +97,26 @@ pub fn ensure_chromium() -> Result {
         .map_err(|e| format!("cannot install chromium ({e}); install Debian's chromium package").into())
 }
 
+/// The schemathesis release the contract test (`tests/contract.rs`) runs: pinned, so a new
+/// release's new checks arrive as a change of this line, not as a red build.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// schemathesis, in a virtualenv of its own under `target/schemathesis` (PyPI), made when
+/// missing or of another version.
+pub fn ensure_schemathesis() -> Result {
+    let venv = root().join("target/schemathesis");
+    let stamp = venv.join("installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == SCHEMATHESIS) {
+        return Ok(());
+    }
+    println!("xtask: installing {SCHEMATHESIS} for the contract test");
+    let _ = std::fs::remove_dir_all(&venv);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", SCHEMATHESIS]))
+        .map_err(|e| format!("cannot install {SCHEMATHESIS} ({e}); it needs Python 3.10+ with venv and PyPI"))?;
+    Ok(std::fs::write(stamp, SCHEMATHESIS)?)
+}
+
 /// Starts a throwaway local Redis (no persistence) when none answers at `url`, installing the
 /// Debian package first if needed.
 pub async fn ensure_redis(url: &str) -> Result {

@@ -78,6 +78,12 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
     let org = caller.org_with_any(&[Capability::Read, Capability::Manage])?.to_owned();
     let keepalive = Duration::from_millis(config::event_keepalive_ms(&SpinVariables).await);
 
+    // `?lastEventId=` must be a position even where the header (which wins) is present.
+    if let Some(id) = query.last_event_id.as_deref().filter(|id| !id.trim().is_empty()) {
+        if event_log::position(id.trim()).is_none() {
+            return Err(ApiError::invalid_field("lastEventId", "must be an event id this stream sent"));
+        }
+    }
     let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut resume = header.or(query.last_event_id).filter(|id| !id.trim().is_empty());
     // A pairing page sees nothing logged before its link existed (earlier codes, numbers).

@@ -62,8 +62,10 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
     match endpoint {
         Endpoint::Send(id) => {
             let key = shared::message::idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?;
+            // Refused from its headers when the organization's quota is spent: no body is read.
+            let window = send::window(&ctx, &caller).await?;
             let body = ctx.body_within(req, send::body_limit().await).await?;
-            send::apply(&ctx, &caller, &id, key.as_deref(), &body).await
+            send::apply(&ctx, &caller, &id, key.as_deref(), &body, &window).await
         }
         Endpoint::List(id) => list::apply(&ctx, &caller, &id, req.uri().query()).await,
         Endpoint::Outbox(id) => outbox::apply(&ctx, &caller, &id).await,

@@ -6,6 +6,9 @@
 //! A file given inline (base64 `data`) is stored with the message, in the same step; one given
 //! by URL is fetched by the daemon when the message goes out.
 //!
+//! An organization's sessions accept `org_messages_per_minute` messages a minute together
+//! (`shared::quota`), counted with the acceptance itself.
+//!
 //! With an `Idempotency-Key`, a repeat within 24 h answers the message the first request made
 //! (never a second send); the same key with another body is a conflict.
 
@@ -13,10 +16,24 @@ use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::message::{Content, Direction, MediaSource, Quote, Reaction, new_wa_message_id, send_request};
 use shared::outbox::{self, Accepted};
+use shared::quota::{self, MessageWindow};
 use shared::spin::{Context, SpinVariables};
 use shared::{ApiError, ErrorCode, config, secret, store};
 
-pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency_key: Option<&str>, body: &[u8]) -> Result<Answer, ApiError> {
+/// The organization's window of messages for this minute; 429 when it is full.
+pub async fn window(ctx: &Context, caller: &Caller) -> Result<MessageWindow, ApiError> {
+    let org = caller.org_with(Capability::Send)?;
+    quota::messages(&ctx.redis, &SpinVariables, org, shared::time::now_millis()).await
+}
+
+pub async fn apply(
+    ctx: &Context,
+    caller: &Caller,
+    session_id: &str,
+    idempotency_key: Option<&str>,
+    body: &[u8],
+    window: &MessageWindow,
+) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Send)?;
     let session = store::get(&ctx.redis, org, session_id).await?;
     let limits = config::message_limits(&SpinVariables).await;
@@ -56,7 +73,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, idempotency
     };
     let (key_hash, body_hash) = (idempotency_key.map(secret::sha256_hex), secret::sha256_hex(body));
     let idempotency = key_hash.as_deref().map(|key| (key, body_hash.as_str()));
-    let message_id = match outbox::accept(&ctx.redis, &session, &content, file.as_deref(), &new_wa_message_id(), idempotency, limits).await? {
+    let message_id = match outbox::accept(&ctx.redis, &session, &content, file.as_deref(), &new_wa_message_id(), idempotency, limits, window).await? {
         Accepted::New(message) => return Ok(Answer::accepted(&message)),
         Accepted::Seen { message_id, body_hash: first_body } if first_body == body_hash => message_id,
         Accepted::Seen { .. } => {
@@ -77,17 +94,23 @@ pub async fn body_limit() -> usize {
 
 /// The message a reaction is for: one of this session's in the chat the reaction goes to.
 async fn reaction(ctx: &Context, org: &str, session_id: &str, chat: &str, message_id: &str, emoji: &str) -> Result<Reaction, ApiError> {
-    let unknown = ApiError::invalid_field("reaction.messageId", "no such message in this chat of the session");
+    let unknown = unknown_message("reaction.messageId", "no such message in this chat of the session");
     let (target, wa_message_id) = referred(ctx, org, session_id, Some(chat), message_id, unknown).await?;
     Ok(Reaction { wa_message_id, message_id: Some(target.id), participant: target.from, emoji: emoji.to_owned() })
 }
 
 /// The message a reply quotes: one of this session's, known to WhatsApp by its id.
 async fn quoted(ctx: &Context, org: &str, session_id: &str, message_id: &str) -> Result<Quote, ApiError> {
-    let unknown = ApiError::invalid_field("replyTo", "no such message in this session");
+    let unknown = unknown_message("replyTo", "no such message in this session");
     let (original, wa_message_id) = referred(ctx, org, session_id, None, message_id, unknown).await?;
     let text = original.text.clone().or_else(|| original.media.as_ref().and_then(|m| m.caption.clone()));
     Ok(Quote { wa_message_id, participant: original.from, chat: Some(original.chat), kind: Some(original.kind), text })
+}
+
+/// 404 for a message a request names that is not (or no longer) one of the session's: like any
+/// resource it cannot reach, it is not found, and the field says which.
+fn unknown_message(field: &str, message: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("{field}: {message}")).with_detail("field", field).with_detail("reason", "message_not_found")
 }
 
 /// A message of the session (in `chat`, when given) that another refers to, with the id

@@ -33,12 +33,15 @@ pub fn parse(method: &Method, path: &str) -> Result<Option<Endpoint>, ApiError> 
 }
 
 pub async fn serve(req: Request, endpoint: Endpoint) -> Result<Answer, ApiError> {
+    let params = validate::query_params(req.uri().query(), &["token"])?;
+    let token = params.into_iter().find(|(name, _)| name == "token").map(|(_, token)| token);
     let session_id = match &endpoint {
+        // The page is static and says itself when its link has expired (its `state` call
+        // answers 401), but a URL without a token is no pairing link at all.
+        Endpoint::Page if token.is_none() => return Err(ApiError::invalid_field("token", "the pairing page opens from a pairing link: its URL carries the link's token")),
         Endpoint::Page => return Ok(Answer::Page(PAGE)),
         Endpoint::State(id) | Endpoint::PairingCode(id) => id.clone(),
     };
-    let params = validate::query_params(req.uri().query(), &["token"])?;
-    let token = params.into_iter().find(|(name, _)| name == "token").map(|(_, token)| token);
     let ctx = Context::open().await?;
     let link = pairing_link::open(&ctx.redis, token.as_deref(), &session_id).await?;
     let session = store::get_observed(&ctx.redis, &link.organization_id, &link.session_id).await?;

@@ -35,6 +35,10 @@ pub async fn request(ctx: &Context, org: &str, session_id: &str, body: &[u8]) ->
     match ctx.wait_for_result(org, &command.id, Wait::PairingCode).await? {
         Some(CommandResult { code: Some(code), .. }) => Ok(Answer::ok(&serde_json::json!({ "code": code }))),
         Some(CommandResult { error: Some(error), .. }) if error.kind == "already_paired" => Err(validate::already_paired()),
+        // The session was stopped (or logged out, deleted) while the code was on its way.
+        Some(CommandResult { error: Some(error), .. }) if error.kind == "interrupted" => {
+            Err(ApiError::new(ErrorCode::Conflict, error.message).with_detail("reason", "interrupted"))
+        }
         Some(CommandResult { error, .. }) => {
             let (kind, message) = error.map(|e| (e.kind, e.message)).unwrap_or_default();
             Err(ApiError::new(ErrorCode::Unavailable, format!("WhatsApp did not issue a pairing code: {message}"))

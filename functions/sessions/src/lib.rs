@@ -64,7 +64,7 @@ async fn handle(req: Request) -> impl IntoResponse {
 async fn route(req: Request) -> Result<Answer, ApiError> {
     let (endpoint, ctx, caller) = accept(&req, Endpoint::parse).await?;
     match endpoint {
-        Endpoint::List => list::apply(&ctx, &caller).await,
+        Endpoint::List => list::apply(&ctx, &caller, req.uri().query()).await,
         Endpoint::Create => {
             let body = ctx.body(req).await?;
             create::apply(&ctx, &caller, &body).await
