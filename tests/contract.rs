@@ -100,7 +100,7 @@ parameters = {{ session = "{paired}" }}
         // `/media` for a message whose file cannot be fetched; deleting takes a session of its
         // own (above).
         .args(["--exclude-checks", "ensure_resource_availability"])
-        .args(["--request-timeout", "30", "--max-time", "100", "--no-shrink"])
+        .args(["--request-timeout", "30", "--max-time", "45", "--no-shrink"])
         .args(["--report", "junit"]).arg("--report-dir").arg(&report)
         .env("SCHEMATHESIS_HOOKS", root().join("tests/contract/hooks.py"))
         .env("CONTRACT_SINK", &sink.url)
