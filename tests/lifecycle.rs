@@ -567,6 +567,7 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
     let (read_key, _) = e2e::api_key_at(&stack.redis.url, &org, &[shared::auth::Capability::Read]).await;
     stack.client.post(&stack.session_url(&id, "/pairing-link"), &read_key, "").await.expect_error(403, "forbidden");
 
+
     // Minting the link started pairing; a browser shows the live code.
     let first = stack.qr_until(&key, &id, None, SOON).await["code"].as_str().unwrap().to_owned();
 
@@ -609,4 +610,13 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
     let state = stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state?token={token}")), None, None).await;
     assert_eq!((state.body["status"].as_str(), &state.body["qr"]), (Some("working"), &Value::Null), "{}", state.body);
     stack.client.post(&stack.session_url(&id, "/pairing-link"), &key, "").await.expect_error(400, "validation_error");
+
+    // Revoked (a link sent to the wrong person, say), it shows nothing more. Only a manager of
+    // the session's organization revokes.
+    let (read_key, _) = e2e::api_key_at(&stack.redis.url, &org, &[shared::auth::Capability::Read]).await;
+    stack.client.delete(&stack.session_url(&id, "/pairing-link"), &read_key).await.expect_error(403, "forbidden");
+    stack.client.delete(&stack.session_url(&id, "/pairing-link"), &stack.key(&new_org()).await).await.expect_error(404, "not_found");
+    assert_eq!(stack.client.delete(&stack.session_url(&id, "/pairing-link"), &key).await.status, 204);
+    let state = stack.client.send("GET", &stack.gateway.url(&format!("/pair/{id}/state?token={token}")), None, None).await;
+    state.expect_error(401, "unauthorized");
 }

@@ -277,13 +277,19 @@ pub fn rate_window(scope: &str, subject: &str, window: u64) -> String {
     format!("{PREFIX}:rate:{scope}:{subject}:{window}")
 }
 
-/// A stream token's grant, found by the token's SHA-256; deleted by its one use.
 /// A pairing link's grant (one session of one organization), by the SHA-256 of its token;
 /// expires with the link.
 pub fn pairing_link(token_hash: &str) -> String {
     format!("{PREFIX}:pairing-link:{token_hash}")
 }
 
+/// The token hashes of the pairing links minted for a session and not expired yet, so they
+/// can be revoked; expires with the newest of them.
+pub fn session_pairing_links(org: &str, session_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:session:{session_id}:pairing-links")
+}
+
+/// A stream token's grant, found by the token's SHA-256; deleted by its one use.
 pub fn stream_token(token_hash: &str) -> String {
     format!("{PREFIX}:stream-token:{token_hash}")
 }

@@ -49,8 +49,30 @@ pub async fn mint<R: Redis>(r: &R, org: &str, session_id: &str, ttl_secs: u64) -
         expires_at: now + ttl_secs as i64 * 1000,
     };
     let json = serde_json::to_string(&link).map_err(|e| ApiError::internal(e.to_string()))?;
-    r.execute("SET", args![keys::pairing_link(&sha256_hex(&token)), json, "EX", ttl_secs as i64]).await?;
+    let hash = sha256_hex(&token);
+    // Listed for revocation first: a link that exists is always one `revoke` finds.
+    let links = keys::session_pairing_links(org, session_id);
+    r.execute("SADD", args![links.as_str(), hash.as_str()]).await?;
+    r.execute("EXPIRE", args![links.as_str(), ttl_secs as i64, "GT"]).await?;
+    r.execute("EXPIRE", args![links.as_str(), ttl_secs as i64, "NX"]).await?;
+    r.execute("SET", args![keys::pairing_link(&hash), json, "EX", ttl_secs as i64]).await?;
     Ok((token, link))
+}
+
+/// Revokes every pairing link minted for the session: their pages and calls answer 401 from
+/// now on, and the event streams they opened end at their next credential check. How many
+/// links were still valid.
+pub async fn revoke<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<usize, ApiError> {
+    let links = keys::session_pairing_links(org, session_id);
+    let hashes: Vec<String> = r.execute("SMEMBERS", args![links.as_str()]).await?.into_iter().filter_map(crate::redis::Reply::into_string).collect();
+    let mut revoked = 0;
+    for hash in &hashes {
+        if first(r, "DEL", args![keys::pairing_link(hash)]).await?.as_int() == Some(1) {
+            revoked += 1;
+        }
+    }
+    r.execute("DEL", args![links.as_str()]).await?;
+    Ok(revoked)
 }
 
 /// The grant of a token for `session_id`: 401 for a token that is unknown or expired, 404 for

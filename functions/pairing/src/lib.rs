@@ -8,7 +8,7 @@ mod pairing_code;
 mod qr;
 
 use shared::answer::Answer;
-use shared::route::{self, ApiPath, session_path};
+use shared::route::{ApiPath, session_path};
 use shared::spin::{accept, respond};
 use shared::ApiError;
 use spin_sdk::http::{IntoResponse, Method, Request};
@@ -18,6 +18,7 @@ enum Endpoint {
     Qr(String),
     PairingCode(String),
     Link(String),
+    RevokeLinks(String),
 }
 
 impl Endpoint {
@@ -30,7 +31,9 @@ impl Endpoint {
                 Ok(Endpoint::PairingCode(id.to_owned()))
             }
             Some(ApiPath::Resource(_, "pairing-code")) => Err(ApiError::method_not_allowed(method.as_str(), &["POST"])),
-            Some(ApiPath::Resource(id, "pairing-link")) => route::only(method.as_str(), &["POST"]).map(|()| Endpoint::Link(id.to_owned())),
+            Some(ApiPath::Resource(id, "pairing-link")) if *method == Method::POST => Ok(Endpoint::Link(id.to_owned())),
+            Some(ApiPath::Resource(id, "pairing-link")) if *method == Method::DELETE => Ok(Endpoint::RevokeLinks(id.to_owned())),
+            Some(ApiPath::Resource(_, "pairing-link")) => Err(ApiError::method_not_allowed(method.as_str(), &["POST", "DELETE"])),
             _ => Err(ApiError::route_not_found(path)),
         }
     }
@@ -54,6 +57,7 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
             qr::apply(&ctx, &caller, &id, format).await
         }
         Endpoint::Link(id) => link::apply(&ctx, &caller, &id).await,
+        Endpoint::RevokeLinks(id) => link::revoke(&ctx, &caller, &id).await,
         Endpoint::PairingCode(id) => {
             let body = ctx.body(req).await?;
             pairing_code::apply(&ctx, &caller, &id, &body).await
