@@ -217,7 +217,7 @@ impl Run {
                 let error = match verdict.as_str() {
                     // Accepted for the number paired then; the session was paired with another since.
                     "number_changed" => failure("number_changed", "the session was paired with another number after the message was accepted; it was not sent"),
-                    _ => failure("expired", "the message waited in the outbox past its maximum age; it was not sent (or not acknowledged)"),
+                    _ => outbox::expired(),
                 };
                 let (doc, id) = (reply.next().flatten(), reply.next().flatten().unwrap_or_default());
                 let Ok(content) = content_of(doc) else { return self.unreadable(&id).await };
@@ -422,8 +422,7 @@ impl Run {
     /// it fails as `unreadable`, and the outbox goes on.
     async fn unreadable(&self, message_id: &str) -> Result<Turn, ApiError> {
         tracing::warn!(session = %self.session_id, message = message_id, "the queued message cannot be read; failing it");
-        let error = failure("unreadable", "the gateway could not read the stored message; it was not sent");
-        self.record((message_id, ""), None, MessageStatus::Failed, Some(error)).await
+        self.record((message_id, ""), None, MessageStatus::Failed, Some(outbox::unreadable())).await
     }
 
     /// Moves the message (our id, its chat) to `status`, under the lease. That WhatsApp took

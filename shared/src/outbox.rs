@@ -531,11 +531,7 @@ pub async fn sweep_expired<R: Redis>(r: &R, now: i64, sessions: usize, retention
         let due: Vec<Option<String>> = r.execute("EVAL", argv).await?.into_iter().map(Reply::into_string).collect();
         for pair in due.chunks(2) {
             let (Some(id), chat) = (&pair[0], pair.get(1).cloned().flatten().unwrap_or_default()) else { continue };
-            let error = if chat.is_empty() {
-                failure("unreadable", "the gateway could not read the stored message; it was not sent")
-            } else {
-                failure("expired", "the message waited in the outbox past its maximum age; it was not sent (or not acknowledged)")
-            };
+            let error = if chat.is_empty() { unreadable() } else { expired() };
             let step = Step {
                 org,
                 session_id,
@@ -559,6 +555,16 @@ pub async fn sweep_expired<R: Redis>(r: &R, now: i64, sessions: usize, retention
 /// Why a message the daemon could not send failed.
 pub fn failure(code: &str, message: impl Into<String>) -> MessageError {
     MessageError { code: code.to_owned(), message: message.into() }
+}
+
+/// A queued message that waited past its `expiresAt`, whether its sender or a sweep found it.
+pub fn expired() -> MessageError {
+    failure("expired", "the message waited in the outbox past its maximum age; it was not sent (or not acknowledged)")
+}
+
+/// A queued message that cannot be read, whether its sender or a sweep found it.
+pub fn unreadable() -> MessageError {
+    failure("unreadable", "the gateway could not read the stored message; it was not sent")
 }
 
 #[cfg(test)]

@@ -60,19 +60,14 @@ pub async fn mint<R: Redis>(r: &R, org: &str, session_id: &str, ttl_secs: u64) -
 }
 
 /// Revokes every pairing link minted for the session: their pages and calls answer 401 from
-/// now on, and the event streams they opened end at their next credential check. How many
-/// links were still valid.
-pub async fn revoke<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<usize, ApiError> {
+/// now on, and the event streams they opened end at their next credential check.
+pub async fn revoke<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<(), ApiError> {
     let links = keys::session_pairing_links(org, session_id);
-    let hashes: Vec<String> = r.execute("SMEMBERS", args![links.as_str()]).await?.into_iter().filter_map(crate::redis::Reply::into_string).collect();
-    let mut revoked = 0;
-    for hash in &hashes {
-        if first(r, "DEL", args![keys::pairing_link(hash)]).await?.as_int() == Some(1) {
-            revoked += 1;
-        }
+    for hash in r.execute("SMEMBERS", args![links.as_str()]).await?.into_iter().filter_map(crate::redis::Reply::into_string) {
+        r.execute("DEL", args![keys::pairing_link(&hash)]).await?;
     }
     r.execute("DEL", args![links.as_str()]).await?;
-    Ok(revoked)
+    Ok(())
 }
 
 /// The grant of a token for `session_id`: 401 for a token that is unknown or expired, 404 for
