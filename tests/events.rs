@@ -262,11 +262,11 @@ async fn keep_alives_a_retry_hint_and_nothing_left_behind_when_the_client_goes()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_log_keeps_the_last_n_events_or_the_recent_ones_whichever_is_more() {
+async fn the_log_keeps_the_last_n_events_or_the_recent_ones_whichever_is_more_up_to_its_cap() {
     use shared::event::{Event, EventType};
     use shared::event_log::Retention;
     use shared::store::{self, Update};
-    let stack = Stack::start();
+    let stack = Stack::start_configured(&[("BACKEND", "simulator")], &[("event_log_max_len", "100")]);
     let org = new_org();
     let key = stack.key(&org).await;
     let id = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
@@ -274,17 +274,17 @@ async fn the_log_keeps_the_last_n_events_or_the_recent_ones_whichever_is_more() 
     let write = async |retention: Retention| {
         for _ in 0..20 {
             let event = Event::new(EventType::SessionStatus, &org, &id, serde_json::json!({}));
-            let update = Update { retention: Some(retention), ..Update::default() }.event(event);
+            let update = Update { retention, ..Update::default() }.event(event);
             store::update(&redis, &org, &id, update).await.unwrap();
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
     // All recent: every one is kept although there are more than `count`.
-    write(Retention { count: 5, max_age_ms: 3_600_000 }).await;
+    write(Retention { count: 5, max_age_ms: 3_600_000, max_len: 0 }).await;
     assert_eq!(stack.log(&org).await.len(), 20);
     // Older than the age limit: only the newest `count` stay.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    write(Retention { count: 5, max_age_ms: 10 }).await;
+    write(Retention { count: 5, max_age_ms: 10, max_len: 0 }).await;
     let log = stack.log(&org).await;
     assert!((5..=6).contains(&log.len()), "kept {}", log.len());
 
@@ -293,6 +293,17 @@ async fn the_log_keeps_the_last_n_events_or_the_recent_ones_whichever_is_more() 
     let text = raw_until(&mut response, &log.last().unwrap().id).await;
     assert!(text.contains(&format!(": events before {} are no longer retained", log[0].id)), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("id: ")).count(), log.len(), "{text}");
+    drop(response);
+
+    // However young its events, the log stays within its cap (give or take a stream node of
+    // 100 entries), whoever writes: here the API, each accepted message logging `queued`.
+    let (paired, _) = stack.paired_session_with(&key, r#"{"start": true}"#, "628999000077").await;
+    for i in 0..300 {
+        let reply = stack.client.post(&stack.session_url(&paired, "/messages"), &key, &format!(r#"{{"to": "628222000001", "text": "{i}"}}"#)).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    let log = stack.log(&org).await;
+    assert!((100..=200).contains(&log.len()), "kept {} of 300 young events", log.len());
 }
 
 /// The example consumer of `examples/event-consumer` (docs/redis-contract.md), its printed events
@@ -390,8 +401,13 @@ async fn scrape_until(url: &str, within: Duration, done: impl Fn(&str) -> bool) 
 
 #[tokio::test]
 async fn metrics_count_requests_streams_sessions_sends_and_deliveries() {
-    let port = e2e::free_port();
-    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("METRICS_LISTEN", &format!("127.0.0.1:{port}"))]);
+    let (port, host_port) = (e2e::free_port(), e2e::free_port());
+    let stack = Stack::on_with_host_env(
+        e2e::RedisServer::start(),
+        &[("BACKEND", "simulator"), ("METRICS_LISTEN", &format!("127.0.0.1:{port}"))],
+        &[],
+        &[("GATEWAY_METRICS_TOKEN", "operator-token"), ("GATEWAY_METRICS_LISTEN", &format!("127.0.0.1:{host_port}"))],
+    );
     let receiver = e2e::Receiver::start();
     let org = new_org();
     let key = stack.key(&org).await;
@@ -403,7 +419,16 @@ async fn metrics_count_requests_streams_sessions_sends_and_deliveries() {
     stack.client.get(&stack.gateway.url("/api/v1/nowhere"), &key).await.expect_error(404, "not_found");
     let _stream = stack.subscribe(Some(&key), "", None).await.unwrap();
 
-    let host = scrape_until(&stack.gateway.url("/metrics"), SOON, |page| sample(page, "gateway_open_event_streams") == Some(1.0)).await;
+    // On the API's listener the page takes the operator's token, and an api-key is not one.
+    let on_api = |token: &str| reqwest::Client::new().get(stack.gateway.url("/metrics")).bearer_auth(token).send();
+    for refused in ["", key.as_str()] {
+        let answer = on_api(refused).await.unwrap();
+        assert_eq!(answer.status(), 401);
+        assert_eq!(answer.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
+    }
+    let page = on_api("operator-token").await.unwrap().text().await.unwrap();
+    assert!(page.contains("gateway_http_requests_total"), "{page}");
+    let host = scrape_until(&format!("http://127.0.0.1:{host_port}/metrics"), SOON, |page| sample(page, "gateway_open_event_streams") == Some(1.0)).await;
     assert!(sample(&host, r#"gateway_http_requests_total{route="/api/v1/webhooks",status="201"}"#) >= Some(1.0), "{host}");
     assert!(sample(&host, r#"gateway_http_requests_total{route="/api/v1/sessions/:session/messages",status="202"}"#) >= Some(1.0), "{host}");
     assert!(sample(&host, r#"gateway_http_requests_total{route="/...",status="404"}"#) >= Some(1.0), "{host}");

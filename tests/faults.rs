@@ -807,7 +807,7 @@ async fn every_pending_command_is_recovered_not_only_the_first_page() {
         let id = &ids[n % ids.len()];
         let kind = if (n / ids.len()) % 2 == 0 { shared::command::CommandKind::Start } else { shared::command::CommandKind::Stop };
         let session = shared::store::get(&redis, &org, id).await.unwrap();
-        shared::store::enqueue(&redis, &session, &shared::command::Command::new(kind, id, &org), None).await.unwrap();
+        shared::store::enqueue(&redis, &session, &shared::command::Command::new(kind, id, &org), None, shared::event_log::Retention::default()).await.unwrap();
         last.insert(id.clone(), kind);
     }
     // This daemon read 150 of them before it died, a gateway now dead read the other 150.

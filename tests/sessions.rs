@@ -156,6 +156,8 @@ async fn unknown_session_ids_are_not_found() {
     for id in ["01J9ZX8K2QHV0M3T6R7P4N5W8C", "no-such-session", "%7Bbrace%7D"] {
         client.get(&session(id), &key).await.expect_error(404, "not_found");
     }
+    // Unless the operator exposes them, the host's metrics are no page of the API.
+    client.get(&gateway().url("/metrics"), &key).await.expect_error(404, "not_found");
 }
 
 #[tokio::test]

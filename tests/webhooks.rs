@@ -279,6 +279,9 @@ async fn events_given_up_on_are_dead_lettered_then_redelivered_replayed_and_paus
     let signed = receiver.until("/down", SOON, |r| r.len() >= before_rotation + 3).await;
     verify(&signed[before_rotation], rotated.body["secret"].as_str().unwrap());
     verify(&signed[before_rotation], down["secret"].as_str().unwrap());
+    // The old secret is deleted by Redis itself when the overlap (a day) ends, delivery or not.
+    let kept_ms: i64 = redis::AsyncCommands::pttl(&mut stack.redis().await, shared::keys::webhook_previous_secret(&org, down_id)).await.unwrap();
+    assert!((86_000_000..=86_400_000).contains(&kept_ms), "the old secret expires with its overlap: {kept_ms} ms");
 
     // Disabled: nothing goes out; enabled again: it catches up from where it stopped.
     let patch = |body: Value| update(&stack, &key, down_id, body);
@@ -347,4 +350,30 @@ async fn a_worker_killed_mid_delivery_loses_nothing_and_two_workers_deliver_each
         verify(request, hook["secret"].as_str().unwrap());
     }
     drop(second);
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_holds_only_its_own_share_of_the_delivery_slots() {
+    // Four deliveries at once in the daemon: one endpoint may hold one, one organization two.
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("WEBHOOK_CONCURRENCY", "4"), ("WEBHOOK_TIMEOUT_MS", "15000")]);
+    let receiver = Receiver::start();
+    receiver.answer("/slow", 200, 8_000);
+    let (a, b) = (new_org(), new_org());
+    let (key_a, key_b) = (stack.key(&a).await, stack.key(&b).await);
+    register(&stack, &key_a, json!({"url": format!("{}/slow", receiver.url), "events": ["session.status"]})).await;
+    // Four sessions of A: four queues for the slow endpoint, enough to fill every slot at once.
+    for _ in 0..4 {
+        stack.create(&key_a, r#"{"start": true}"#).await;
+    }
+    receiver.until("/slow", SOON, |r| !r.is_empty()).await;
+    register(&stack, &key_a, json!({"url": format!("{}/fast-a", receiver.url), "events": ["session.status"]})).await;
+    register(&stack, &key_b, json!({"url": format!("{}/fast-b", receiver.url), "events": ["session.status"]})).await;
+    let started = std::time::Instant::now();
+    stack.create(&key_a, r#"{"start": true}"#).await;
+    stack.create(&key_b, r#"{"start": true}"#).await;
+    receiver.until("/fast-b", SOON, |r| !r.is_empty()).await;
+    receiver.until("/fast-a", SOON, |r| !r.is_empty()).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "the other endpoints waited {waited:?} behind the slow one");
+    assert_eq!(receiver.requests("/slow").len(), 1, "the slow endpoint got one delivery at a time");
 }

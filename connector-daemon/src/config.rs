@@ -54,9 +54,12 @@ pub struct Config {
     /// Each organization's event log keeps at least this many of its newest events...
     #[arg(long, env = "EVENT_RETENTION_COUNT", default_value_t = 10_000)]
     pub event_retention_count: u64,
-    /// ...and every event younger than this, whichever is more.
+    /// ...and every event younger than this, whichever is more...
     #[arg(long, env = "EVENT_RETENTION_SECS", default_value_t = 24 * 60 * 60)]
     pub event_retention_secs: u64,
+    /// ...but never more than this many (0: no cap), however fast an organization logs.
+    #[arg(long, env = "EVENT_LOG_MAX_LEN", default_value_t = 100_000)]
+    pub event_log_max_len: u64,
     /// How long received messages are kept; the same as the functions' `message_retention_secs`.
     #[arg(long, env = "MESSAGE_RETENTION_SECS", default_value_t = 7 * 24 * 60 * 60)]
     pub message_retention_secs: u64,
@@ -188,7 +191,11 @@ impl Config {
     }
 
     pub fn retention(&self) -> Retention {
-        Retention { count: self.event_retention_count.max(1), max_age_ms: self.event_retention_secs.saturating_mul(1000) }
+        Retention {
+            count: self.event_retention_count.max(1),
+            max_age_ms: self.event_retention_secs.saturating_mul(1000),
+            max_len: self.event_log_max_len,
+        }
     }
 
     pub fn media_cache(&self) -> shared::media::CacheLimits {

@@ -18,6 +18,7 @@ mod metrics;
 mod outbox;
 mod receipts;
 mod simulator;
+mod slots;
 mod supervisor;
 mod unlinks;
 mod webhooks;
@@ -72,8 +73,9 @@ async fn run(config: Config) -> Result {
     tokio::spawn(expiry::run(daemon.clone()));
     let (stop_reading, stopping) = watch::channel(false);
     let reader = tokio::spawn(commands::run(daemon.clone(), connect().await?, stopping));
+    let shutdown = shared::shutdown::signal_or_stdin_close(config.stop_on_stdin_close)?;
     println!("connector-daemon {} running", daemon.gateway_id);
-    shutdown_signal(config.stop_on_stdin_close).await;
+    shutdown.await;
 
     // The heartbeat and the leases are left to lapse rather than released: a daemon of this
     // gateway back within the lease period resumes every session before anyone adopts them.
@@ -203,23 +205,3 @@ async fn watch_leases(daemon: Arc<Daemon>) {
     }
 }
 
-async fn shutdown_signal(stop_on_stdin_close: bool) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let stdin_closed = async {
-        if !stop_on_stdin_close {
-            return std::future::pending().await;
-        }
-        let (closed, on_close) = oneshot::channel();
-        // A plain thread: a blocked read must not hold up the runtime's shutdown.
-        std::thread::spawn(move || {
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
-            let _ = closed.send(());
-        });
-        let _ = on_close.await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        _ = stdin_closed => {}
-    }
-}

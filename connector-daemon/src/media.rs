@@ -7,10 +7,9 @@ use crate::daemon::Daemon;
 use crate::egress;
 use shared::media::{self, FetchError, MediaRef};
 use shared::message::Content;
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use crate::slots::Slots;
 
 /// Redirects a media URL may take.
 const MAX_REDIRECTS: usize = 3;
@@ -20,40 +19,6 @@ const MAX_REDIRECTS: usize = 3;
 /// organization gets at most half of either, so its burst never starves the others.
 static FETCHES: LazyLock<Slots> = LazyLock::new(|| Slots::new(4, 2));
 pub static SENDS: LazyLock<Slots> = LazyLock::new(|| Slots::new(8, 4));
-
-/// Slots for work that holds a whole file in memory: at most `total` at once in the daemon, and
-/// at most `per_org` for one organization.
-pub struct Slots {
-    total: Arc<Semaphore>,
-    per_org: usize,
-    orgs: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-/// A slot taken; dropping it gives it back.
-pub struct Slot {
-    _org: OwnedSemaphorePermit,
-    _total: OwnedSemaphorePermit,
-}
-
-impl Slots {
-    pub fn new(total: usize, per_org: usize) -> Slots {
-        Slots { total: Arc::new(Semaphore::new(total)), per_org, orgs: Mutex::default() }
-    }
-
-    /// Waits for a slot of the organization's, then for one of the daemon's.
-    pub async fn take(&self, org: &str) -> Slot {
-        let mine = {
-            let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
-            // An organization nobody holds or waits for a slot of is forgotten.
-            orgs.retain(|_, slots| Arc::strong_count(slots) > 1);
-            orgs.entry(org.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_org))).clone()
-        };
-        // Neither semaphore is ever closed.
-        let org = mine.acquire_owned().await.expect("an open semaphore");
-        let total = self.total.clone().acquire_owned().await.expect("an open semaphore");
-        Slot { _org: org, _total: total }
-    }
-}
 
 /// Why a message's file cannot be had.
 #[derive(Debug)]
@@ -187,20 +152,3 @@ fn http_client(allow_private: bool, timeout: Duration) -> Result<reqwest::Client
         .ok_or_else(|| "cannot build an HTTP client".to_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn one_organization_cannot_take_every_slot() {
-        let slots = Slots::new(3, 2);
-        let soon = |org: &'static str| tokio::time::timeout(Duration::from_millis(50), slots.take(org));
-        let a1 = soon("a").await.expect("a slot");
-        let _a2 = soon("a").await.expect("a second slot");
-        assert!(soon("a").await.is_err(), "a third waits: the organization has its share");
-        let _b1 = soon("b").await.expect("another organization is not starved");
-        assert!(soon("c").await.is_err(), "the daemon's total holds");
-        drop(a1);
-        soon("a").await.expect("a slot again once one came back");
-    }
-}

@@ -757,7 +757,7 @@ impl Supervisor {
             .set("waLid", lid)
             .set("phoneNumber", phone)
             .set("pushName", push_name);
-        update.retention = Some(self.daemon.config.retention());
+        update.retention = self.daemon.config.retention();
         update.fence = fence;
         let daemon = self.daemon.clone();
         // Past a lease period without renewals, another daemon may have taken the session.

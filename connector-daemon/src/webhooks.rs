@@ -14,25 +14,49 @@ use shared::keys;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use crate::slots::{Slot, Slots};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long a claim outlives the delivery's own timeout before another worker may take over.
 const CLAIM_MARGIN_MS: u64 = 5_000;
 
+/// Batches one look reads from one endpoint's log before it moves on to the next endpoint (and
+/// comes back at once): a replay from the start of a large log cannot hold up the others.
+const BATCHES_PER_LOOK: usize = 5;
+
 /// The worker's shared state: the endpoints it knows, what it is delivering (one task per
-/// endpoint and session), the cap on deliveries at once, and the organizations with news.
+/// endpoint and session), the slots deliveries take, and the organizations with news.
 struct Worker {
     daemon: Arc<Daemon>,
     endpoints: Mutex<Vec<(String, String)>>,
     busy: Mutex<HashSet<(String, String, String)>>,
-    slots: Arc<Semaphore>,
+    slots: DeliverySlots,
     woken: Mutex<HashSet<String>>,
     news: Notify,
 }
 
+/// Deliveries at once: `WEBHOOK_CONCURRENCY` in the daemon, at most half of them for one
+/// organization and a quarter for one endpoint, so an endpoint that answers slowly holds only
+/// its own share and its organization's other endpoints, and every other organization, go on.
+struct DeliverySlots {
+    by_endpoint: Slots,
+    by_org: Slots,
+}
+
+impl DeliverySlots {
+    fn new(concurrency: usize) -> DeliverySlots {
+        DeliverySlots { by_endpoint: Slots::new(concurrency, concurrency / 4), by_org: Slots::new(concurrency, concurrency / 2) }
+    }
+
+    async fn take(&self, org: &str, endpoint: &str) -> (Slot, Slot) {
+        let endpoint = self.by_endpoint.take(&format!("{org}/{endpoint}")).await;
+        (endpoint, self.by_org.take(org).await)
+    }
+}
+
 pub async fn run(daemon: Arc<Daemon>) {
-    let slots = Arc::new(Semaphore::new(daemon.config.webhook_concurrency.max(1)));
+    let slots = DeliverySlots::new(daemon.config.webhook_concurrency.max(1));
     let poll_every = Duration::from_millis(daemon.config.webhook_poll_ms.max(10));
     let worker = Arc::new(Worker { daemon, endpoints: Mutex::default(), busy: Mutex::default(), slots, woken: Mutex::default(), news: Notify::new() });
     tokio::spawn(listen(worker.clone()));
@@ -93,7 +117,7 @@ impl Worker {
         let limits = Limits { batch: 100, backlog_max: self.daemon.config.webhook_backlog_max, due_max: 64 };
         let mut next: Option<u64> = None;
         for (org, id) in endpoints {
-            loop {
+            for batch in 1..=BATCHES_PER_LOOK {
                 let polled = match delivery::poll(&self.daemon.redis, &org, &id, limits).await {
                     Ok(polled) => polled,
                     Err(e) => {
@@ -107,6 +131,10 @@ impl Worker {
                 next = next.into_iter().chain(polled.wait_ms).min();
                 if !polled.more {
                     break;
+                }
+                if batch == BATCHES_PER_LOOK {
+                    // More to read: after the other endpoints had their turn.
+                    next = Some(0);
                 }
             }
         }
@@ -124,9 +152,8 @@ impl Worker {
         let worker = self.clone();
         tokio::spawn(async move {
             let (org, id, session) = &key;
-            if let Ok(_slot) = worker.slots.clone().acquire_owned().await {
-                worker.work_through(org, id, session).await;
-            }
+            let _slots = worker.slots.take(org, id).await;
+            worker.work_through(org, id, session).await;
             worker.busy.lock().unwrap().remove(&key);
             worker.wake(org);
         });

@@ -75,26 +75,6 @@ fn options() -> Result<Options> {
     Ok(options)
 }
 
-async fn shutdown_signal(stop_on_stdin_close: bool) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let stdin_closed = async {
-        if !stop_on_stdin_close {
-            return std::future::pending().await;
-        }
-        // A plain thread: a blocked read must not hold up the runtime's shutdown.
-        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-            let _ = closed_tx.send(());
-        });
-        let _ = closed_rx.await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-        () = stdin_closed => {}
-    }
-}
 
 fn main() -> Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -114,14 +94,21 @@ async fn run() -> Result<()> {
     let components = runtime::load_application(&engine, &manifest, &base_dir, &options.cache_dir, options.reuse)?;
     tracing::info!(components = components.len(), millis = started.elapsed().as_millis() as u64, "components ready");
     let router = router::Router::new(manifest.trigger.http.iter().map(|t| (t.route.as_str(), t.component.as_str())));
-    let metrics = match std::env::var("GATEWAY_METRICS").is_ok_and(|v| v == "false") {
-        true => None,
-        false => Some(metrics::Metrics::install(manifest.trigger.http.iter().map(|t| t.route.as_str()))?),
+    let exposure = metrics::Exposure::from_env();
+    let metrics = match exposure.is_served() {
+        false => None,
+        true => Some(metrics::Metrics::install(manifest.trigger.http.iter().map(|t| t.route.as_str()), exposure.token.as_deref())?),
     };
     let app = Arc::new(server::App { engine, router, components, response_timeout: Duration::from_secs(30), limits: options.limits, metrics });
     let listener = tokio::net::TcpListener::bind(&options.listen).await.with_context(|| format!("binding {}", options.listen))?;
+    if let Some(listen) = &exposure.listen {
+        let metrics_listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding GATEWAY_METRICS_LISTEN {listen}"))?;
+        tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics");
+        tokio::spawn(server::serve_metrics(app.clone(), metrics_listener));
+    }
+    let shutdown = shared::shutdown::signal_or_stdin_close(options.stop_on_stdin_close)?;
     // Scripts wait for this exact line to know the host is ready.
     println!("gateway-host listening on http://{}", listener.local_addr()?);
-    server::serve(app, listener, shutdown_signal(options.stop_on_stdin_close)).await;
+    server::serve(app, listener, shutdown).await;
     Ok(())
 }

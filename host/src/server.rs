@@ -99,6 +99,36 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     reaper.abort();
 }
 
+/// Connections the metrics listener serves at once; it is for one or two scrapers.
+const METRICS_CONNECTIONS: usize = 8;
+
+/// The metrics listener (`GATEWAY_METRICS_LISTEN`): `GET /metrics` and nothing else, no
+/// credentials (it is meant for a private address), connections over the cap dropped.
+pub async fn serve_metrics(app: Arc<App>, listener: TcpListener) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(app.limits.header_read_timeout);
+        let app = app.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let app = app.clone();
+            async move {
+                Ok::<_, Infallible>(match (&app.metrics, req.uri().path(), req.method()) {
+                    (Some(metrics), "/metrics", &http::Method::GET) => app.metrics_page(metrics),
+                    (_, path, _) => envelope(&ApiError::route_not_found(path)),
+                })
+            }
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+}
+
 /// A connection over the cap: one 503 in the envelope, then closed (bounded in time).
 async fn refuse_connection(mut stream: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,10 +164,11 @@ impl App {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         if let (Some(metrics), "/metrics", &http::Method::GET) = (&self.metrics, path.as_str(), &method) {
-            let text = metrics.render(self.components.values().map(|c| (c.id.clone(), c.idle_count())));
-            let mut response = hyper::Response::new(full(Bytes::from(text)));
-            response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
-            return response;
+            match metrics.opens_to(req.headers()) {
+                Some(true) => return self.metrics_page(metrics),
+                Some(false) => return envelope(&ApiError::new(ErrorCode::Unauthorized, "/metrics needs the operator's GATEWAY_METRICS_TOKEN as a bearer token")),
+                None => {}
+            }
         }
         let in_flight = self.metrics.as_ref().map(crate::metrics::Metrics::in_flight);
         let (response, component, route) = match self.router.route(&path) {
@@ -165,6 +196,13 @@ impl App {
             })
             .boxed_unsync()
         })
+    }
+
+    fn metrics_page(&self, metrics: &crate::metrics::Metrics) -> hyper::Response<HostBody> {
+        let text = metrics.render(self.components.values().map(|c| (c.id.clone(), c.idle_count())));
+        let mut response = hyper::Response::new(full(Bytes::from(text)));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+        response
     }
 
     /// Runs the guest inside this connection's task, not a spawned one: a spawn per request

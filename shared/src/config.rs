@@ -110,6 +110,19 @@ pub async fn message_limits<V: Variables>(vars: &V) -> crate::outbox::Limits {
         idempotency_ms: 86_400_000,
         media_max_bytes: media_max_bytes(vars).await,
         media_queue_max_bytes: number(vars, "media_queue_max_bytes", 64 * 1024 * 1024).await.max(1),
+        log: event_retention(vars).await,
+    }
+}
+
+/// How much of each organization's event log is kept ([`crate::event_log::Retention`]); the
+/// daemon's `EVENT_RETENTION_COUNT`, `EVENT_RETENTION_SECS` and `EVENT_LOG_MAX_LEN` should say
+/// the same, as every writer trims.
+pub async fn event_retention<V: Variables>(vars: &V) -> crate::event_log::Retention {
+    let default = crate::event_log::Retention::default();
+    crate::event_log::Retention {
+        count: number(vars, "event_retention_count", default.count).await.max(1),
+        max_age_ms: number(vars, "event_retention_secs", default.max_age_ms / 1_000).await.saturating_mul(1_000),
+        max_len: number(vars, "event_log_max_len", default.max_len).await,
     }
 }
 

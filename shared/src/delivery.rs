@@ -15,14 +15,15 @@ use crate::redis::{Redis, RedisError, Reply};
 use crate::{args, keys};
 
 /// Lua shared by the scripts: Redis's clock in ms, and claiming a session's first event
-/// (KEYS[1] the endpoint, KEYS[2] its due set, KEYS[3] its heads) for the worker holding `token`.
+/// (KEYS[1] the endpoint, KEYS[2] its due set, KEYS[3] its heads; `previous_secret` the key of
+/// the rotated-out secret, while its overlap lasts) for the worker holding `token`.
 const PRELUDE: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function claim(session, queue, token, claim_ms, now)
-  local cfg = redis.call('HMGET', KEYS[1], 'enabled', 'url', 'secret', 'previousSecret', 'previousSecretUntil')
+local function claim(session, queue, token, claim_ms, now, previous_secret)
+  local cfg = redis.call('HMGET', KEYS[1], 'enabled', 'url', 'secret')
   if cfg[1] ~= '1' then return nil end
   local head = redis.call('LINDEX', queue, 0)
   if not head then
@@ -31,8 +32,7 @@ local function claim(session, queue, token, claim_ms, now)
   end
   redis.call('ZADD', KEYS[2], now + claim_ms, session)
   redis.call('HSET', KEYS[3], 'claim:' .. session, token)
-  local previous = ''
-  if cfg[4] and tonumber(cfg[5] or '0') > now then previous = cfg[4] end
+  local previous = redis.call('GET', previous_secret) or ''
   return {'attempt', head, tonumber(redis.call('HGET', KEYS[3], 'tries:' .. session) or '0'), cfg[2], cfg[3], previous}
 end
 "#;
@@ -177,10 +177,10 @@ pub async fn claim<R: Redis>(r: &R, org: &str, id: &str, session_id: &str, token
 local now = now_ms()
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > now then return {'busy'} end
-return claim(ARGV[1], ARGV[2] .. ARGV[1], ARGV[3], tonumber(ARGV[4]), now) or {'none'}
+return claim(ARGV[1], ARGV[2] .. ARGV[1], ARGV[3], tonumber(ARGV[4]), now, KEYS[4]) or {'none'}
 "#;
     let script = format!("{PRELUDE}{CLAIM}");
-    let argv = args![script, 3, keys::webhook(org, id), keys::webhook_due(org, id), keys::webhook_heads(org, id),
+    let argv = args![script, 4, keys::webhook(org, id), keys::webhook_due(org, id), keys::webhook_heads(org, id), keys::webhook_previous_secret(org, id),
         session_id, keys::webhook_queue_prefix(org, id), token, claim_ms as i64];
     Ok(attempt(r.execute("EVAL", argv).await?, org, id, session_id))
 }
@@ -253,7 +253,7 @@ else
 end
 redis.call('HDEL', KEYS[3], 'claim:' .. s)
 redis.call('ZADD', KEYS[2], now, s)
-return claim(s, queue, ARGV[3], tonumber(ARGV[10]), now) or {'done'}
+return claim(s, queue, ARGV[3], tonumber(ARGV[10]), now, KEYS[5]) or {'done'}
 "#;
     let script = format!("{PRELUDE}{SETTLE}");
     let (org, id) = (attempt.org.as_str(), attempt.webhook_id.as_str());
@@ -261,8 +261,8 @@ return claim(s, queue, ARGV[3], tonumber(ARGV[10]), now) or {'done'}
         Outcome::Delivered => ("ok", "", 0),
         Outcome::Failed { reason, retry_in_ms } => ("failed", reason.as_str(), *retry_in_ms),
     };
-    let argv = args![script, 4, keys::webhook(org, id), keys::webhook_due(org, id), keys::webhook_heads(org, id), keys::webhook_dead_letters(org, id),
-        &attempt.session_id, keys::webhook_queue_prefix(org, id), token, verdict, &attempt.event, reason, retry_in_ms as i64,
+    let argv = args![script, 5, keys::webhook(org, id), keys::webhook_due(org, id), keys::webhook_heads(org, id), keys::webhook_dead_letters(org, id),
+        keys::webhook_previous_secret(org, id), &attempt.session_id, keys::webhook_queue_prefix(org, id), token, verdict, &attempt.event, reason, retry_in_ms as i64,
         settling.retry_period_ms as i64, crate::webhook::DEAD_LETTERS_MAX as i64, settling.claim_ms as i64];
     Ok(self::attempt(r.execute("EVAL", argv).await?, org, id, &attempt.session_id))
 }

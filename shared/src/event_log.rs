@@ -14,18 +14,23 @@ pub struct Entry {
     pub event: String,
 }
 
-/// How much of an organization's log is kept: an entry goes only once it is both older than
-/// `max_age_ms` and outside the newest `count`. So the log holds at least the last `count`
-/// events or the last `max_age_ms` of them, whichever is more.
+/// How much of an organization's log is kept: an entry goes once it is both older than
+/// `max_age_ms` and outside the newest `count`, or once it is outside the newest `max_len`.
+/// So the log holds the last `count` events or the last `max_age_ms` of them, whichever is
+/// more, but never (beyond a stream node's worth) more than `max_len`: an organization that
+/// logs faster than that loses its oldest events early, and a webhook endpoint behind them is
+/// told how many it missed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
     pub count: u64,
     pub max_age_ms: u64,
+    /// 0: no cap beyond `count` and `max_age_ms`.
+    pub max_len: u64,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { count: 10_000, max_age_ms: 24 * 60 * 60 * 1000 }
+        Retention { count: 10_000, max_age_ms: 24 * 60 * 60 * 1000, max_len: 100_000 }
     }
 }
 

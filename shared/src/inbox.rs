@@ -36,7 +36,7 @@ if not raw then return {-1} end
 local now, ttl, floor, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local stride, keys_at = 6, 4
 local tail = 5 + stride * n
-local channel, keep, max_age, received_rank = ARGV[tail], ARGV[tail + 1], ARGV[tail + 2], ARGV[tail + 3]
+local received_rank = ARGV[tail + 4]
 local out = {cjson.decode(raw)['autoRead'] == true and 1 or 0}
 for i = 0, n - 1 do
   local k, a = keys_at + 4 * i, 5 + stride * i
@@ -49,19 +49,19 @@ for i = 0, n - 1 do
     redis.call('SET', record, id, 'PX', ttl)
     redis.call('SET', wa_index, id, 'NX', 'PX', ttl)
     index_message(session_index, chat_index, id, floor, ttl)
-    log_event(log, channel, event)
+    log_event(log, tail, event)
     out[#out + 1] = id
   elseif mode == 'recover' then
     local stored = redis.call('HGET', message, 'doc')
     if stored and string.find(stored, '"type":"undecryptable"', 1, true) then
       redis.call('HSET', message, 'doc', doc, 'updatedAt', now)
       if media_ref ~= '' then redis.call('HSET', message, 'mediaRef', media_ref) end
-      log_event(log, channel, event)
+      log_event(log, tail, event)
       out[#out + 1] = id
     end
   end
 end
-if #out > 1 then trim_log(log, tonumber(now), tonumber(keep), tonumber(max_age)) end
+if #out > 1 then trim_log(log, tonumber(now), tail) end
 return out"#
 );
 
@@ -73,11 +73,11 @@ const AMEND: &str = concat!(
     log_events_lua!(),
     r"
 local record, message, log = KEYS[1], KEYS[2], KEYS[3]
-local id, field, now, ttl, event, channel, keep, max_age = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local id, field, now, ttl, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if not redis.call('SET', record, id, 'NX', 'PX', ttl) then return 0 end
 if redis.call('EXISTS', message) == 1 then redis.call('HSET', message, field, now, 'updatedAt', now) end
-log_event(log, channel, event)
-trim_log(log, tonumber(now), tonumber(keep), tonumber(max_age))
+log_event(log, 6, event)
+trim_log(log, tonumber(now), 6)
 return 1"
 );
 
@@ -162,7 +162,7 @@ pub async fn store<R: Redis>(
         let mode = if recover.is_some() { "recover" } else { "" };
         argv.extend(args![content.id.as_str(), wa_id.as_str(), doc, encode(&event)?, media_ref, mode]);
     }
-    argv.extend(log_events_args(org, Some(log_retention), &[])?);
+    argv.extend(log_events_args(org, log_retention, &[])?);
     argv.push(Arg::from(MessageStatus::Received.rank() as i64));
     let mut call = args![STORE, keys.len() as i64];
     call.extend(keys);
@@ -267,7 +267,7 @@ pub async fn amend<R: Redis>(r: &R, org: &str, session_id: &str, incoming: &Inco
     let record = keys::session_inbound(org, session_id, &content.chat, content.from.as_deref().unwrap_or_default(), &incoming.wa_id);
     let message_key = keys::message(org, message_id.as_deref().unwrap_or("-"));
     let mut call = args![AMEND, 3, record, message_key, keys::org_events(org), incoming.wa_id.as_str(), field, now, retention_ms as i64, encode(&event)?];
-    call.extend(log_events_args(org, Some(log_retention), &[])?);
+    call.extend(log_events_args(org, log_retention, &[])?);
     r.execute("EVAL", call).await.map(drop).map_err(ApiError::from)
 }
 

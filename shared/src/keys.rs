@@ -49,6 +49,12 @@ pub fn webhook_heads(org: &str, webhook_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}:heads")
 }
 
+/// The endpoint's rotated-out secret, which still signs beside the new one until the key
+/// expires with the rotation's overlap: Redis deletes it on time, delivery or not.
+pub fn webhook_previous_secret(org: &str, webhook_id: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}:previous-secret")
+}
+
 /// The endpoint's dead letters (a stream): events given up on, with why, until redelivered.
 pub fn webhook_dead_letters(org: &str, webhook_id: &str) -> String {
     format!("{PREFIX}:{{org:{org}}}:webhook:{webhook_id}:dead")

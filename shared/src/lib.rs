@@ -39,6 +39,8 @@ pub mod validate;
 
 #[cfg(feature = "native")]
 pub mod logging;
+#[cfg(feature = "native")]
+pub mod shutdown;
 #[cfg(feature = "spin")]
 pub mod spin;
 

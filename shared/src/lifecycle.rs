@@ -7,6 +7,7 @@
 
 use crate::command::{Command, CommandKind, CommandResult};
 use crate::event::{Event, EventType};
+use crate::event_log::Retention;
 use crate::redis::{Redis, first};
 use crate::session::{Session, SessionStatus};
 use crate::store;
@@ -25,22 +26,22 @@ fn intent(kind: CommandKind) -> Option<(SessionStatus, &'static [SessionStatus])
 /// Records the command's intent and queues it, in one step: to the stream of the gateway that
 /// holds the session while that gateway is alive, otherwise to the placement stream any daemon
 /// reads. Returns the row as the intent left it.
-pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command) -> Result<Session, ApiError> {
+pub async fn send<R: Redis>(r: &R, session: &Session, command: &Command, log: Retention) -> Result<Session, ApiError> {
     let intent = intent(command.kind).map(|(status, from)| (status, from, announce(session, status)));
-    store::enqueue(r, session, command, intent).await
+    store::enqueue(r, session, command, intent, log).await
 }
 
 /// Stores a new session within the organization's `quota`; with `start`, queues its start in
 /// the same step, the row `starting` from the first moment. Returns the row as stored.
-pub async fn create<R: Redis>(r: &R, mut session: Session, quota: u64, start: bool) -> Result<Session, ApiError> {
+pub async fn create<R: Redis>(r: &R, mut session: Session, quota: u64, start: bool, log: Retention) -> Result<Session, ApiError> {
     if !start {
-        store::create(r, &session, quota, None).await?;
+        store::create(r, &session, quota, None, log).await?;
         return Ok(session);
     }
     let command = Command::new(CommandKind::Start, &session.id, &session.organization_id);
     session.status = SessionStatus::Starting;
     let event = announce(&session, SessionStatus::Starting);
-    store::create(r, &session, quota, Some((&command, &[event]))).await?;
+    store::create(r, &session, quota, Some((&command, &[event])), log).await?;
     Ok(session)
 }
 

@@ -15,6 +15,7 @@ use crate::message::{Content, Message, MessageError, MessageStatus};
 use crate::redis::{Arg, Redis, RedisError, Reply, first, hash_fields};
 use crate::session::Session;
 use crate::history::{self, index_message_lua};
+use crate::event_log::Retention;
 use crate::store::{encode, log_events_args, log_events_lua, queue_command_lua, route_keys, routed};
 use crate::{ApiError, ErrorCode, args, keys};
 
@@ -69,7 +70,7 @@ if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
 if holder_of(row) ~= '' and redis.call('EXISTS', KEYS[9]) == 1 then
   redis.call('XADD', KEYS[8], '*', 'command', ARGV[9])
 end
-log_events(KEYS[6], ARGV[22], 25, tonumber(ARGV[2]), tonumber(ARGV[23]), tonumber(ARGV[24]))
+log_events(KEYS[6], 22, tonumber(ARGV[2]))
 return redis.status_reply('queued')"
 );
 
@@ -113,7 +114,7 @@ redis.call('DEL', KEYS[4])
 redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'failed', 'rank', ARGV[4], 'failedAt', ARGV[2], 'updatedAt', ARGV[2], 'error', ARGV[3])
 keep_failed(KEYS[1])
-log_events(KEYS[3], ARGV[5], 8, tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+log_events(KEYS[3], 5, tonumber(ARGV[2]))
 return redis.status_reply('canceled')"
 );
 
@@ -148,7 +149,7 @@ if overturned then redis.call('HDEL', KEYS[1], 'undeliverable', 'error', 'failed
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', to, ARGV[3], ARGV[4], 'updatedAt', ARGV[4])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 if ARGV[1] == 'sent' then keep_sent(KEYS[1]) elseif ARGV[1] == 'failed' then keep_failed(KEYS[1]) end
-log_events(KEYS[3], ARGV[12], 15, tonumber(ARGV[4]), tonumber(ARGV[13]), tonumber(ARGV[14]))
+log_events(KEYS[3], 12, tonumber(ARGV[4]))
 return 1"
 );
 
@@ -167,6 +168,8 @@ pub struct Limits {
     pub media_max_bytes: u64,
     /// What the inline files of one session's queued messages may add up to (bytes).
     pub media_queue_max_bytes: u64,
+    /// The organization's event log, trimmed as the `queued` event is appended.
+    pub log: Retention,
 }
 
 /// What accepting a message did.
@@ -222,7 +225,7 @@ pub async fn accept<R: Redis>(
         let queued_ttl = limits.max_queued_ms.saturating_add(limits.retention_ms) as i64;
         argv.extend(args![queued_ttl, now.saturating_add(limits.max_queued_ms as i64), deadline_member(org, session_id)]);
         argv.extend(args![window.limit as i64, window.ends_at]);
-        argv.extend(log_events_args(org, None, std::slice::from_ref(&queued))?);
+        argv.extend(log_events_args(org, limits.log, std::slice::from_ref(&queued))?);
         Ok(first(r, "EVAL", argv).await?.into())
     })
     .await;
@@ -284,7 +287,7 @@ pub fn decode_content(doc: &str) -> Result<Content, ApiError> {
 }
 
 /// Cancels a message still queued; 409 once a daemon began sending it or it ended.
-pub async fn cancel<R: Redis>(r: &R, message: &Message, org: &str) -> Result<(), ApiError> {
+pub async fn cancel<R: Redis>(r: &R, message: &Message, org: &str, log: Retention) -> Result<(), ApiError> {
     let error = MessageError { code: "canceled".to_owned(), message: "canceled through the API before it was sent".to_owned() };
     let Content { id, session_id, chat, .. } = &message.content;
     let event = status_event(org, session_id, id, MessageStatus::Failed, Some(&error), None, chat);
@@ -293,7 +296,7 @@ pub async fn cancel<R: Redis>(r: &R, message: &Message, org: &str) -> Result<(),
         keys::message_upload(org, id), keys::session_uploads(org, session_id),
         id.as_str(), crate::time::now_millis(), encode(&error)?, MessageStatus::Failed.rank() as i64,
     ];
-    argv.extend(log_events_args(org, None, &[event])?);
+    argv.extend(log_events_args(org, log, &[event])?);
     match first(r, "EVAL", argv).await? {
         Reply::Status(s) if s == "canceled" => Ok(()),
         Reply::Status(s) if s == "gone" => Err(ApiError::new(ErrorCode::NotFound, "message not found")),
@@ -369,7 +372,7 @@ pub async fn advance<R: Redis>(r: &R, step: &Step<'_>) -> Result<Advanced, ApiEr
         if leaves_outbox { "1" } else { "" }, message_id, implied,
         if step.unattended { "1" } else { "" },
     ];
-    argv.extend(log_events_args(org, Some(step.retention), &[event])?);
+    argv.extend(log_events_args(org, step.retention, &[event])?);
     match first(r, "EVAL", argv).await? {
         Reply::Status(s) if s == "fenced" => Ok(Advanced::Fenced),
         Reply::Int(1) => Ok(Advanced::Moved),
@@ -385,12 +388,12 @@ const UNDELIVERABLE: &str = concat!(
     log_events_lua!(),
     r"
 local message, log = KEYS[1], KEYS[2]
-local now, failed_rank, failure, channel, keep, max_age, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local now, failed_rank, failure, event = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local status = redis.call('HGET', message, 'status')
 if status ~= 'sent' and status ~= 'queued' then return 0 end
 redis.call('HSET', message, 'status', 'failed', 'rank', failed_rank, 'failedAt', now, 'updatedAt', now, 'error', failure, 'undeliverable', '1')
-log_event(log, channel, event)
-trim_log(log, tonumber(now), tonumber(keep), tonumber(max_age))
+log_event(log, 4, event)
+trim_log(log, tonumber(now), 4)
 return 1"
 );
 
@@ -403,7 +406,7 @@ pub async fn undeliverable<R: Redis>(r: &R, org: &str, session_id: &str, content
     let event = status_event(org, session_id, &content.id, MessageStatus::Failed, Some(&error), Some(wa_id), &content.chat);
     let now = crate::time::now_millis();
     let mut argv = args![UNDELIVERABLE, 2, keys::message(org, &content.id), keys::org_events(org), now, MessageStatus::Failed.rank() as i64, encode(&error)?];
-    argv.extend(log_events_args(org, Some(retention), &[event])?);
+    argv.extend(log_events_args(org, retention, &[event])?);
     Ok(first(r, "EVAL", argv).await?.as_int() == Some(1))
 }
 

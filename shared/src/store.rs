@@ -14,31 +14,40 @@ use crate::session::{Control, Session, SessionStatus};
 use crate::{ApiError, args, keys};
 use serde_json::{Map, Value};
 
-/// Lua functions for the scripts below: `log_events` appends `ARGV[first..]` (event JSONs) to
-/// the log `log` and announces each on `channel` as `<log entry id> <event JSON>` (`log_event`:
-/// one), then trims the log (`trim_log`). With a retention
-/// (`keep` entries, `max_age` ms; `keep` 0 = none), up to 100 entries that are both outside the
-/// newest `keep` and older than `max_age` go per call: bounded work per write that still
-/// outpaces the one-by-one growth.
+/// Lua functions for the scripts below. A script's log arguments are four in a row from
+/// `ARGV[at]`: the announcement channel, then the retention (`keep` entries, `max_age` ms,
+/// `max_len` entries; see [`Retention`]), then, for `log_events`, the events to log to the
+/// end of `ARGV`. `log_event` appends one event (JSON) to the log `log` and announces it on the
+/// channel as `<log entry id> <event JSON>`; `trim_log` then trims the log: up to 100 entries
+/// that are both outside the newest `keep` and older than `max_age` go per call (bounded work
+/// per write that still outpaces the one-by-one growth), and whatever is past `max_len` goes
+/// whatever its age (approximately: whole stream nodes), so however fast an organization
+/// writes, its log stays within its cap. Every writer trims, the functions as much as the
+/// daemon.
 macro_rules! log_events_lua {
     () => {
         r"
-local function log_event(log, channel, event)
+local function log_event(log, at, event)
   local id = redis.call('XADD', log, '*', 'event', event)
-  redis.call('PUBLISH', channel, id .. ' ' .. event)
+  redis.call('PUBLISH', ARGV[at], id .. ' ' .. event)
 end
-local function trim_log(log, now, keep, max_age)
-  if keep <= 0 then return end
-  local excess = redis.call('XLEN', log) - keep
+local function trim_log(log, now, at)
+  local keep, max_age, max_len = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local length = redis.call('XLEN', log)
+  if max_len > 0 and length > max_len then
+    redis.call('XTRIM', log, 'MAXLEN', '~', max_len)
+    length = redis.call('XLEN', log)
+  end
+  local excess = length - keep
   local cutoff = now - max_age
-  if excess > 0 and cutoff > 0 then
+  if keep > 0 and excess > 0 and cutoff > 0 then
     local old = redis.call('XRANGE', log, '-', string.format('(%d-0', cutoff), 'COUNT', math.min(excess, 100))
     for _, entry in ipairs(old) do redis.call('XDEL', log, entry[1]) end
   end
 end
-local function log_events(log, channel, first, now, keep, max_age)
-  for i = first, #ARGV do log_event(log, channel, ARGV[i]) end
-  if #ARGV >= first then trim_log(log, now, keep, max_age) end
+local function log_events(log, at, now)
+  for i = at + 4, #ARGV do log_event(log, at, ARGV[i]) end
+  if #ARGV >= at + 4 then trim_log(log, now, at) end
 end
 "
     };
@@ -74,7 +83,7 @@ end
 pub(crate) use queue_command_lua;
 
 /// Writes a new row (ARGV[1]) and its index entry, refusing to overwrite an existing row (0) or
-/// to go past the organization's quota of ARGV[8] sessions (-1); with a command (ARGV[3])
+/// to go past the organization's quota of ARGV[5] sessions (-1); with a command (ARGV[3])
 /// queues it and logs the events that announce the row's first status. The index is scored by
 /// a per-organization counter, so listing order is exact creation order even for sessions
 /// created within the same millisecond.
@@ -83,12 +92,12 @@ const CREATE: &str = concat!(
     queue_command_lua!(),
     r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[8]) then return -1 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return -1 end
 local row = cjson.decode(ARGV[1])
 if ARGV[3] ~= '' then queue_command(row, 5, ARGV[3]) end
 redis.call('SET', KEYS[1], cjson.encode(row))
 redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
-log_events(KEYS[4], ARGV[5], 9, tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+log_events(KEYS[4], 6, tonumber(ARGV[4]))
 return 1"
 );
 
@@ -112,7 +121,7 @@ end
 queue_command(row, 3, ARGV[2])
 raw = cjson.encode(row)
 redis.call('SET', KEYS[1], raw)
-if intent then log_events(KEYS[2], ARGV[6], 9, tonumber(ARGV[5]), tonumber(ARGV[7]), tonumber(ARGV[8])) end
+if intent then log_events(KEYS[2], 6, tonumber(ARGV[5])) end
 return raw"
 );
 
@@ -194,7 +203,7 @@ if ARGV[3] == '-' then
 elseif ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 end
-log_events(KEYS[3], ARGV[6], 9, tonumber(ARGV[2]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+log_events(KEYS[3], 6, tonumber(ARGV[2]))
 return raw"
 );
 
@@ -205,7 +214,7 @@ const PUT_LOGGED: &str = concat!(
     r"
 if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-log_events(KEYS[2], ARGV[3], 6, tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+log_events(KEYS[2], 3, tonumber(ARGV[2]))
 return 1"
 );
 
@@ -214,7 +223,7 @@ const ANNOUNCE: &str = concat!(
     log_events_lua!(),
     r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-log_events(KEYS[2], ARGV[2], 5, tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+log_events(KEYS[2], 2, tonumber(ARGV[1]))
 return 1"
 );
 
@@ -236,7 +245,7 @@ pub struct Update {
     pub patch: Map<String, Value>,
     pub qr: QrChange,
     pub events: Vec<Event>,
-    pub retention: Option<Retention>,
+    pub retention: Retention,
     pub fence: i64,
 }
 
@@ -308,7 +317,7 @@ pub async fn put_logged<R: Redis>(
     let mut argv: Vec<Arg> = args![
         PUT_LOGGED, 3, key, keys::org_events(org), keys::session(org, session_id), encode(document)?, crate::time::now_millis(),
     ];
-    argv.extend(log_events_args(org, Some(retention), events)?);
+    argv.extend(log_events_args(org, retention, events)?);
     r.execute("EVAL", argv).await?;
     Ok(())
 }
@@ -316,16 +325,16 @@ pub async fn put_logged<R: Redis>(
 /// Logs `events` about a session that changed nothing on its row; nothing once it is deleted.
 pub async fn announce<R: Redis>(r: &R, org: &str, session_id: &str, events: &[Event], retention: Retention) -> Result<(), ApiError> {
     let mut argv: Vec<Arg> = args![ANNOUNCE, 2, keys::session(org, session_id), keys::org_events(org), crate::time::now_millis()];
-    argv.extend(log_events_args(org, Some(retention), events)?);
+    argv.extend(log_events_args(org, retention, events)?);
     r.execute("EVAL", argv).await?;
     Ok(())
 }
 
 /// The trailing arguments of `log_events` in the scripts: the announcement channel, the
-/// retention (`0 0` for none), then the events.
-pub(crate) fn log_events_args(org: &str, retention: Option<Retention>, events: &[Event]) -> Result<Vec<Arg>, ApiError> {
-    let Retention { count, max_age_ms } = retention.unwrap_or(Retention { count: 0, max_age_ms: 0 });
-    let mut argv = args![keys::org_events_channel(org), count as i64, max_age_ms as i64];
+/// retention, then the events.
+pub(crate) fn log_events_args(org: &str, retention: Retention, events: &[Event]) -> Result<Vec<Arg>, ApiError> {
+    let Retention { count, max_age_ms, max_len } = retention;
+    let mut argv = args![keys::org_events_channel(org), count as i64, max_age_ms as i64, max_len as i64];
     for event in events {
         argv.push(Arg::from(encode(event)?));
     }
@@ -403,7 +412,7 @@ pub(crate) async fn routed<R: Redis>(
 /// Creates the row, unless the organization already has `quota` sessions (409); with `start`,
 /// queues that command and logs the events that announce the row's first status, in the same
 /// step.
-pub async fn create<R: Redis>(r: &R, session: &Session, quota: u64, start: Option<(&Command, &[Event])>) -> Result<(), ApiError> {
+pub async fn create<R: Redis>(r: &R, session: &Session, quota: u64, start: Option<(&Command, &[Event])>, log: Retention) -> Result<(), ApiError> {
     let org = &session.organization_id;
     // The platform-wide owner index lives outside the organization's slot: written first, so
     // whoever finds the row can always find its organization.
@@ -418,8 +427,8 @@ pub async fn create<R: Redis>(r: &R, session: &Session, quota: u64, start: Optio
     ];
     argv.extend(route_keys(None));
     argv.extend(args![encode(session)?, &session.id, command, crate::time::now_millis()]);
-    let [channel, keep, max_age] = <[Arg; 3]>::try_from(log_events_args(org, None, &[])?).map_err(|_| ApiError::internal("log arguments"))?;
-    argv.extend([channel, keep, max_age, Arg::Int(quota.min(i64::MAX as u64) as i64)]);
+    argv.push(Arg::Int(quota.min(i64::MAX as u64) as i64));
+    argv.extend(log_events_args(org, log, &[])?);
     argv.extend(events.iter().map(|e| encode(e).map(Arg::from)).collect::<Result<Vec<_>, _>>()?);
     match first(r, "EVAL", argv).await?.as_int() {
         Some(1) => Ok(()),
@@ -441,6 +450,7 @@ pub async fn enqueue<R: Redis>(
     session: &Session,
     command: &Command,
     intent: Option<(SessionStatus, &[SessionStatus], Event)>,
+    log: Retention,
 ) -> Result<Session, ApiError> {
     let org = &session.organization_id;
     let (status, from, events) = match intent {
@@ -456,7 +466,7 @@ pub async fn enqueue<R: Redis>(
         let mut argv = args![ENQUEUE, 5, keys::session(org, &session.id), keys::org_events(org)];
         argv.extend(route_keys(holder));
         argv.extend(args![holder.unwrap_or(""), json.as_str(), status, from.as_str(), crate::time::now_millis()]);
-        argv.extend(log_events_args(org, None, &events)?);
+        argv.extend(log_events_args(org, log, &events)?);
         Ok(first(r, "EVAL", argv).await?.into())
     })
     .await?;

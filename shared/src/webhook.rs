@@ -299,14 +299,14 @@ pub async fn delete<R: Redis>(r: &R, org: &str, id: &str) -> Result<(), ApiError
     const DELETE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for _, session in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do redis.call('DEL', ARGV[3] .. session) end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[7])
 redis.call('ZREM', KEYS[2], ARGV[1])
 pcall(redis.call, 'XGROUP', 'DESTROY', KEYS[6], ARGV[2])
 return 1
 "#;
     known_shape(id)?;
-    let argv = args![DELETE, 6, keys::webhook(org, id), keys::org_webhooks(org), keys::webhook_due(org, id), keys::webhook_heads(org, id),
-        keys::webhook_dead_letters(org, id), keys::org_events(org), id, keys::webhook_group(id), keys::webhook_queue_prefix(org, id)];
+    let argv = args![DELETE, 7, keys::webhook(org, id), keys::org_webhooks(org), keys::webhook_due(org, id), keys::webhook_heads(org, id),
+        keys::webhook_dead_letters(org, id), keys::org_events(org), keys::webhook_previous_secret(org, id), id, keys::webhook_group(id), keys::webhook_queue_prefix(org, id)];
     if first(r, "EVAL", argv).await?.as_int() != Some(1) {
         return Err(not_found());
     }
@@ -328,13 +328,14 @@ pub async fn rotate<R: Redis>(r: &R, org: &str, id: &str, overlap_ms: u64) -> Re
     const ROTATE: &str = r#"
 local old = redis.call('HGET', KEYS[1], 'secret')
 if not old then return 0 end
-redis.call('HSET', KEYS[1], 'previousSecret', old, 'previousSecretUntil', ARGV[2], 'secret', ARGV[1], 'updatedAt', ARGV[3])
+redis.call('HSET', KEYS[1], 'secret', ARGV[1], 'updatedAt', ARGV[3])
+redis.call('SET', KEYS[2], old, 'PX', ARGV[2])
 return 1
 "#;
     known_shape(id)?;
     let now = crate::time::now_millis();
     let rotated = Rotated { secret: mint_secret(), previous_secret_expires_at: now + overlap_ms as i64 };
-    let argv = args![ROTATE, 1, keys::webhook(org, id), &rotated.secret, rotated.previous_secret_expires_at, now];
+    let argv = args![ROTATE, 2, keys::webhook(org, id), keys::webhook_previous_secret(org, id), &rotated.secret, overlap_ms.max(1) as i64, now];
     match first(r, "EVAL", argv).await?.as_int() {
         Some(1) => Ok(rotated),
         _ => Err(not_found()),

@@ -844,12 +844,17 @@ impl Stack {
 
     /// A stack on a Redis of the caller's (a durable one, say).
     pub fn on(redis: RedisServer, daemon_settings: &[(&str, &str)], host_variables: &[(&'static str, &str)]) -> Stack {
+        Stack::on_with_host_env(redis, daemon_settings, host_variables, &[])
+    }
+
+    /// The same, the embedded host also given `GATEWAY_*` environment variables.
+    pub fn on_with_host_env(redis: RedisServer, daemon_settings: &[(&str, &str)], host_variables: &[(&'static str, &str)], host_env: &[(&str, &str)]) -> Stack {
         let mut variables = login_variables();
         variables.push(("pairing_code_wait_ms", "10000".to_owned()));
         // Webhook receivers run on loopback ports of the test process.
         variables.push(("webhook_allow_private", "true".to_owned()));
         variables.extend(host_variables.iter().map(|(k, v)| (*k, v.to_string())));
-        let gateway = Gateway::start(&redis.url, &borrowed(&variables));
+        let gateway = Gateway::start_full(&root().join("spin.toml"), &redis.url, &borrowed(&variables), host_env);
         let daemon = Daemon::start_with(&redis.url, daemon_settings);
         Stack { daemon, gateway, redis, client: Client::default() }
     }

@@ -149,7 +149,7 @@ impl Stats {
 async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
     for i in 0..SESSIONS {
         let new = shared::validate::new_session(format!(r#"{{"label":"bench {i}"}}"#).as_bytes())?;
-        shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis()), u64::MAX, None).await?;
+        shared::store::create(redis, &new.into_session(org, None, shared::time::now_millis()), u64::MAX, None, shared::event_log::Retention::default()).await?;
     }
     let key = shared::apikey::mint();
     shared::apikey::create(redis, &key, org, vec![Capability::Manage], Some("bench".into())).await?;

@@ -62,7 +62,7 @@ pub async fn measure(host: &str, key: &str, redis: &ConnectionManager, org: &str
     let mut sent = Vec::with_capacity(EVENTS);
     for seq in 0..EVENTS {
         let event = Event::new(EventType::SessionStatus, org, session, serde_json::json!({ "seq": seq }));
-        let update = Update { retention: Some(retention), ..Update::default() }.event(event);
+        let update = Update { retention, ..Update::default() }.event(event);
         sent.push(Instant::now());
         store::update(redis, org, session, update).await?;
         tokio::time::sleep(SPACING).await;

@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use redis::aio::ConnectionManager;
 use shared::event::{Event, EventType};
-use shared::event_log::Retention;
 use shared::store::{self, Update};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -78,7 +77,7 @@ async fn measure(host: &str, redis: &ConnectionManager, org: &str, key: &str) ->
 
 async fn publish(redis: &ConnectionManager, org: &str, session: &str, seq: usize) -> Result {
     let event = Event::new(EventType::SessionStatus, org, session, serde_json::json!({ "seq": seq }));
-    store::update(redis, org, session, Update { retention: Some(Retention::default()), ..Update::default() }.event(event)).await?;
+    store::update(redis, org, session, Update::default().event(event)).await?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ pub async fn request(ctx: &Context, org: &str, session_id: &str, body: &[u8]) ->
     ];
     rate_limit::hit(&ctx.redis, &limits, HOUR).await?;
     let command = Command::pair_phone(&session.id, org, &phone);
-    lifecycle::send(&ctx.redis, &session, &command).await?;
+    lifecycle::send(&ctx.redis, &session, &command, config::event_retention(&SpinVariables).await).await?;
     match ctx.wait_for_result(org, &command.id, Wait::PairingCode).await? {
         Some(CommandResult { code: Some(code), .. }) => Ok(Answer::ok(&serde_json::json!({ "code": code }))),
         Some(CommandResult { error: Some(error), .. }) if error.kind == "already_paired" => Err(validate::already_paired()),

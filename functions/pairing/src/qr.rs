@@ -7,8 +7,8 @@ use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandKind};
 use shared::session::{Session, SessionStatus};
-use shared::spin::Context;
-use shared::{ApiError, ErrorCode, lifecycle, store, validate};
+use shared::spin::{Context, SpinVariables};
+use shared::{ApiError, ErrorCode, config, lifecycle, store, validate};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, format: Format) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
@@ -34,7 +34,8 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, format: For
 /// Starts the session when nothing runs it yet, so a QR code comes.
 pub async fn start_pairing(ctx: &Context, session: &Session) -> Result<(), ApiError> {
     if !session.status.is_running() {
-        lifecycle::send(&ctx.redis, session, &Command::new(CommandKind::Start, &session.id, &session.organization_id)).await?;
+        let start = Command::new(CommandKind::Start, &session.id, &session.organization_id);
+        lifecycle::send(&ctx.redis, session, &start, config::event_retention(&SpinVariables).await).await?;
     }
     Ok(())
 }

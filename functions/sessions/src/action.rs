@@ -7,8 +7,8 @@ use shared::answer::Answer;
 use shared::auth::{Caller, Capability};
 use shared::command::{Command, CommandKind};
 use shared::session::{Session, SessionStatus};
-use shared::spin::{Context, Wait};
-use shared::{ApiError, lifecycle, store};
+use shared::spin::{Context, SpinVariables, Wait};
+use shared::{ApiError, config, lifecycle, store};
 
 pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, kind: CommandKind) -> Result<Answer, ApiError> {
     let org = caller.org_with(Capability::Manage)?;
@@ -17,7 +17,7 @@ pub async fn apply(ctx: &Context, caller: &Caller, session_id: &str, kind: Comma
         return Ok(Answer::ok(&session));
     }
     let command = Command::new(kind, &session.id, org);
-    lifecycle::send(&ctx.redis, &session, &command).await?;
+    lifecycle::send(&ctx.redis, &session, &command, config::event_retention(&SpinVariables).await).await?;
     ctx.wait_for_result(org, &command.id, Wait::Command).await?;
     Ok(Answer::ok(&store::get_observed(&ctx.redis, org, session_id).await?))
 }

@@ -15,5 +15,5 @@ pub async fn apply(ctx: &Context, caller: &Caller, body: &[u8]) -> Result<Answer
     let session = new.into_session(org, Some(caller.user_id.clone()), time::now_millis());
     // No gateway holds a new session yet: a start goes to the placement stream.
     let quota = config::max_sessions_per_org(&SpinVariables).await;
-    Ok(Answer::created(&lifecycle::create(&ctx.redis, session, quota, start).await?))
+    Ok(Answer::created(&lifecycle::create(&ctx.redis, session, quota, start, config::event_retention(&SpinVariables).await).await?))
 }
