@@ -597,6 +597,15 @@ async fn the_pairing_page_follows_the_live_qr_in_a_browser_and_turns_to_connecte
     }
     stack.phone("scan", &[("code", &second), ("phone", "628777000001")]).await;
     stack.status_until(&key, &id, "working", SOON).await;
+    // The link's stream shows the connection, then ends at once (not at its next credential
+    // check, a minute away): the link is spent.
+    let connected = std::time::Instant::now();
+    let mut shown = Vec::new();
+    while let Some(event) = pairing.next(Duration::from_secs(10)).await {
+        shown.push(event);
+    }
+    assert!(connected.elapsed() < Duration::from_secs(5), "the link's stream went on after the session connected");
+    assert!(shown.iter().any(|e| e.kind == "session.status" && e.data["data"]["status"] == "working"), "{shown:?}");
 
     // The same page turns to say so, with the number.
     browser.text_until(SOON, |text| text.contains("Connected: +628777000001")).await;

@@ -377,3 +377,30 @@ async fn a_slow_endpoint_holds_only_its_own_share_of_the_delivery_slots() {
     assert!(waited < Duration::from_secs(4), "the other endpoints waited {waited:?} behind the slow one");
     assert_eq!(receiver.requests("/slow").len(), 1, "the slow endpoint got one delivery at a time");
 }
+
+#[tokio::test]
+async fn a_deleted_sessions_queued_deliveries_go_with_it() {
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("WEBHOOK_RETRY_BASE_MS", "60000"), ("WEBHOOK_RETRY_MAX_MS", "60000")]);
+    let receiver = Receiver::start();
+    receiver.answer("/down", 503, 0);
+    let org = new_org();
+    let key = stack.key(&org).await;
+    let hook = register(&stack, &key, json!({"url": format!("{}/down", receiver.url), "events": ["session.status", "auth.*"]})).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let session = stack.create(&key, r#"{"start": true}"#).await;
+    let session_id = session["id"].as_str().unwrap();
+    // The first attempt failed; the next is a minute away, the session's events wait queued.
+    receiver.until("/down", SOON, |r| !r.is_empty()).await;
+    let backlog = || async { webhook(&stack, &key, hook_id, "").await.body["health"]["backlog"].as_u64().unwrap() };
+    assert!(backlog().await >= 1);
+    let deleted = stack.client.delete(&stack.session_url(session_id, ""), &key).await;
+    assert!(deleted.status < 300, "{}", deleted.body);
+    let deadline = std::time::Instant::now() + SOON;
+    while backlog().await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the deleted session's deliveries are still queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let queue = format!("{}{session_id}", shared::keys::webhook_queue_prefix(&org, hook_id));
+    let left: bool = redis::AsyncCommands::exists(&mut stack.redis().await, &queue).await.unwrap();
+    assert!(!left, "the queue is gone with its session");
+}

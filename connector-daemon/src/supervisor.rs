@@ -579,7 +579,11 @@ impl Supervisor {
         self.let_go().await;
         self.workers.drain(..).for_each(|worker| worker.abort());
         unlinks::discard(&self.daemon, &self.org, &self.id, None).await;
-        let (daemon, id) = (&*self.daemon, self.id.as_str());
+        let (daemon, org, id) = (&*self.daemon, self.org.as_str(), self.id.as_str());
+        persist("drop a deleted session's webhook deliveries", || daemon.is_stopping(), move || {
+            shared::webhook::forget_session(&daemon.redis, org, id)
+        })
+        .await;
         persist("forget a deleted session", || daemon.is_stopping(), move || lease::forget(daemon, id)).await;
     }
 

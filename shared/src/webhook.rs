@@ -314,6 +314,27 @@ return 1
     Ok(())
 }
 
+/// Drops a deleted session's queued deliveries at every endpoint of its organization: the
+/// events, the endpoint's backlog count for them, the session's place in the due set and its
+/// claim and retry bookkeeping. A worker delivering its head at that moment settles nothing
+/// (the event it held is gone from the queue).
+pub async fn forget_session<R: Redis>(r: &R, org: &str, session_id: &str) -> Result<(), ApiError> {
+    const FORGET: &str = r#"
+local queued = redis.call('LLEN', KEYS[4])
+if queued > 0 and redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'backlog', -queued) end
+redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], 'claim:' .. ARGV[1], 'tries:' .. ARGV[1], 'since:' .. ARGV[1])
+return queued
+"#;
+    let ids = r.execute("ZRANGE", args![keys::org_webhooks(org), 0, -1]).await?;
+    for id in ids.into_iter().filter_map(Reply::into_string) {
+        let queue = format!("{}{session_id}", keys::webhook_queue_prefix(org, &id));
+        r.execute("EVAL", args![FORGET, 4, keys::webhook(org, &id), keys::webhook_due(org, &id), keys::webhook_heads(org, &id), queue, session_id]).await?;
+    }
+    Ok(())
+}
+
 /// What a rotation answers: the new secret, and until when the old one still signs too.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

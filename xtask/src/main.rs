@@ -85,46 +85,91 @@ const NOT_ON_SPIN: &[&str] = &[
     "metrics_count_requests_streams_sessions_sends_and_deliveries",
 ];
 
-/// Every test of the workspace with the embedded host, then the HTTP suites again with real
-/// Spin serving the same spin.toml. `cargo xtask test <args>` passes the arguments to the first
-/// run only; `cargo xtask test --spin <args>` runs only the Spin pass, with them.
+/// Every test of the workspace with the embedded host and, at the same time, the HTTP suites
+/// again with real Spin serving the same spin.toml. Both runs spend most of their time waiting
+/// (on daemons, Redis, timeouts), so side by side they take little longer than the longer one.
+/// The Spin run has a Redis database of its own (the tests' database less one), so neither
+/// run's leftovers meet the other's. `cargo xtask test <args>` runs only the embedded pass,
+/// with the arguments, its output streamed; `cargo xtask test --spin <args>` only the Spin pass.
 async fn test(extra: &[String]) -> Result {
     // The tests' own database (15 unless TEST_REDIS_URL says otherwise): what they leave behind,
     // sessions with starts still queued among it, must not reach the deployment `up` serves.
     let redis_url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned());
+    let spin_redis_url = neighbour_database(&redis_url)?;
     prereq::ensure_redis(&redis_url).await?;
     prereq::ensure_chromium()?;
     prereq::ensure_schemathesis()?;
     prereq::build()?;
-    let cargo_test = |args: &[String], spin: bool| -> Result {
+    let cargo_test = |args: &[String], redis_url: &str, spin: bool| -> std::process::Command {
         let mut command = prereq::cargo();
         // The default members: every native crate; the components were built for wasm above.
-        command.args(["test", "--release"]).args(args).env("REDIS_URL", &redis_url);
+        command.args(["test", "--release"]).args(args).env("REDIS_URL", redis_url);
         if spin {
             command.env("E2E_HOST", "spin");
         }
-        if command.status()?.success() { Ok(()) } else { Err(format!("tests failed{}", if spin { " on Spin" } else { "" }).into()) }
+        command
     };
-    let spin_only = extra.first().is_some_and(|a| a == "--spin");
-    if !spin_only {
-        cargo_test(extra, false)?;
-        if !extra.is_empty() {
-            return Ok(());
+    let spin_args = |given: &[String]| -> Vec<String> {
+        let mut args: Vec<String> = if given.is_empty() {
+            SPIN_SUITES.iter().flat_map(|suite| ["--test".to_owned(), suite.to_string()]).collect()
+        } else {
+            given.to_vec()
+        };
+        if !args.iter().any(|a| a == "--") {
+            args.push("--".to_owned());
+        }
+        args.extend(NOT_ON_SPIN.iter().flat_map(|t| ["--skip".to_owned(), t.to_string()]));
+        args
+    };
+    let passed = |status: std::process::ExitStatus, pass: &str| -> Result {
+        if status.success() { Ok(()) } else { Err(format!("tests failed{pass}").into()) }
+    };
+    if let Some(given) = extra.strip_prefix(&["--spin".to_owned()]) {
+        if !prereq::spin(&spin_redis_url).await? {
+            return Err("no Spin archive found (SPIN_ARCHIVE, ../shared/tools/, /work/shared/tools/)".into());
+        }
+        return passed(cargo_test(&spin_args(given), &spin_redis_url, true).status()?, " on Spin");
+    }
+    if !extra.is_empty() {
+        return passed(cargo_test(extra, &redis_url, false).status()?, "");
+    }
+    // Compiled once, before either run starts.
+    passed(cargo_test(&["--no-run".to_owned()], &redis_url, false).status()?, " to build")?;
+    let with_spin = prereq::spin(&spin_redis_url).await?;
+    if !with_spin {
+        println!("xtask: WARNING: no Spin archive found (SPIN_ARCHIVE, ../shared/tools/, /work/shared/tools/): the Spin pass is SKIPPED");
+    }
+    println!("xtask: the tests with the embedded host{}", if with_spin { " and, beside them, the HTTP suites served by real Spin" } else { "" });
+    // Each run's output (cargo's and the tests', interleaved as they happened) goes to a file of
+    // its own, printed whole once the run ends.
+    let logs = prereq::root().join("target/e2e");
+    std::fs::create_dir_all(&logs)?;
+    let start = |mut command: std::process::Command, name: &str| -> Result<(std::process::Child, std::path::PathBuf)> {
+        let path = logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&path)?;
+        Ok((command.stdout(file.try_clone()?).stderr(file).spawn()?, path))
+    };
+    let mut runs = vec![("", start(cargo_test(&[], &redis_url, false), "tests-embedded")?)];
+    if with_spin {
+        runs.push((" on Spin", start(cargo_test(&spin_args(&[]), &spin_redis_url, true), "tests-spin")?));
+    }
+    let mut outcome = Ok(());
+    for (pass, (mut child, log)) in runs {
+        let status = child.wait()?;
+        println!("xtask: ===== the tests{} ({}) =====", if pass.is_empty() { " with the embedded host" } else { pass }, log.display());
+        print!("{}", String::from_utf8_lossy(&std::fs::read(&log)?));
+        if outcome.is_ok() {
+            outcome = passed(status, pass);
         }
     }
-    if !prereq::spin(&redis_url).await? {
-        println!("xtask: WARNING: no Spin archive found (SPIN_ARCHIVE, ../shared/tools/, /work/shared/tools/): the Spin pass is SKIPPED");
-        return Ok(());
-    }
-    let mut args: Vec<String> = if spin_only && extra.len() > 1 {
-        extra[1..].to_vec()
-    } else {
-        SPIN_SUITES.iter().flat_map(|suite| ["--test".to_owned(), suite.to_string()]).collect()
+    outcome
+}
+
+/// The Redis URL of the database below `url`'s (15 → 14; 0 → 1).
+fn neighbour_database(url: &str) -> Result<String> {
+    let (base, database) = match url.rsplit_once('/') {
+        Some((base, db)) if !base.ends_with('/') && db.parse::<u32>().is_ok() => (base, db.parse::<u32>()?),
+        _ => (url.trim_end_matches('/'), 0),
     };
-    if !args.iter().any(|a| a == "--") {
-        args.push("--".to_owned());
-    }
-    args.extend(NOT_ON_SPIN.iter().flat_map(|t| ["--skip".to_owned(), t.to_string()]));
-    println!("xtask: the HTTP suites again, served by real Spin");
-    cargo_test(&args, true)
+    Ok(format!("{base}/{}", if database == 0 { 1 } else { database - 1 }))
 }

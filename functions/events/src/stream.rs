@@ -132,6 +132,7 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
             None => Duration::MAX,
         }),
         ended: false,
+        ends_when_connected: pairing_page.is_some(),
     };
     let first = stream::once(async move { Ok(http_body::Frame::data(Bytes::from(preface))) });
     let rest = stream::unfold(subscription, |mut subscription| async move {
@@ -168,6 +169,9 @@ struct Subscription {
     /// When the stream ends at the latest.
     ends: Instant,
     ended: bool,
+    /// A pairing page's stream: once it has shown its session connected, the link is spent and
+    /// the stream ends at once, not at the next credential check.
+    ends_when_connected: bool,
 }
 
 impl Subscription {
@@ -199,6 +203,9 @@ impl Subscription {
             let Some(last) = entries.last() else { continue };
             self.position = last.id.clone();
             let frames: String = entries.iter().filter_map(|entry| self.frame(entry)).collect();
+            if self.ends_when_connected && entries.iter().any(|entry| connected(&entry.event, &self.filter)) {
+                self.ends = Instant::now();
+            }
             if !frames.is_empty() {
                 return Some(self.wrote(frames));
             }
@@ -208,7 +215,11 @@ impl Subscription {
     /// Why the stream must end now, if it must.
     async fn end_reason(&mut self) -> Option<&'static str> {
         if Instant::now() >= self.ends {
-            return Some("this stream reached its maximum lifetime; reconnect with Last-Event-ID");
+            return Some(if self.ends_when_connected {
+                "the session is connected: this pairing link's stream ended"
+            } else {
+                "this stream reached its maximum lifetime; reconnect with Last-Event-ID"
+            });
         }
         if self.checked.elapsed() >= self.recheck {
             self.checked = Instant::now();
@@ -242,4 +253,27 @@ impl Subscription {
         let data: String = event.lines().map(|line| format!("data: {line}\n")).collect();
         Some(format!("id: {}\nevent: {}\n{data}\n", entry.id, head.kind))
     }
+}
+
+/// Whether a logged event the filter admits says its session is now connected
+/// (`session.status`, `working`).
+fn connected(event: &str, filter: &EventFilter) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Logged<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        session_id: Cow<'a, str>,
+        #[serde(default, borrow)]
+        data: Option<Status<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Status<'a> {
+        #[serde(default, borrow)]
+        status: Option<Cow<'a, str>>,
+    }
+    serde_json::from_str::<Logged>(event).is_ok_and(|e| {
+        e.kind == "session.status" && filter.admits(&e.kind, &e.session_id) && e.data.and_then(|d| d.status).is_some_and(|s| s == "working")
+    })
 }
