@@ -373,3 +373,58 @@ async fn the_host_answers_503_in_the_envelope_when_out_of_instances_or_connectio
     });
     assert!(closed.0 && closed.1 < Duration::from_secs(3), "a client that sends no headers is closed after the timeout: {closed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_with_files_beyond_the_organizations_share_are_refused_from_the_headers() {
+    let stack = Stack::start_configured(&[("BACKEND", "simulator")], &[("large_requests_per_org", "1")]);
+    let (org, other) = (new_org(), new_org());
+    let (key, other_key) = (stack.key(&org).await, stack.key(&other).await);
+    let mine = stack.create(&key, "{}").await["id"].as_str().unwrap().to_owned();
+    let theirs = stack.create(&other_key, "{}").await["id"].as_str().unwrap().to_owned();
+    let address = stack.gateway.url.trim_start_matches("http://").to_owned();
+    // A send with a file whose body is still arriving holds the organization's one slot.
+    let head = |session: &str, key: &str, length: usize| {
+        format!("POST /api/v1/sessions/{session}/messages HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n")
+    };
+    let mut uploading = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(&mut uploading, format!("{}{{\"to\": \"628222000101\", ", head(&mine, &key, 1_000_000)).as_bytes()).unwrap();
+    let file = format!(r#"{{"to": "628222000101", "image": {{"data": "{}", "mimeType": "image/png"}}}}"#, "A".repeat(200_000));
+    // Once the host has handed the upload to an instance, which holds the slot while it reads:
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut redis = stack.redis().await;
+    while redis::AsyncCommands::zcard::<_, u64>(&mut redis, shared::keys::org_large_requests(&org)).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the upload took no slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = stack.client.post(&stack.session_url(&mine, "/messages"), &key, &file).await;
+    let details = refused.expect_error(429, "rate_limited");
+    assert_eq!((&details["scope"], &details["limit"]), (&json!("organization_large_requests"), &json!(1)));
+    assert!(retry_after(&refused) >= 1, "{refused:?}");
+    // Refused before a byte of the body: the answer comes with nothing sent after the headers.
+    let answer = tokio::task::block_in_place(|| {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(&address).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        raw.write_all(head(&mine, &key, 16_000_000).as_bytes()).unwrap();
+        let mut buffer = [0u8; 4096];
+        let read = raw.read(&mut buffer).unwrap_or(0);
+        String::from_utf8_lossy(&buffer[..read]).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // Another organization's files are read as usual, and a send without a file needs no slot
+    // (the sessions are not paired: 409, not 429).
+    stack.client.post(&stack.session_url(&theirs, "/messages"), &other_key, &file).await.expect_error(409, "conflict");
+    let text = r#"{"to": "628222000101", "text": "hi"}"#;
+    stack.client.post(&stack.session_url(&mine, "/messages"), &key, text).await.expect_error(409, "conflict");
+    // The upload given up on, its slot comes back.
+    drop(uploading);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = stack.client.post(&stack.session_url(&mine, "/messages"), &key, &file).await;
+        if reply.status == 409 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot did not come back: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

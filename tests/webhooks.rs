@@ -404,3 +404,30 @@ async fn a_deleted_sessions_queued_deliveries_go_with_it() {
     let left: bool = redis::AsyncCommands::exists(&mut stack.redis().await, &queue).await.unwrap();
     assert!(!left, "the queue is gone with its session");
 }
+
+#[tokio::test]
+async fn an_organization_with_many_slow_endpoints_holds_only_its_half() {
+    // Four deliveries at once in the daemon, two for one organization.
+    let stack = Stack::start_with(&[("BACKEND", "simulator"), ("WEBHOOK_CONCURRENCY", "4"), ("WEBHOOK_TIMEOUT_MS", "15000")]);
+    let receiver = Receiver::start();
+    let (a, b) = (new_org(), new_org());
+    let (key_a, key_b) = (stack.key(&a).await, stack.key(&b).await);
+    for i in 0..4 {
+        receiver.answer(&format!("/slow-{i}"), 200, 8_000);
+        register(&stack, &key_a, json!({"url": format!("{}/slow-{i}", receiver.url), "events": ["session.status"]})).await;
+    }
+    stack.create(&key_a, r#"{"start": true}"#).await;
+    let slow = || (0..4).map(|i| receiver.requests(&format!("/slow-{i}")).len()).sum::<usize>();
+    let deadline = std::time::Instant::now() + SOON;
+    while slow() < 2 {
+        assert!(std::time::Instant::now() < deadline, "A's deliveries did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    register(&stack, &key_b, json!({"url": format!("{}/fast-b", receiver.url), "events": ["session.status"]})).await;
+    let started = std::time::Instant::now();
+    stack.create(&key_b, r#"{"start": true}"#).await;
+    receiver.until("/fast-b", SOON, |r| !r.is_empty()).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "B waited {waited:?} behind A's slow endpoints");
+    assert_eq!(slow(), 2, "A had two deliveries at once, its half");
+}

@@ -19,6 +19,7 @@ pub struct Slot {
 }
 
 impl Slots {
+    /// `total` may be `Semaphore::MAX_PERMITS` for shares alone.
     pub fn new(total: usize, per_owner: usize) -> Slots {
         Slots { total: Arc::new(Semaphore::new(total.max(1))), per_owner: per_owner.max(1), owners: Mutex::default() }
     }

@@ -39,14 +39,20 @@ struct Worker {
 /// Deliveries at once: `WEBHOOK_CONCURRENCY` in the daemon, at most half of them for one
 /// organization and a quarter for one endpoint, so an endpoint that answers slowly holds only
 /// its own share and its organization's other endpoints, and every other organization, go on.
+/// A delivery takes its endpoint's share, then its organization's, then the daemon's: one
+/// waiting for a share holds nothing another organization could use.
 struct DeliverySlots {
+    /// Shares only: the daemon's total is taken with the organization's share.
     by_endpoint: Slots,
     by_org: Slots,
 }
 
 impl DeliverySlots {
     fn new(concurrency: usize) -> DeliverySlots {
-        DeliverySlots { by_endpoint: Slots::new(concurrency, concurrency / 4), by_org: Slots::new(concurrency, concurrency / 2) }
+        DeliverySlots {
+            by_endpoint: Slots::new(tokio::sync::Semaphore::MAX_PERMITS, concurrency / 4),
+            by_org: Slots::new(concurrency, concurrency / 2),
+        }
     }
 
     async fn take(&self, org: &str, endpoint: &str) -> (Slot, Slot) {
@@ -133,8 +139,9 @@ impl Worker {
                     break;
                 }
                 if batch == BATCHES_PER_LOOK {
-                    // More to read: after the other endpoints had their turn.
-                    next = Some(0);
+                    // More to read: the organization is looked at again at once, after the
+                    // other endpoints had their turn (not every endpoint again).
+                    self.wake(&org);
                 }
             }
         }

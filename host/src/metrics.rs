@@ -75,7 +75,8 @@ impl Metrics {
         let routes = routes.chain([NO_ROUTE]).map(|name| (name.to_owned(), route(name))).collect();
         Ok(Metrics {
             handle,
-            token_hash: token.map(shared::secret::sha256),
+            // Trimmed as a presented token is: a secret file's trailing newline must not lock out.
+            token_hash: token.map(|token| shared::secret::sha256(token.trim())),
             routes,
             in_flight: gauge!("gateway_http_requests_in_flight"),
             open_streams: gauge!("gateway_open_event_streams"),

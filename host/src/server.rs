@@ -107,7 +107,15 @@ const METRICS_CONNECTIONS: usize = 8;
 pub async fn serve_metrics(app: Arc<App>, listener: TcpListener) {
     let connections = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!("metrics listener: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(app.limits.header_read_timeout);

@@ -69,6 +69,23 @@ pub async fn stream_limits<V: Variables>(vars: &V) -> StreamLimits {
     }
 }
 
+/// Requests whose body carries a file (past `max_body_bytes`), read and stored at once: per
+/// organization, and in the whole deployment. Each holds up to its body (a file of
+/// `media_max_bytes` in base64) in an instance's memory, so these caps bound what uploads take
+/// of the host's memory; the one past a cap is refused with 429 from its headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LargeRequestLimits {
+    pub per_org: u64,
+    pub total: u64,
+}
+
+pub async fn large_request_limits<V: Variables>(vars: &V) -> LargeRequestLimits {
+    LargeRequestLimits {
+        per_org: number(vars, "large_requests_per_org", 4).await.max(1),
+        total: number(vars, "large_requests_total", 16).await.max(1),
+    }
+}
+
 /// How long one event stream lasts before the gateway ends it (the client resumes with
 /// `Last-Event-ID`), so no stream holds its slot and its credential's grant forever.
 pub async fn event_stream_max_secs<V: Variables>(vars: &V) -> u64 {

@@ -32,8 +32,18 @@ local function claim(session, queue, token, claim_ms, now, previous_secret)
   end
   redis.call('ZADD', KEYS[2], now + claim_ms, session)
   redis.call('HSET', KEYS[3], 'claim:' .. session, token)
-  local previous = redis.call('GET', previous_secret) or ''
-  return {'attempt', head, tonumber(redis.call('HGET', KEYS[3], 'tries:' .. session) or '0'), cfg[2], cfg[3], previous}
+  local previous = redis.call('GET', previous_secret)
+  if not previous then
+    -- An overlap begun before the previous secret had a key of its own: honoured until it
+    -- ends, then deleted.
+    local kept = redis.call('HMGET', KEYS[1], 'previousSecret', 'previousSecretUntil')
+    if kept[1] and tonumber(kept[2] or '0') > now then
+      previous = kept[1]
+    elseif kept[1] then
+      redis.call('HDEL', KEYS[1], 'previousSecret', 'previousSecretUntil')
+    end
+  end
+  return {'attempt', head, tonumber(redis.call('HGET', KEYS[3], 'tries:' .. session) or '0'), cfg[2], cfg[3], previous or ''}
 end
 "#;
 

@@ -278,6 +278,17 @@ pub fn all_streams() -> String {
     format!("{PREFIX}:streams")
 }
 
+/// The organization's requests with a file being read and stored (`shared::slots`): request
+/// id → when its slot lapses.
+pub fn org_large_requests(org: &str) -> String {
+    format!("{PREFIX}:{{org:{org}}}:large-requests")
+}
+
+/// Every request with a file being read, deployment-wide, as [`org_large_requests`].
+pub fn all_large_requests() -> String {
+    format!("{PREFIX}:large-requests")
+}
+
 /// A fixed-window counter (`scope`, its subject, the window's number), expiring with the window.
 pub fn rate_window(scope: &str, subject: &str, window: u64) -> String {
     format!("{PREFIX}:rate:{scope}:{subject}:{window}")

@@ -103,7 +103,7 @@ return 1"
 
 /// Queues a command (ARGV[2]) for the session, first writing its intent: the status ARGV[3]
 /// when the row is in one of ARGV[4] (`,a,b,`; empty: any), announced by the events
-/// ARGV[9..]. Returns the row as it now stands.
+/// ARGV[10..]. Returns the row as it now stands.
 const ENQUEUE: &str = concat!(
     log_events_lua!(),
     queue_command_lua!(),
@@ -218,7 +218,7 @@ log_events(KEYS[2], 3, tonumber(ARGV[2]))
 return 1"
 );
 
-/// Logs events about a session (ARGV[5..]) while its row (KEYS[1]) exists.
+/// Logs events about a session (ARGV[6..]) while its row (KEYS[1]) exists.
 const ANNOUNCE: &str = concat!(
     log_events_lua!(),
     r"

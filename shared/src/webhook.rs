@@ -350,6 +350,7 @@ pub async fn rotate<R: Redis>(r: &R, org: &str, id: &str, overlap_ms: u64) -> Re
 local old = redis.call('HGET', KEYS[1], 'secret')
 if not old then return 0 end
 redis.call('HSET', KEYS[1], 'secret', ARGV[1], 'updatedAt', ARGV[3])
+redis.call('HDEL', KEYS[1], 'previousSecret', 'previousSecretUntil')
 redis.call('SET', KEYS[2], old, 'PX', ARGV[2])
 return 1
 "#;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--seconds N] [--only requests|events|messages|webhooks] [--baseline-daemon PATH]`:
+//! `cargo xtask bench [--seconds N] [--only requests|events|messages|webhooks|neighbours] [--baseline-daemon PATH]`:
 //!
 //! - requests: `GET /api/v1/sessions` (one organization, 10 sessions, api-key auth) over
 //!   keep-alive connections, through the embedded host and through a native server that runs
@@ -10,6 +10,8 @@
 //!   commit's, say), in alternating rounds within the run, and the ratio.
 //! - webhooks: delivery latency and deliveries per second to one endpoint (see
 //!   [`crate::webhook_bench`]).
+//! - neighbours: another organization's reads while one floods the host (see
+//!   [`crate::neighbour_bench`]).
 
 use crate::Result;
 use bytes::Bytes;
@@ -74,6 +76,9 @@ pub async fn run(args: &[String]) -> Result {
     }
     if wants("webhooks") {
         crate::webhook_bench::run(&host_addr, &redis_url, &redis, &org, &key).await?;
+    }
+    if wants("neighbours") {
+        crate::neighbour_bench::run(&host_addr, host.id(), &redis, &key, seconds).await?;
     }
     host.kill()?;
     host.wait()?;
@@ -156,7 +161,7 @@ async fn seed(redis: &ConnectionManager, org: &str) -> Result<String> {
     Ok(key)
 }
 
-async fn cleanup(redis: &ConnectionManager, org: &str) -> Result {
+pub async fn cleanup(redis: &ConnectionManager, org: &str) -> Result {
     // Removed directly rather than through `store::delete`, which would queue cleanup commands
     // for a daemon: the bench's sessions never ran anywhere.
     let mut redis = redis.clone();
@@ -293,9 +298,14 @@ pub struct Probe {
 /// Drives `CONNECTIONS` keep-alive connections for `duration`, each repeating `probe`; returns
 /// every request's latency.
 pub async fn load(addr: &str, key: &str, duration: Duration, probe: &Probe) -> Result<Vec<Duration>> {
+    load_with(addr, key, duration, probe, CONNECTIONS).await
+}
+
+/// [`load`] over `connections` connections.
+pub async fn load_with(addr: &str, key: &str, duration: Duration, probe: &Probe, connections: usize) -> Result<Vec<Duration>> {
     let deadline = Instant::now() + duration;
     let mut workers = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for _ in 0..connections {
         let (addr, auth) = (addr.to_owned(), format!("Bearer {key}"));
         let (method, path, body, expect) = (probe.method, probe.path.clone(), Bytes::from(probe.body.clone()), probe.expect);
         workers.push(tokio::spawn(async move {

@@ -14,6 +14,7 @@
 mod apikey;
 mod bench;
 mod event_latency;
+mod neighbour_bench;
 mod prereq;
 mod quota;
 mod send_bench;
@@ -135,8 +136,12 @@ async fn test(extra: &[String]) -> Result {
     }
     // Compiled once, before either run starts.
     passed(cargo_test(&["--no-run".to_owned()], &redis_url, false).status()?, " to build")?;
-    let with_spin = prereq::spin(&spin_redis_url).await?;
-    if !with_spin {
+    // A Spin that cannot start fails the run, but only after the embedded pass ran.
+    let (with_spin, spin_failure) = match prereq::spin(&spin_redis_url).await {
+        Ok(found) => (found, None),
+        Err(e) => (false, Some(e)),
+    };
+    if !with_spin && spin_failure.is_none() {
         println!("xtask: WARNING: no Spin archive found (SPIN_ARCHIVE, ../shared/tools/, /work/shared/tools/): the Spin pass is SKIPPED");
     }
     println!("xtask: the tests with the embedded host{}", if with_spin { " and, beside them, the HTTP suites served by real Spin" } else { "" });
@@ -151,7 +156,14 @@ async fn test(extra: &[String]) -> Result {
     };
     let mut runs = vec![("", start(cargo_test(&[], &redis_url, false), "tests-embedded")?)];
     if with_spin {
-        runs.push((" on Spin", start(cargo_test(&spin_args(&[]), &spin_redis_url, true), "tests-spin")?));
+        match start(cargo_test(&spin_args(&[]), &spin_redis_url, true), "tests-spin") {
+            Ok(run) => runs.push((" on Spin", run)),
+            Err(e) => {
+                // Not left running on its own.
+                let _ = runs[0].1.0.kill();
+                return Err(e);
+            }
+        }
     }
     let mut outcome = Ok(());
     for (pass, (mut child, log)) in runs {
@@ -162,14 +174,26 @@ async fn test(extra: &[String]) -> Result {
             outcome = passed(status, pass);
         }
     }
+    if let (Ok(()), Some(failure)) = (&outcome, spin_failure) {
+        return Err(format!("the Spin pass could not start: {failure}").into());
+    }
     outcome
 }
 
-/// The Redis URL of the database below `url`'s (15 → 14; 0 → 1).
+/// The Redis URL of another database than `url`'s for the Spin pass: the one below (15 → 14),
+/// never database 0, which `up` serves (1 → 2).
 fn neighbour_database(url: &str) -> Result<String> {
-    let (base, database) = match url.rsplit_once('/') {
-        Some((base, db)) if !base.ends_with('/') && db.parse::<u32>().is_ok() => (base, db.parse::<u32>()?),
-        _ => (url.trim_end_matches('/'), 0),
+    let (address, query) = url.split_once('?').map_or((url, None), |(a, q)| (a, Some(q)));
+    let (base, database) = match address.rsplit_once('/') {
+        Some((base, db)) if !base.ends_with('/') && !db.is_empty() => {
+            (base, db.parse::<u32>().map_err(|_| format!("TEST_REDIS_URL {url}: expected a database number after the last /"))?)
+        }
+        _ => (address.trim_end_matches('/'), 0),
     };
-    Ok(format!("{base}/{}", if database == 0 { 1 } else { database - 1 }))
+    let other = match database {
+        0 => 1,
+        1 => 2,
+        n => n - 1,
+    };
+    Ok(format!("{base}/{other}{}", query.map(|q| format!("?{q}")).unwrap_or_default()))
 }

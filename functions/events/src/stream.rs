@@ -11,7 +11,7 @@
 //! - Credentials: the Authorization header, or `?token=` holding a stream token or a pairing
 //!   link's token (and nothing else: an api-key or login JWT is never accepted from a URL). A
 //!   pairing link streams only its session's pairing events (`auth.*`, `session.status`).
-//! - Bounds: a stream holds a slot ([`shared::stream_slots`]) capped per caller, organization
+//! - Bounds: a stream holds a slot ([`shared::slots`]) capped per caller, organization
 //!   and deployment (429 past a cap); it ends after `event_stream_max_secs`, and as soon as a
 //!   periodic check finds its credential no longer holds (a revoked api-key, an expired login
 //!   token, or the same for a stream token's minter).
@@ -26,7 +26,7 @@ use shared::auth::{self, Caller, Capability};
 use shared::event::{EventFilter, redact_pairing_secret};
 use shared::event_log::{self, Entry};
 use shared::spin::{Context, SpinVariables};
-use shared::stream_slots::Slot;
+use shared::slots::Slot;
 use shared::{ApiError, config, pairing_link, stream_token, validate};
 use spin_sdk::http::Request;
 use std::borrow::Cow;
@@ -112,7 +112,7 @@ pub async fn open(req: &Request, ctx: Context) -> Result<Response, ApiError> {
     // The slot outlives two keep-alive intervals, in which the stream renews it at least once.
     let slot_ttl = keepalive * 2 + Duration::from_secs(5);
     let limits = config::stream_limits(&SpinVariables).await;
-    let slot = Slot::take(&ctx.redis, &org, &caller.user_id, limits, slot_ttl.as_millis() as u64).await?;
+    let slot = Slot::stream(&ctx.redis, &org, &caller.user_id, limits, slot_ttl.as_millis() as u64).await?;
     let now = Instant::now();
     let subscription = Subscription {
         ctx,

@@ -62,10 +62,20 @@ async fn route(req: Request) -> Result<Answer, ApiError> {
     match endpoint {
         Endpoint::Send(id) => {
             let key = shared::message::idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?;
-            // Refused from its headers when the organization's quota is spent: no body is read.
+            // Refused from its headers when the organization's quota is spent, or when it has
+            // as many files being read as it may: no body is read.
             let window = send::window(&ctx, &caller).await?;
-            let body = ctx.body_within(req, send::body_limit().await).await?;
-            send::apply(&ctx, &caller, &id, key.as_deref(), &body, &window).await
+            let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let slot = send::large_slot(&ctx, &caller, declared).await?;
+            let sent = match ctx.body_within(req, send::body_limit().await).await {
+                Ok(body) => send::apply(&ctx, &caller, &id, key.as_deref(), &body, &window).await,
+                Err(e) => Err(e),
+            };
+            if let Some(slot) = slot {
+                // Else it lapses on its own.
+                let _ = slot.release(&ctx.redis).await;
+            }
+            sent
         }
         Endpoint::List(id) => list::apply(&ctx, &caller, &id, req.uri().query()).await,
         Endpoint::Outbox(id) => outbox::apply(&ctx, &caller, &id).await,

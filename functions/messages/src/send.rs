@@ -17,6 +17,7 @@ use shared::auth::{Caller, Capability};
 use shared::message::{Content, Direction, MediaSource, Quote, Reaction, new_wa_message_id, send_request};
 use shared::outbox::{self, Accepted};
 use shared::quota::{self, MessageWindow};
+use shared::slots::Slot;
 use shared::spin::{Context, SpinVariables};
 use shared::{ApiError, ErrorCode, config, secret, store};
 
@@ -83,6 +84,22 @@ pub async fn apply(
         }
     };
     Ok(Answer::accepted(&outbox::get(&ctx.redis, org, session_id, &message_id).await?))
+}
+
+/// How long a send with a file may hold its slot before it lapses (a client that stalls).
+const LARGE_SLOT_MS: u64 = 120_000;
+
+/// A send whose body is past the usual limit (or of undeclared length) carries a file: it holds
+/// one of its organization's slots for such requests while it is read and stored, or is
+/// refused (429) before its body is read.
+pub async fn large_slot(ctx: &Context, caller: &Caller, declared: Option<u64>) -> Result<Option<Slot>, ApiError> {
+    let usual = config::max_body_bytes(&SpinVariables).await as u64;
+    if declared.is_some_and(|length| length <= usual) {
+        return Ok(None);
+    }
+    let org = caller.org_with(Capability::Send)?;
+    let limits = config::large_request_limits(&SpinVariables).await;
+    Slot::large_request(&ctx.redis, org, limits, LARGE_SLOT_MS).await.map(Some)
 }
 
 /// The largest body a send takes: room for a file of `media_max_bytes` in base64, beside the
