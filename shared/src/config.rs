@@ -70,9 +70,9 @@ pub async fn stream_limits<V: Variables>(vars: &V) -> StreamLimits {
 }
 
 /// Requests whose body carries a file (past `max_body_bytes`), read and stored at once: per
-/// organization, and in the whole deployment. Each holds up to its body (a file of
-/// `media_max_bytes` in base64) in an instance's memory, so these caps bound what uploads take
-/// of the host's memory; the one past a cap is refused with 429 from its headers.
+/// organization, and in the whole deployment. Each holds its body (a file of `media_max_bytes`
+/// in base64) and its copies in an instance's memory, so these caps bound the bodies the host
+/// reads at once; the one past a cap is refused with 429 from its headers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LargeRequestLimits {
     pub per_org: u64,
@@ -81,8 +81,8 @@ pub struct LargeRequestLimits {
 
 pub async fn large_request_limits<V: Variables>(vars: &V) -> LargeRequestLimits {
     LargeRequestLimits {
-        per_org: number(vars, "large_requests_per_org", 4).await.max(1),
-        total: number(vars, "large_requests_total", 16).await.max(1),
+        per_org: number(vars, "large_requests_per_org", 2).await.max(1),
+        total: number(vars, "large_requests_total", 8).await.max(1),
     }
 }
 
