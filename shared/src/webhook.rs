@@ -365,7 +365,9 @@ return 1
 }
 
 /// Puts every dead letter back in front of its session's queue, in their order, due now; returns
-/// how many.
+/// how many. One script for all of them (at most `DEAD_LETTERS_MAX`): moved in batches, a
+/// worker could deliver a later batch, pushed in front, before an earlier one still waiting,
+/// unless the sessions touched were held back from delivery until the last batch.
 pub async fn redeliver<R: Redis>(r: &R, org: &str, id: &str) -> Result<u64, ApiError> {
     const REDELIVER: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
