@@ -117,7 +117,7 @@ async fn flood(host: String, key: String, session: String, duration: Duration) -
 /// One keep-alive connection of A's.
 struct Connection {
     host: String,
-    auth: String,
+    key: String,
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
@@ -127,7 +127,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        Ok(Connection { host: host.to_owned(), auth: format!("Bearer {key}"), sender })
+        Ok(Connection { host: host.to_owned(), key: key.to_owned(), sender })
     }
 
     async fn send(&mut self, method: &str, path: &str, body: Bytes) -> std::result::Result<(u16, Bytes), Failure> {
@@ -135,7 +135,7 @@ impl Connection {
             .method(method)
             .uri(path)
             .header(http::header::HOST, &self.host)
-            .header(http::header::AUTHORIZATION, &self.auth)
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.key))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))?;
         match self.sender.send_request(request).await {
@@ -146,7 +146,7 @@ impl Connection {
             // The host answered before the body was all sent and closed: counted as what it
             // answered is unknown here, so as 0, and the connection is opened again.
             Err(_) => {
-                *self = Connection::open(&self.host, self.auth.trim_start_matches("Bearer ")).await?;
+                *self = Connection::open(&self.host, &self.key).await?;
                 Ok((0, Bytes::new()))
             }
         }

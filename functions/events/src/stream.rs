@@ -202,9 +202,13 @@ impl Subscription {
             let entries = event_log::read_after(&self.ctx.redis, &self.org, &self.position, BATCH, Some(wait_ms)).await.ok()?;
             let Some(last) = entries.last() else { continue };
             self.position = last.id.clone();
-            let frames: String = entries.iter().filter_map(|entry| self.frame(entry)).collect();
-            if self.ends_when_connected && entries.iter().any(|entry| connected(&entry.event, &self.filter)) {
-                self.ends = Instant::now();
+            let mut frames = String::new();
+            for entry in &entries {
+                let Some(head) = Head::of(entry, &self.filter) else { continue };
+                if self.ends_when_connected && head.kind == "session.status" && announces_working(&entry.event) {
+                    self.ends = Instant::now();
+                }
+                frames.push_str(&self.frame(entry, &head));
             }
             if !frames.is_empty() {
                 return Some(self.wrote(frames));
@@ -235,45 +239,38 @@ impl Subscription {
         Bytes::from(text)
     }
 
-    /// The entry as an SSE event, if the subscriber wants it.
-    fn frame(&self, entry: &Entry) -> Option<String> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Head<'a> {
-            #[serde(rename = "type", borrow)]
-            kind: Cow<'a, str>,
-            #[serde(borrow)]
-            session_id: Cow<'a, str>,
-        }
-        let head: Head = serde_json::from_str(&entry.event).ok()?;
-        if !self.filter.admits(&head.kind, &head.session_id) {
-            return None;
-        }
+    /// The entry as an SSE event.
+    fn frame(&self, entry: &Entry, head: &Head) -> String {
         let event = if self.redact { redact_pairing_secret(&head.kind, &entry.event) } else { Cow::Borrowed(entry.event.as_str()) };
         let data: String = event.lines().map(|line| format!("data: {line}\n")).collect();
-        Some(format!("id: {}\nevent: {}\n{data}\n", entry.id, head.kind))
+        format!("id: {}\nevent: {}\n{data}\n", entry.id, head.kind)
     }
 }
 
-/// Whether a logged event the filter admits says its session is now connected
-/// (`session.status`, `working`).
-fn connected(event: &str, filter: &EventFilter) -> bool {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Logged<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Cow<'a, str>,
-        #[serde(borrow)]
-        session_id: Cow<'a, str>,
-        #[serde(default, borrow)]
-        data: Option<Status<'a>>,
+/// What a stream reads of every logged event: its type and session, for the filter.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    session_id: Cow<'a, str>,
+}
+
+impl<'a> Head<'a> {
+    /// The entry's head, if the subscriber wants the entry.
+    fn of(entry: &'a Entry, filter: &EventFilter) -> Option<Head<'a>> {
+        let head: Head = serde_json::from_str(&entry.event).ok()?;
+        filter.admits(&head.kind, &head.session_id).then_some(head)
     }
+}
+
+/// Whether a `session.status` event says its session is now connected (`working`). Read only
+/// on a pairing page's stream, and only for that type.
+fn announces_working(event: &str) -> bool {
     #[derive(Deserialize)]
-    struct Status<'a> {
-        #[serde(default, borrow)]
-        status: Option<Cow<'a, str>>,
+    struct Announced {
+        data: serde_json::Value,
     }
-    serde_json::from_str::<Logged>(event).is_ok_and(|e| {
-        e.kind == "session.status" && filter.admits(&e.kind, &e.session_id) && e.data.and_then(|d| d.status).is_some_and(|s| s == "working")
-    })
+    serde_json::from_str::<Announced>(event).is_ok_and(|e| e.data["status"] == "working")
 }
